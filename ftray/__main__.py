@@ -1,0 +1,3 @@
+from ftray.cli import main
+
+raise SystemExit(main())

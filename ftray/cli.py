@@ -1,0 +1,65 @@
+"""The `ftray` command line (also `python -m ftray`).
+
+Exit status: 0 done, 2 bad input (one message naming the file and key path or row, before Ray
+starts), 1 the run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ftray.spec import SpecError, load_spec
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ftray", description="Fine-tuning on Ray: one YAML job spec.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_overrides(q):
+        q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a spec field (repeatable); checked like the file itself")
+        return q
+
+    v = with_overrides(sub.add_parser("validate", help="check one or more job specs (and their data)"))
+    v.add_argument("specs", nargs="+", metavar="SPEC")
+    v.add_argument("--spec-only", action="store_true", help="check the YAML only, not data or model files")
+
+    r = with_overrides(sub.add_parser("run", help="fine-tune a job spec with Ray Train"))
+    r.add_argument("spec", metavar="SPEC")
+    r.add_argument("--address", default=None,
+                   help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    return p
+
+
+def cmd_validate(args) -> int:
+    from ftray import train
+    for path in args.specs:
+        spec = load_spec(path, args.overrides)
+        if not args.spec_only:
+            train.prepare(spec)
+        print(f"{path}: ok ({spec.model.name} / {spec.method.name}, run {spec.run.name})")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from ftray import train
+    spec = load_spec(args.spec, args.overrides)
+    plan = train.prepare(spec, args.address)
+    status, run_dir = train.run(spec, args.address, plan)
+    if status:
+        print(f"ftray: run failed; finished checkpoints are kept, re-run to resume", file=sys.stderr)
+    print(run_dir, flush=True)
+    return status
+
+
+COMMANDS = {"validate": cmd_validate, "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SpecError as e:
+        print(f"ftray: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,288 @@
+"""Ray Data inputs: Parquet, JSONL or CSV from a local path or any URI a pyarrow filesystem reads.
+
+Two halves. `inspect` runs in the driver before Ray starts: it reads only the columns the job
+needs with pyarrow and turns every problem (missing file, absent column, empty data, NaN, labels
+outside the classes) into a SpecError naming the file and the row. `ray_datasets` then builds the
+Ray Data pipelines the workers stream from: read, split, and rows turned into tensors with
+`map_batches`, so preprocessing scales with the cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from ftray.models.base import ModelInfo
+from ftray.spec import JobSpec, SpecError
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
+           ".ndjson": "jsonl", ".csv": "csv"}
+_ARROW_FORMAT = {"parquet": "parquet", "jsonl": "json", "csv": "csv"}
+
+
+@dataclass
+class Source:
+    """One data location, resolved: the key it came from, its filesystem and path, its format."""
+    key: str
+    uri: str
+    fs: pafs.FileSystem
+    path: str
+    format: str
+
+
+@dataclass
+class DataPlan:
+    """What `inspect` learned: the model-shaping facts and the resolved sources."""
+    info: ModelInfo
+    train: Source
+    val: Source | None
+    train_rows: int
+    val_rows: int | None
+    class_index: dict = field(default_factory=dict)
+    train_table: pa.Table | None = None  # kept when validation rows are split off in the driver
+
+
+def resolve(uri: str, fmt: str, key: str) -> Source:
+    if "://" in uri:
+        try:
+            fs, path = pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+            raise SpecError(f"{key}: cannot open {uri!r}: {e}") from None
+    else:
+        fs, path = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise SpecError(f"{key}: {uri!r}: no such file or folder")
+    if fmt == "auto":
+        suffix = Path(path).suffix.lower()
+        if info.type == pafs.FileType.Directory:
+            children = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            suffix = next((Path(c.path).suffix.lower() for c in children
+                           if Path(c.path).suffix.lower() in FORMATS), "")
+        if suffix not in FORMATS:
+            raise SpecError(f"{key}: cannot tell the format of {uri!r}; set data.format "
+                            f"(one of parquet, jsonl, csv)")
+        fmt = FORMATS[suffix]
+    return Source(key, uri if "://" in uri else path, fs, path, fmt)
+
+
+def read_table(src: Source, columns: list[str]) -> pa.Table:
+    """Read `columns` of a source with pyarrow (projection: Parquet reads only those)."""
+    try:
+        dataset = pads.dataset(src.path, filesystem=src.fs, format=_ARROW_FORMAT[src.format])
+        missing = [c for c in columns if c not in dataset.schema.names]
+        if missing:
+            raise SpecError(f"{src.key}: {src.uri}: no column {missing[0]!r} "
+                            f"(columns: {', '.join(dataset.schema.names)})")
+        return dataset.to_table(columns=columns)
+    except SpecError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise SpecError(f"{src.key}: {src.uri}: cannot read as {src.format}: {e}".splitlines()[0]) from None
+
+
+def needed_columns(spec: JobSpec) -> list[str]:
+    d = spec.data
+    cols = list(d.features) if spec.model.name == "mlp" else [d.text]
+    if d.task != "causal_lm":
+        cols.append(d.label)
+    return cols
+
+
+def _first_bad_row(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def feature_matrix(table: pa.Table, features: list[str], where: str) -> np.ndarray:
+    """Numeric features as a float32 (rows, width) matrix; SpecError naming the first bad row."""
+    parts = []
+    for name in features:
+        col = table.column(name).combine_chunks()
+        if col.null_count:
+            raise SpecError(f"{where}: row {_first_bad_row(col.is_null().to_numpy(zero_copy_only=False))}: "
+                            f"feature {name!r} is empty")
+        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or \
+                pa.types.is_fixed_size_list(col.type):
+            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+            if len(set(lengths.tolist())) > 1:
+                bad = _first_bad_row(lengths != lengths[0])
+                raise SpecError(f"{where}: row {bad}: feature {name!r} has {lengths[bad]} values, "
+                                f"row 0 has {lengths[0]}")
+            values = pc.list_flatten(col)
+            if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+                raise SpecError(f"{where}: feature {name!r} holds {values.type}, not numbers")
+            parts.append(values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), -1))
+        elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
+            parts.append(col.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, 1))
+        else:
+            raise SpecError(f"{where}: feature {name!r} has type {col.type}, not numbers")
+    x = np.concatenate(parts, axis=1) if parts else np.zeros((table.num_rows, 0), np.float32)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        raise SpecError(f"{where}: row {_first_bad_row(~finite)}: a feature is NaN or infinite")
+    return x
+
+
+def label_classes(spec: JobSpec, tables: list[tuple[str, pa.Table]]) -> list:
+    """The class list in head order; SpecError naming a row whose label is not in it."""
+    d = spec.data
+    columns = [(where, t.column(d.label).combine_chunks()) for where, t in tables]
+    for where, col in columns:
+        if col.null_count:
+            raise SpecError(f"{where}: row {_first_bad_row(col.is_null().to_numpy(zero_copy_only=False))}: "
+                            f"label {d.label!r} is empty")
+        if not (pa.types.is_integer(col.type) or pa.types.is_string(col.type)
+                or pa.types.is_large_string(col.type)):
+            raise SpecError(f"{where}: labels in {d.label!r} have type {col.type}; classification needs "
+                            "integer or string labels (use data.task: regression for real targets)")
+    if d.classes is not None:
+        classes = list(d.classes)
+    elif all(pa.types.is_integer(c.type) for _, c in columns):
+        values = np.concatenate([c.to_numpy(zero_copy_only=False) for _, c in columns])
+        if (values < 0).any():
+            for where, col in columns:
+                v = col.to_numpy(zero_copy_only=False)
+                if (v < 0).any():
+                    raise SpecError(f"{where}: row {_first_bad_row(v < 0)}: label {int(v[v < 0][0])} "
+                                    "is negative; integer labels must be 0..K-1 (or list data.classes)")
+        classes = list(range(int(values.max()) + 1))
+    else:
+        classes = sorted({str(v) for _, c in columns for v in c.to_pylist()})
+    if len(classes) < 2:
+        raise SpecError(f"data.classes: classification needs at least 2 classes, got {classes}")
+    known = set(classes)
+    for where, col in columns:
+        values = col.to_pylist()
+        bad = next((i for i, v in enumerate(values) if v not in known), None)
+        if bad is not None:
+            raise SpecError(f"{where}: row {bad}: label {values[bad]!r} is not one of the classes "
+                            f"{classes if len(classes) <= 20 else str(classes[:20]) + '...'}")
+    return classes
+
+
+def inspect(spec: JobSpec) -> DataPlan:
+    """Check the job's data without Ray and return what shapes the model. Raises SpecError."""
+    d = spec.data
+    train = resolve(d.path, d.format, "data.path")
+    val = resolve(d.val_path, d.format, "data.val_path") if d.val_path else None
+    cols = needed_columns(spec)
+    tables = [(f"data.path: {train.uri}", read_table(train, cols))]
+    if val:
+        tables.append((f"data.val_path: {val.uri}", read_table(val, cols)))
+    for where, t in tables:
+        if t.num_rows == 0:
+            raise SpecError(f"{where}: no rows")
+    train_rows = tables[0][1].num_rows
+    if not val and round(train_rows * d.val_fraction) < 1:
+        raise SpecError(f"data.val_fraction: {d.val_fraction} of {train_rows} rows leaves no validation rows")
+    info = ModelInfo(task=d.task)
+    for where, t in tables:
+        if spec.model.name == "mlp":
+            width = feature_matrix(t, d.features, where).shape[1]
+            if info.in_features and width != info.in_features:
+                raise SpecError(f"{where}: {width} feature values per row, training data has {info.in_features}")
+            info.in_features = width
+        else:
+            col = t.column(d.text)
+            if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+                raise SpecError(f"{where}: text column {d.text!r} has type {col.type}, not strings")
+            if col.null_count:
+                raise SpecError(f"{where}: row {_first_bad_row(col.is_null().to_numpy(zero_copy_only=False))}: "
+                                f"text {d.text!r} is empty")
+        if d.task == "regression":
+            y = t.column(d.label)
+            if not (pa.types.is_integer(y.type) or pa.types.is_floating(y.type)):
+                raise SpecError(f"{where}: regression targets in {d.label!r} have type {y.type}, not numbers")
+            arr = y.to_numpy(zero_copy_only=False).astype(np.float64)
+            if not np.isfinite(arr).all():
+                raise SpecError(f"{where}: row {_first_bad_row(~np.isfinite(arr))}: target is NaN or infinite")
+    class_index = {}
+    if d.task == "classification":
+        info.classes = label_classes(spec, tables)
+        class_index = {c: i for i, c in enumerate(info.classes)}
+    return DataPlan(info, train, val, train_rows, tables[1][1].num_rows if val else None, class_index,
+                    train_table=None if val else tables[0][1])
+
+
+# ------------------------------------------------------------------------------- Ray Data side
+class TabularRows:
+    """map_batches UDF: feature columns -> float32 `x`, labels -> class ids or float `y`."""
+
+    def __init__(self, spec: JobSpec, class_index: dict):
+        self.features, self.label, self.task = spec.data.features, spec.data.label, spec.data.task
+        self.class_index = class_index
+
+    def __call__(self, batch: pa.Table) -> dict:
+        out = {"x": feature_matrix(batch, self.features, "batch")}
+        out.update(labels(batch, self.label, self.task, self.class_index))
+        return out
+
+
+class TokenizedRows:
+    """map_batches UDF: text -> padded `input_ids`/`attention_mask` (+ `y` or LM `labels`)."""
+
+    def __init__(self, spec: JobSpec, class_index: dict, tokenizer_source: str):
+        self.text, self.label, self.task = spec.data.text, spec.data.label, spec.data.task
+        self.max_length, self.class_index, self.source = spec.model.max_length, class_index, tokenizer_source
+
+    def __call__(self, batch: pa.Table) -> dict:
+        from ftray.models.hf import load_tokenizer
+        enc = load_tokenizer(self.source)(batch.column(self.text).to_pylist(), truncation=True,
+                                          max_length=self.max_length, padding="max_length",
+                                          return_tensors="np")
+        out = {"input_ids": enc["input_ids"].astype(np.int64),
+               "attention_mask": enc["attention_mask"].astype(np.int64)}
+        if self.task == "causal_lm":
+            out["labels"] = np.where(out["attention_mask"] == 1, out["input_ids"], -100)
+        else:
+            out.update(labels(batch, self.label, self.task, self.class_index))
+        return out
+
+
+def labels(batch: pa.Table, column: str, task: str, class_index: dict) -> dict:
+    values = batch.column(column).to_pylist()
+    if task == "classification":
+        return {"y": np.array([class_index[v] for v in values], dtype=np.int64)}
+    return {"y": np.asarray(values, dtype=np.float32)}
+
+
+def split_table(table: pa.Table, val_fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
+    """(train, validation) rows of `table`: a seeded random permutation, the same on every run."""
+    order = np.random.default_rng(seed).permutation(table.num_rows)
+    n_val = max(1, round(table.num_rows * val_fraction))
+    return table.take(np.sort(order[n_val:])), table.take(np.sort(order[:n_val]))
+
+
+def _read(src: Source):
+    import ray.data
+    if src.format == "parquet":
+        return ray.data.read_parquet(src.path, filesystem=src.fs)
+    if src.format == "csv":
+        return ray.data.read_csv(src.path, filesystem=src.fs)
+    return ray.data.read_json(src.path, filesystem=src.fs, lines=True, file_extensions=None)
+
+
+def ray_datasets(spec: JobSpec, plan: DataPlan, tokenizer_source: str | None = None) -> tuple[dict, dict]:
+    """The `train` and `val` Ray Datasets, rows already turned into tensors, and their row counts."""
+    import ray.data
+    if plan.val:  # separate files: each is read by Ray Data tasks, in parallel across the cluster
+        cols = needed_columns(spec)
+        train, val = _read(plan.train).select_columns(cols), _read(plan.val).select_columns(cols)
+        rows = {"train": plan.train_rows, "val": plan.val_rows}
+    else:  # a seeded split of the table `inspect` already read (a Ray shuffle costs far more)
+        train_part, val_part = split_table(plan.train_table, spec.data.val_fraction, spec.run.seed)
+        train, val = ray.data.from_arrow(train_part), ray.data.from_arrow(val_part)
+        rows = {"train": train_part.num_rows, "val": val_part.num_rows}
+    if spec.model.name == "mlp":
+        udf = TabularRows(spec, plan.class_index)
+    else:
+        udf = TokenizedRows(spec, plan.class_index, tokenizer_source)
+    datasets = {name: ds.map_batches(udf, batch_format="pyarrow") for name, ds in
+                (("train", train), ("val", val))}
+    return datasets, rows

@@ -1,0 +1,14 @@
+"""Fine-tuning methods, chosen by `method.name`. One file each, registered here explicitly."""
+
+from ftray.methods.base import Method
+from ftray.methods.full import Full
+from ftray.methods.transfer import Transfer
+
+METHODS: dict[str, type[Method]] = {"full": Full, "transfer": Transfer}
+
+
+def get_method(spec) -> Method:
+    return METHODS[spec.method.name](spec)
+
+
+__all__ = ["METHODS", "Method", "get_method"]

@@ -1,0 +1,42 @@
+"""The hooks a method provides to the one training loop in `ftray.train`.
+
+A method decides which parameters train (`prepare`), how they group into optimizer parameter
+groups (`param_groups`) and what the loss is (`loss`). The loop, numerics, checkpoints and
+metrics are shared; a method that needs another loop overrides one hook instead of forking it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ftray.models.base import FtModel
+
+
+def task_loss(task: str, out: torch.Tensor, batch: dict, reduction: str = "mean") -> torch.Tensor:
+    """The supervised loss of a task: cross-entropy, mean squared error, or next-token CE."""
+    if task == "classification":
+        return F.cross_entropy(out.float(), batch["y"], reduction=reduction)
+    if task == "regression":
+        return F.mse_loss(out.float(), batch["y"], reduction=reduction)
+    logits, labels = out[:, :-1].float(), batch["labels"][:, 1:out.shape[1]]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=-100, reduction=reduction)
+
+
+class Method:
+    def __init__(self, spec):
+        self.spec = spec
+
+    def prepare(self, model: FtModel) -> None:
+        """Set `requires_grad` on the model's parameters (default: everything trains)."""
+        model.requires_grad_(True)
+
+    def param_groups(self, model: FtModel) -> list[dict]:
+        """Optimizer parameter groups; `lr_scale` multiplies `train.lr` for a group."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss to minimise, model output) for one micro-batch."""
+        out = model(batch)
+        return task_loss(self.spec.data.task, out, batch), out

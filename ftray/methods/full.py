@@ -1,0 +1,7 @@
+"""`full`: every parameter trains (the base hooks as they are)."""
+
+from ftray.methods.base import Method
+
+
+class Full(Method):
+    pass

@@ -1,0 +1,24 @@
+"""`transfer`: freeze the backbone, train a (new) head, optionally unfreeze the top blocks with a
+smaller learning rate."""
+
+from ftray.methods.base import Method
+
+
+class Transfer(Method):
+    def prepare(self, model):
+        model.requires_grad_(False)
+        model.head().requires_grad_(True)
+        for block in self._unfrozen_blocks(model):
+            block.requires_grad_(True)
+
+    def param_groups(self, model):
+        head = [p for p in model.head().parameters()]
+        blocks = [p for b in self._unfrozen_blocks(model) for p in b.parameters()]
+        groups = [{"params": head, "lr_scale": 1.0}]
+        if blocks:
+            groups.append({"params": blocks, "lr_scale": self.spec.method.backbone_lr_scale})
+        return groups
+
+    def _unfrozen_blocks(self, model):
+        k = self.spec.method.unfreeze_last
+        return model.blocks()[-k:] if k else []

@@ -1,0 +1,59 @@
+"""What every model builder provides."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+EXPORT_CONFIG = "ftray_model.json"
+
+
+@dataclass
+class ModelInfo:
+    """Facts about the data that shape the model, found by `ftray.data.inspect` before Ray starts."""
+    task: str
+    in_features: int = 0
+    classes: list = field(default_factory=list)  # label values in head order (classification)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.classes) if self.task == "classification" else 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FtModel(nn.Module):
+    """A model ftray trains: `forward(batch) -> logits`, plus what methods and export need."""
+
+    info: ModelInfo
+
+    @classmethod
+    def build(cls, spec, info: ModelInfo) -> "FtModel":
+        raise NotImplementedError
+
+    @classmethod
+    def check_source(cls, spec, info: ModelInfo) -> None:
+        """Raise SpecError if the weights the spec names cannot be loaded into this model."""
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "FtModel":
+        raise NotImplementedError
+
+    def blocks(self) -> list[nn.Module]:
+        """Backbone blocks, bottom to top (what `transfer.unfreeze_last` counts)."""
+        raise NotImplementedError
+
+    def head(self) -> nn.Module:
+        """The task head: the part that maps backbone features to outputs."""
+        raise NotImplementedError
+
+    def new_head(self) -> None:
+        """Replace the head by a freshly initialised one of the same shape."""
+        raise NotImplementedError
+
+    def export(self, out_dir: Path) -> None:
+        """Write weights (safetensors) and config so that `load` rebuilds this model."""
+        raise NotImplementedError

@@ -1,0 +1,130 @@
+"""`hf`: a Hugging Face transformers model through the Auto classes (sequence classification,
+regression, or causal LM), from a local folder, a folder inside an installed package, or a hub id."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ftray.models.base import EXPORT_CONFIG, FtModel, ModelInfo
+from ftray.spec import SpecError
+
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+                "hidden_dropout", "attention_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+def resolve_source(spec) -> str:
+    """Where the weights come from: `init_from`'s exported model, a local folder, or a hub id."""
+    if spec.model.init_from:
+        from ftray.models import exported_model_dir
+        return str(exported_model_dir(spec.model.init_from, "model.init_from"))
+    path = spec.model.path
+    if path.startswith("package:"):
+        pkg, _, sub = path.removeprefix("package:").partition("/")
+        found = importlib.util.find_spec(pkg) if pkg else None
+        if found is None or not found.submodule_search_locations:
+            raise SpecError(f"model.path: {path!r}: no installed Python package {pkg!r}")
+        folder = Path(list(found.submodule_search_locations)[0]) / sub
+        if not folder.is_dir():
+            raise SpecError(f"model.path: {path!r}: package {pkg!r} has no folder {sub!r}")
+        return str(folder)
+    local = Path(path).expanduser()
+    if local.exists() or path.startswith((".", "/", "~")):
+        if not local.is_dir():
+            raise SpecError(f"model.path: {path!r}: no such model folder")
+        return str(local.resolve())
+    return path  # a hub id
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(source)
+    if tok.pad_token is None:  # decoder models often ship without one
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+class HFClassifier(FtModel):
+    def __init__(self, hf_model: nn.Module, info: ModelInfo, source: str):
+        super().__init__()
+        self.hf, self.info, self.source = hf_model, info, source
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        mask = batch["attention_mask"]
+        width = int(mask.sum(dim=1).max())  # rows are padded to max_length: cut the common padding
+        logits = self.hf(input_ids=batch["input_ids"][:, :width], attention_mask=mask[:, :width]).logits
+        return logits.squeeze(-1) if self.info.task == "regression" else logits
+
+    def _base(self) -> nn.Module:
+        return self.hf.base_model
+
+    def blocks(self):
+        lists = [m for m in self._base().modules() if isinstance(m, nn.ModuleList)]
+        return list(max(lists, key=len)) if lists else []
+
+    def head(self):
+        base = self._base()
+        return nn.ModuleList([m for m in self.hf.children() if m is not base])
+
+    def new_head(self):
+        for m in self.head().modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    # -------------------------------------------------------------------------------- building
+    @classmethod
+    def _from_pretrained(cls, source: str, info: ModelInfo, dropout, new_head: bool) -> "HFClassifier":
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+        config = AutoConfig.from_pretrained(source)
+        for key in DROPOUT_KEYS:
+            if dropout is not None and hasattr(config, key):
+                setattr(config, key, dropout)
+        if info.task == "causal_lm":
+            model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32)
+        else:
+            config.num_labels = info.num_outputs
+            config.id2label = {i: str(c) for i, c in enumerate(info.classes)} or {0: "value"}
+            config.label2id = {v: k for k, v in config.id2label.items()}
+            config.problem_type = ("single_label_classification" if info.task == "classification"
+                                   else "regression")
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, config=config, dtype=torch.float32, ignore_mismatched_sizes=new_head)
+        return cls(model, info, source)
+
+    @classmethod
+    def build(cls, spec, info):
+        new_head = getattr(spec.method, "new_head", False)
+        model = cls._from_pretrained(resolve_source(spec), info, spec.model.dropout, new_head)
+        if new_head:
+            model.new_head()
+        return model
+
+    @classmethod
+    def check_source(cls, spec, info):
+        source = resolve_source(spec)
+        key = "model.init_from" if spec.model.init_from else "model.path"
+        try:
+            from transformers import AutoConfig
+            AutoConfig.from_pretrained(source)
+            load_tokenizer(source)
+        except Exception as e:  # noqa: BLE001 - any failure here means the source is unusable
+            raise SpecError(f"{key}: cannot load a model from {source!r}: {e}".splitlines()[0]) from None
+
+    # -------------------------------------------------------------------------------- export
+    def export(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.hf.save_pretrained(str(out_dir), safe_serialization=True)
+        load_tokenizer(self.source).save_pretrained(str(out_dir))
+        (out_dir / EXPORT_CONFIG).write_text(json.dumps({"builder": "hf", "info": self.info.to_dict()},
+                                                        indent=2))
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "HFClassifier":
+        cfg = json.loads((model_dir / EXPORT_CONFIG).read_text())
+        return cls._from_pretrained(str(model_dir), ModelInfo(**cfg["info"]), None, new_head=False)

@@ -1,0 +1,387 @@
+"""`ftray run`: one job spec, fine-tuned data-parallel with Ray Train.
+
+Read top to bottom: the driver checks everything it can before Ray starts (spec, data, model
+source, devices), starts or joins Ray, runs a TorchTrainer whose workers execute `train_loop`,
+then exports the model and writes the run folder (`summary.json`, `model/`, `curves.png`,
+TensorBoard events). The worker loop is the one training loop every method plugs into.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+
+from ftray import checkpoint, data
+from ftray.methods import get_method
+from ftray.models import ModelInfo, build_model, check_model_source, load_exported
+from ftray.numerics import TASK_METRIC, all_sum, improved, l1_penalty, make_optimizer, make_scheduler
+from ftray.spec import JobSpec, SpecError
+
+# Test hook for fault injection: the worker raises after reporting this epoch's checkpoint.
+FAIL_AFTER_EPOCH_ENV = "FTRAY_FAIL_AFTER_EPOCH"
+
+
+# ==================================================================================== the worker
+def train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker: the same code for 1 or N workers, CPU or GPU."""
+    import ray.train.torch
+
+    spec = JobSpec.model_validate(config["spec"])
+    info = ModelInfo(**config["info"])
+    torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+
+    # Set up: the model from the latest checkpoint if there is one, else from the spec.
+    torch.manual_seed(spec.run.seed)
+    resume = ray.train.get_checkpoint()
+    progress = {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0, "history": [], "resumes": []}
+    trainer_state = None
+    if resume:
+        with resume.as_directory() as d:
+            model = load_exported(str(Path(d) / checkpoint.MODEL_DIR))
+            trainer_state = checkpoint.load_trainer_state(Path(d))
+            progress = checkpoint.load_progress(Path(d))
+        progress["resumes"].append({"epoch": progress["epoch"], "step": progress["step"]})
+    else:
+        model = build_model(spec, info)
+    method = get_method(spec)
+    method.prepare(model)
+    progress["params"] = {"total": sum(p.numel() for p in model.parameters()),
+                          "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    ddp_model = ray.train.torch.prepare_model(model)
+    optimizer = make_optimizer(spec, method.param_groups(model))
+    rows_per_worker = config["train_rows"] // world
+    micro_per_epoch = math.ceil(rows_per_worker / spec.micro_batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / spec.train.grad_accum_steps)
+    scheduler = make_scheduler(spec, optimizer, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda") if spec.train.precision == "fp16" else None
+    if trainer_state:
+        optimizer.load_state_dict(trainer_state["optimizer"])
+        scheduler.load_state_dict(trainer_state["scheduler"])
+        if scaler and trainer_state["scaler"]:
+            scaler.load_state_dict(trainer_state["scaler"])
+        checkpoint.set_rng_state(trainer_state["rng"])
+
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if spec.train.precision == "bf16"
+                               else torch.float16) if spec.train.precision != "fp32" else nullcontext())
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    accum = spec.train.grad_accum_steps
+    fail_after = config.get("fail_after_epoch")
+
+    # Fit: one pass over this worker's shard per epoch, then validation, report and checkpoint.
+    for epoch in range(progress["epoch"] + 1, spec.train.epochs + 1):
+        started = time.perf_counter()
+        ddp_model.train()
+        loss_sum, seen, micro = 0.0, 0, 0
+        batches = train_shard.iter_torch_batches(
+            batch_size=spec.micro_batch_size, device=device,
+            local_shuffle_buffer_size=spec.data.shuffle_buffer or None,
+            local_shuffle_seed=spec.run.seed * 100003 + epoch if spec.data.shuffle_buffer else None)
+        for batch in batches:
+            micro += 1
+            sync = micro % accum == 0
+            with (nullcontext() if sync or world == 1 else ddp_model.no_sync()), autocast:
+                loss, _ = method.loss(ddp_model, batch)
+                total = loss / accum
+                if spec.train.l1:
+                    total = total + spec.train.l1 * l1_penalty(model).to(total.device) / accum
+            (scaler.scale(total) if scaler else total).backward()
+            n = len(next(iter(batch.values())))
+            loss_sum, seen = loss_sum + loss.detach() * n, seen + n
+            if sync:
+                _optimizer_step(spec, model, optimizer, scheduler, scaler)
+                progress["step"] += 1
+        if micro % accum:  # the epoch ended inside an accumulation window
+            _optimizer_step(spec, model, optimizer, scheduler, scaler)
+            progress["step"] += 1
+        loss_total, seen_total = all_sum([float(loss_sum), seen], device)
+        metrics = {"epoch": epoch, "step": progress["step"], "train_loss": loss_total / max(1, seen_total)}
+        metrics.update(evaluate(ddp_model, val_shard, spec, device, autocast))
+        if spec.train.schedule.name == "plateau":
+            scheduler.step(metrics["val_loss"])
+        elapsed = time.perf_counter() - started
+        metrics.update(lr=optimizer.param_groups[0]["lr"], epoch_time_s=elapsed,
+                       samples_per_s=seen_total / elapsed)
+
+        es = spec.train.early_stopping
+        if improved(metrics[es.metric], progress["best"], es.mode, es.min_delta):
+            progress["best"], progress["bad_epochs"] = metrics[es.metric], 0
+        else:
+            progress["bad_epochs"] += 1
+        stop = bool(es.patience) and progress["bad_epochs"] >= es.patience
+        metrics["early_stopped"] = stop
+        progress["epoch"] = epoch
+        progress["history"].append(metrics)
+
+        # Report: every rank reports (a barrier); rank 0 brings the checkpoint.
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                checkpoint.save(Path(tmp), model, optimizer, scheduler, scaler, progress)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+        if fail_after == epoch:
+            raise RuntimeError(f"injected failure after epoch {epoch} ({FAIL_AFTER_EPOCH_ENV})")
+        if stop:
+            break
+
+
+def _optimizer_step(spec, model, optimizer, scheduler, scaler) -> None:
+    if scaler:
+        scaler.unscale_(optimizer)
+    if spec.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                       spec.train.grad_clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if spec.train.schedule.name != "plateau":
+        scheduler.step()
+
+
+@torch.no_grad()
+def evaluate(model, shard, spec: JobSpec, device, autocast) -> dict:
+    """Validation loss and the task metric, summed exactly over all workers' shards."""
+    from ftray.methods.base import task_loss
+    model.eval()
+    task = spec.data.task
+    loss_sum, hits, count = 0.0, 0.0, 0.0
+    for batch in shard.iter_torch_batches(batch_size=spec.micro_batch_size, device=device):
+        with autocast:
+            out = model(batch)
+        loss_sum += float(task_loss(task, out, batch, reduction="sum"))
+        if task == "classification":
+            hits += float((out.argmax(-1) == batch["y"]).sum())
+            count += len(batch["y"])
+        elif task == "regression":
+            count += len(batch["y"])
+        else:
+            count += float((batch["labels"][:, 1:out.shape[1]] != -100).sum())
+    loss_sum, hits, count = all_sum([loss_sum, hits, count], device)
+    val_loss = loss_sum / max(1.0, count)
+    metrics = {"val_loss": val_loss}
+    if task == "classification":
+        metrics["val_accuracy"] = hits / max(1.0, count)
+    elif task == "regression":
+        metrics["val_mse"] = val_loss
+    else:
+        metrics["val_perplexity"] = math.exp(min(val_loss, 50.0))
+    return metrics
+
+
+# ==================================================================================== the driver
+class Progress(ray.train.UserCallback):
+    """Ray Train callback (runs in the controller, on the driver's node): a console line and
+    TensorBoard scalars per epoch."""
+
+    def __init__(self, epochs: int, tensorboard_dir: str, task_metric: str):
+        self.epochs, self.tensorboard_dir, self.task_metric = epochs, tensorboard_dir, task_metric
+        self.writer = None
+
+    def after_report(self, run_context, metrics, checkpoint):
+        m = metrics[0]
+        print(f"[ftray] epoch {m['epoch']}/{self.epochs}  train_loss {m['train_loss']:.4f}  "
+              f"val_loss {m['val_loss']:.4f}  {self.task_metric} {m[self.task_metric]:.4f}  "
+              f"lr {m['lr']:.2e}  {m['epoch_time_s']:.1f}s  {m['samples_per_s']:.0f} samples/s", flush=True)
+        if self.writer is None:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(self.tensorboard_dir)
+        for key, value in m.items():
+            if isinstance(value, (int, float)) and key != "epoch":
+                self.writer.add_scalar(key, value, m["epoch"])
+        self.writer.flush()
+
+
+def storage(spec: JobSpec) -> tuple[pafs.FileSystem, str, str]:
+    """(filesystem, run folder inside it, storage path for Ray) of `run.storage_path`."""
+    if "://" in spec.run.storage_path:
+        fs, root = pafs.FileSystem.from_uri(spec.run.storage_path)
+        return fs, f"{root.rstrip('/')}/{spec.run.name}", spec.run.storage_path
+    root = str(Path(spec.run.storage_path).expanduser().resolve())
+    return pafs.LocalFileSystem(), f"{root}/{spec.run.name}", root
+
+
+def check_devices(spec: JobSpec, address: str | None) -> None:
+    """On an embedded local Ray, refuse GPU jobs this machine can't run (they would wait forever)."""
+    if address or not spec.scaling.use_gpu:
+        return
+    have = torch.cuda.device_count()
+    if have < spec.scaling.num_workers:
+        raise SpecError(f"scaling.use_gpu: {spec.scaling.num_workers} GPU workers asked, this machine "
+                        f"has {have} GPU(s); lower scaling.num_workers or pass --address of a cluster")
+
+
+def start_ray(spec: JobSpec, address: str | None) -> str:
+    if ray.is_initialized():
+        return "existing"
+    address = address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(spec.scaling.cpus_per_worker))),
+                        "TOKENIZERS_PARALLELISM": "false"}}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        return address
+    # Logical CPUs: room for every worker plus Ray Data's read and preprocessing tasks, even on a
+    # machine with fewer cores (oversubscribed, but it never deadlocks waiting for a slot).
+    need = math.ceil(spec.scaling.num_workers * spec.scaling.cpus_per_worker) + 1
+    ray.init(num_cpus=max(os.cpu_count() or 1, need), dashboard_host="127.0.0.1", runtime_env=env)
+    return "local"
+
+
+def prepare(spec: JobSpec, address: str | None = None) -> data.DataPlan:
+    """All checks that need no Ray: data, model source, devices. Raises SpecError."""
+    plan = data.inspect(spec)
+    check_model_source(spec, plan.info)
+    check_devices(spec, address)
+    return plan
+
+
+def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = None) -> tuple[int, str]:
+    """Fine-tune `spec` and write its run folder. Returns (exit status, run folder)."""
+    t0 = time.perf_counter()
+    plan = plan or prepare(spec, address)
+    fs, run_dir, storage_path = storage(spec)
+    fs.create_dir(run_dir, recursive=True)
+
+    ray_mode = start_ray(spec, address)
+    t_ray = time.perf_counter()
+    tokenizer_source = None
+    if spec.model.name == "hf":
+        from ftray.models.hf import resolve_source
+        tokenizer_source = resolve_source(spec)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    datasets, rows = data.ray_datasets(spec, plan, tokenizer_source)
+    local_tb = run_dir if isinstance(fs, pafs.LocalFileSystem) else tempfile.mkdtemp(prefix="ftray-tb-")
+    callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", TASK_METRIC[spec.data.task])
+    fail_after = os.environ.get(FAIL_AFTER_EPOCH_ENV)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "info": plan.info.to_dict(),
+                           "train_rows": rows["train"],
+                           "fail_after_epoch": int(fail_after) if fail_after else None},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
+            resources_per_worker={"CPU": spec.scaling.cpus_per_worker,
+                                  **({"GPU": 1} if spec.scaling.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=spec.run.name, storage_path=storage_path, callbacks=[callback],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.run.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=spec.run.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+        datasets=datasets,
+    )
+    error = None
+    try:
+        result = trainer.fit()
+        ckpt_path = result.checkpoint.path if result.checkpoint else None
+    except Exception as e:  # noqa: BLE001 - the run failed; record it, keep the checkpoints
+        error = "".join(traceback.format_exception_only(type(e), e)).strip()
+        ckpt_path = latest_checkpoint(fs, run_dir)
+    t_fit = time.perf_counter()
+
+    progress = _read_json(fs, f"{ckpt_path}/{checkpoint.PROGRESS}") if ckpt_path else {}
+    history = progress.get("history", [])
+    model_dir = None
+    if ckpt_path and not error:
+        model_dir = f"{run_dir}/model"
+        fs.delete_dir_contents(model_dir, missing_dir_ok=True)
+        fs.create_dir(model_dir, recursive=True)
+        pafs.copy_files(f"{ckpt_path}/{checkpoint.MODEL_DIR}", model_dir, source_filesystem=fs,
+                        destination_filesystem=fs)
+    if history:
+        _write_bytes(fs, f"{run_dir}/curves.png", plot_curves(history, TASK_METRIC[spec.data.task]))
+    if local_tb != run_dir:
+        pafs.copy_files(local_tb, run_dir, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+    summary = {
+        "status": "failed" if error else "succeeded",
+        "error": error,
+        "metrics": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")},
+        "best": _best(history, spec),
+        "params": progress.get("params"),
+        "checkpoint": ckpt_path,
+        "model": model_dir,
+        "epochs_done": progress.get("epoch", 0),
+        "steps_done": progress.get("step", 0),
+        "resumes": progress.get("resumes", []),
+        "early_stopped": bool(history and history[-1].get("early_stopped")),
+        "history": history,
+        "data": {"train_rows": rows["train"], "val_rows": rows["val"],
+                 "classes": plan.info.classes},
+        "ray": {"mode": ray_mode, "num_workers": spec.scaling.num_workers, "use_gpu": spec.scaling.use_gpu},
+        "timings": {"total_s": round(time.perf_counter() - t0, 3), "ray_start_s": round(t_ray - t0, 3),
+                    "fit_s": round(t_fit - t_ray, 3)},
+        "spec": spec.model_dump(mode="json"),
+    }
+    _write_bytes(fs, f"{run_dir}/summary.json", json.dumps(summary, indent=2).encode())
+    return (1 if error else 0), (run_dir if isinstance(fs, pafs.LocalFileSystem)
+                                 else f"{spec.run.storage_path.rstrip('/')}/{spec.run.name}")
+
+
+def latest_checkpoint(fs: pafs.FileSystem, run_dir: str) -> str | None:
+    """The checkpoint folder with the highest epoch under a run folder (None if there is none)."""
+    best, best_epoch = None, -1
+    for entry in fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True)):
+        if entry.type == pafs.FileType.Directory and Path(entry.path).name.startswith("checkpoint_"):
+            try:
+                epoch = _read_json(fs, f"{entry.path}/{checkpoint.PROGRESS}")["epoch"]
+            except (OSError, ValueError, KeyError):
+                continue  # a checkpoint whose write was cut off
+            if epoch > best_epoch:
+                best, best_epoch = entry.path, epoch
+    return best
+
+
+def _best(history: list[dict], spec: JobSpec) -> dict | None:
+    if not history:
+        return None
+    es = spec.train.early_stopping
+    pick = min if es.mode == "min" else max
+    return pick(history, key=lambda m: m[es.metric])
+
+
+def plot_curves(history: list[dict], task_metric: str) -> bytes:
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [m["epoch"] for m in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [m["train_loss"] for m in history], "o-", label="train_loss")
+    ax1.plot(epochs, [m["val_loss"] for m in history], "o-", label="val_loss")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
+    ax2.plot(epochs, [m[task_metric] for m in history], "o-", color="C2")
+    ax2.set_xlabel("epoch"), ax2.set_ylabel(task_metric)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _read_json(fs: pafs.FileSystem, path: str) -> dict:
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
+def _write_bytes(fs: pafs.FileSystem, path: str, payload: bytes) -> None:
+    with fs.open_output_stream(path) as f:
+        f.write(payload)
