@@ -179,8 +179,6 @@ def inspect(spec: JobSpec) -> DataPlan:
         if t.num_rows == 0:
             raise SpecError(f"{where}: no rows")
     train_rows = tables[0][1].num_rows
-    if not val and round(train_rows * d.val_fraction) < 1:
-        raise SpecError(f"data.val_fraction: {d.val_fraction} of {train_rows} rows leaves no validation rows")
     info = ModelInfo(task=d.task)
     for where, t in tables:
         if spec.model.name == "mlp":
@@ -206,6 +204,10 @@ def inspect(spec: JobSpec) -> DataPlan:
     if d.task == "classification":
         info.classes = label_classes(spec, tables)
         class_index = {c: i for i, c in enumerate(info.classes)}
+    n_val = round(train_rows * d.val_fraction)
+    if not val and (n_val < 1 or n_val >= train_rows):
+        raise SpecError(f"data.val_fraction: {d.val_fraction} of {train_rows} rows leaves no "
+                        f"{'validation' if n_val < 1 else 'training'} rows")
     return DataPlan(info, train, val, train_rows, tables[1][1].num_rows if val else None, class_index,
                     train_table=None if val else tables[0][1])
 

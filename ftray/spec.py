@@ -341,11 +341,36 @@ def read_spec_file(path: str | os.PathLike) -> dict:
     return parse_yaml(text, str(path))
 
 
+def _absolute(path: str | None, local_only_if_exists: bool = False) -> str | None:
+    """Local paths made absolute against the current directory; URIs (and hub ids) left alone."""
+    if path is None or "://" in path or path.startswith("package:"):
+        return path
+    local = Path(path).expanduser()
+    if local_only_if_exists and not (local.exists() or path.startswith((".", "/", "~"))):
+        return path  # a hub id such as org/model
+    return str(local.resolve())
+
+
+def with_absolute_paths(spec: JobSpec) -> JobSpec:
+    """Ray workers do not share the driver's working directory: pin every local path."""
+    model = spec.model.model_copy(update={"init_from": _absolute(spec.model.init_from)})
+    if isinstance(model, HFModel):
+        model = model.model_copy(update={"path": _absolute(model.path, local_only_if_exists=True)})
+    return spec.model_copy(update={
+        "model": model,
+        "data": spec.data.model_copy(update={"path": _absolute(spec.data.path),
+                                             "val_path": _absolute(spec.data.val_path)}),
+        "run": spec.run.model_copy(update={"storage_path": _absolute(spec.run.storage_path)}),
+    })
+
+
 def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> JobSpec:
-    """Read, override and validate a job spec; raises SpecError naming the file and key path."""
+    """Read, override and validate a job spec; raises SpecError naming the file and key path.
+
+    Relative local paths in the result are resolved against the current directory."""
     raw = read_spec_file(path)
     if overrides:
         if not isinstance(raw, dict):
             validate(raw, str(path))  # raises the top-level message
         raw = apply_overrides(raw, [parse_override(o) for o in overrides])
-    return validate(raw, str(path))
+    return with_absolute_paths(validate(raw, str(path)))

@@ -87,6 +87,7 @@ def train_loop(config: dict) -> None:
     for epoch in range(progress["epoch"] + 1, spec.train.epochs + 1):
         started = time.perf_counter()
         ddp_model.train()
+        method.train_mode(model)
         loss_sum, seen, micro = 0.0, 0, 0
         batches = train_shard.iter_torch_batches(
             batch_size=spec.micro_batch_size, device=device,

@@ -32,6 +32,9 @@ class Method:
         """Set `requires_grad` on the model's parameters (default: everything trains)."""
         model.requires_grad_(True)
 
+    def train_mode(self, model: FtModel) -> None:
+        """Called after `model.train()` before each epoch: put parts that do not train in eval mode."""
+
     def param_groups(self, model: FtModel) -> list[dict]:
         """Optimizer parameter groups; `lr_scale` multiplies `train.lr` for a group."""
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]

@@ -11,6 +11,14 @@ class Transfer(Method):
         for block in self._unfrozen_blocks(model):
             block.requires_grad_(True)
 
+    def train_mode(self, model):
+        # The frozen backbone computes features as at inference: no dropout noise, no drift of
+        # normalisation statistics. Only the head and the unfrozen blocks run in training mode.
+        model.eval()
+        model.head().train()
+        for block in self._unfrozen_blocks(model):
+            block.train()
+
     def param_groups(self, model):
         head = [p for p in model.head().parameters()]
         blocks = [p for b in self._unfrozen_blocks(model) for p in b.parameters()]

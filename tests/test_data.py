@@ -1,0 +1,124 @@
+"""Data inspection before Ray starts, and the Ray Data pipelines the workers stream from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from ftray import data
+from ftray.spec import JobSpec, SpecError
+from tests.conftest import blobs, mlp_spec
+
+
+def spec_for(path, tmp_path, **data_fields):
+    raw = mlp_spec(path, tmp_path / "runs")
+    raw["data"].update({"val_fraction": 0.5, **data_fields})
+    return JobSpec.model_validate(raw)
+
+
+def write_formats(tmp_path, table: pa.Table):
+    """The same rows as Parquet, JSONL and CSV (CSV with one scalar column per feature)."""
+    pq.write_table(table, tmp_path / "d.parquet")
+    rows = table.to_pylist()
+    (tmp_path / "d.jsonl").write_text("".join(
+        '{"x": [%s], "label": %d}\n' % (", ".join(repr(float(v)) for v in r["x"]), r["label"]) for r in rows))
+    x = np.array([r["x"] for r in rows])
+    flat = pa.table({**{f"f{i}": x[:, i] for i in range(x.shape[1])}, "label": table.column("label")})
+    pacsv.write_csv(flat, tmp_path / "d.csv")
+    return [f"f{i}" for i in range(x.shape[1])]
+
+
+def test_parquet_jsonl_csv_and_file_uri_agree(tmp_path):
+    table = blobs(30, classes=3, width=4)
+    csv_features = write_formats(tmp_path, table)
+    plans = [data.inspect(spec_for(tmp_path / "d.parquet", tmp_path)),
+             data.inspect(spec_for(tmp_path / "d.jsonl", tmp_path)),
+             data.inspect(spec_for(f"file://{tmp_path}/d.parquet", tmp_path)),
+             data.inspect(spec_for(tmp_path / "d.csv", tmp_path, features=csv_features))]
+    assert [p.train.format for p in plans] == ["parquet", "jsonl", "parquet", "csv"]
+    assert all(p.info.in_features == 4 and p.info.classes == [0, 1, 2] and p.train_rows == 30 for p in plans)
+    matrices = [data.feature_matrix(p.train_table, f, "t") for p, f in
+                zip(plans, [["x"], ["x"], ["x"], csv_features])]
+    for m in matrices[1:]:
+        np.testing.assert_allclose(m, matrices[0], rtol=1e-6)
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    table = pa.table({"i": np.arange(100)})
+    a_train, a_val = data.split_table(table, 0.2, seed=3)
+    b_train, b_val = data.split_table(table, 0.2, seed=3)
+    _, c_val = data.split_table(table, 0.2, seed=4)
+    assert a_val.equals(b_val) and a_train.equals(b_train)
+    assert a_val.num_rows == 20 and a_train.num_rows == 80
+    assert set(a_val["i"].to_pylist()) | set(a_train["i"].to_pylist()) == set(range(100))
+    assert a_val["i"].to_pylist() != c_val["i"].to_pylist()
+
+
+def test_string_labels_and_explicit_classes(tmp_path):
+    p = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"x": [[1.0], [2.0], [3.0]], "label": ["b", "a", "c"]}), p)
+    assert data.inspect(spec_for(p, tmp_path)).info.classes == ["a", "b", "c"]
+    plan = data.inspect(spec_for(p, tmp_path, classes=["c", "b", "a"]))
+    assert plan.class_index == {"c": 0, "b": 1, "a": 2}
+
+
+@pytest.mark.parametrize("table, fields, expected", [
+    (pa.table({"x": [[1.0], [2.0]], "label": [0, 5]}), {"classes": [0, 1]}, "row 1: label 5 is not one of"),
+    (pa.table({"x": [[1.0], [2.0]], "label": [0, -1]}), {}, "row 1: label -1 is negative"),
+    (pa.table({"x": [[1.0], [float("nan")]], "label": [0, 1]}), {}, "row 1: a feature is NaN or infinite"),
+    (pa.table({"x": [[1.0], [float("inf")]], "label": [0, 1]}), {}, "row 1: a feature is NaN or infinite"),
+    (pa.table({"x": [[1.0], [2.0, 3.0]], "label": [0, 1]}), {}, "row 1: feature 'x' has 2 values"),
+    (pa.table({"x": [[1.0], None], "label": [0, 1]}), {}, "row 1: feature 'x' is empty"),
+    (pa.table({"x": [[1.0], [2.0]], "label": [0, None]}), {}, "row 1: label 'label' is empty"),
+    (pa.table({"x": [[1.0], [2.0]], "label": [0.5, 1.5]}), {}, "classification needs integer or string"),
+    (pa.table({"x": ["a", "b"], "label": [0, 1]}), {}, "feature 'x' has type string"),
+    (pa.table({"x": [[1.0], [2.0]], "label": [0, 0]}), {}, "at least 2 classes"),
+    (pa.table({"x": [[1.0], [2.0]], "y": [0, 1]}), {}, "no column 'label'"),
+    (pa.table({"x": pa.array([], pa.list_(pa.float32())), "label": pa.array([], pa.int64())}), {}, "no rows"),
+    (pa.table({"x": [[1.0], [2.0]], "label": [0, 1]}), {"val_fraction": 0.1}, "leaves no validation rows"),
+])
+def test_bad_data_names_the_row(tmp_path, table, fields, expected):
+    p = tmp_path / "bad.parquet"
+    pq.write_table(table, p)
+    with pytest.raises(SpecError) as e:
+        data.inspect(spec_for(p, tmp_path, **fields))
+    assert expected in str(e.value)
+    assert "bad.parquet" in str(e.value) or "data." in str(e.value)
+
+
+def test_missing_truncated_and_unknown_files(tmp_path):
+    with pytest.raises(SpecError, match="data.path: .*no such file"):
+        data.inspect(spec_for(tmp_path / "nope.parquet", tmp_path))
+    good = tmp_path / "good.parquet"
+    pq.write_table(blobs(20), good)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(SpecError, match="cannot read as parquet"):
+        data.inspect(spec_for(cut, tmp_path))
+    odd = tmp_path / "d.txt"
+    odd.write_text("hello")
+    with pytest.raises(SpecError, match="set data.format"):
+        data.inspect(spec_for(odd, tmp_path))
+    with pytest.raises(SpecError, match="data.val_path: .*no such file"):
+        data.inspect(spec_for(good, tmp_path, val_path=str(tmp_path / "val.parquet")))
+
+
+def test_validation_file_must_match_training_width(tmp_path):
+    pq.write_table(blobs(20, width=4), tmp_path / "train.parquet")
+    pq.write_table(blobs(20, width=5), tmp_path / "val.parquet")
+    with pytest.raises(SpecError, match="5 feature values per row, training data has 4"):
+        data.inspect(spec_for(tmp_path / "train.parquet", tmp_path, val_path=str(tmp_path / "val.parquet")))
+
+
+def test_ray_pipelines_yield_tensors(ray_session, tmp_path):
+    pq.write_table(blobs(40, classes=2, width=3, label_offset=5), tmp_path / "train.parquet")
+    pq.write_table(blobs(10, classes=2, width=3, label_offset=5, seed=1), tmp_path / "val.parquet")
+    spec = spec_for(tmp_path / "train.parquet", tmp_path, val_path=str(tmp_path / "val.parquet"), classes=[5, 6])
+    plan = data.inspect(spec)
+    datasets, rows = data.ray_datasets(spec, plan)
+    assert rows == {"train": 40, "val": 10}
+    batch = next(iter(datasets["val"].iter_torch_batches(batch_size=10)))
+    assert tuple(batch["x"].shape) == (10, 3) and sorted(set(batch["y"].tolist())) == [0, 1]

@@ -1,0 +1,191 @@
+"""`ftray run` end to end on the shared local Ray: the run folder, exact resumption, data-parallel
+equivalence, Hugging Face models, and bad input stopped before Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ftray import cli, data, train
+from ftray.models import load_exported
+from ftray.spec import load_spec
+from tests.conftest import REPO, blobs, mlp_spec, texts, write_jsonl, write_spec
+
+
+def run_cli(capsys, spec_path, *args) -> tuple[int, str, str]:
+    code = cli.main(["run", str(spec_path), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def summary(run_dir) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def test_run_writes_a_complete_run_folder(ray_session, tmp_path, blobs_parquet, capsys):
+    spec = write_spec(tmp_path / "job.yaml", mlp_spec(
+        blobs_parquet, tmp_path / "runs", "folder", scaling={"num_workers": 2},
+        model={"dropout": 0.1}, train={"epochs": 3, "schedule": {"name": "cosine", "warmup_steps": 2}}))
+    code, out, _ = run_cli(capsys, spec)
+    run_dir = tmp_path / "runs" / "folder"
+    assert code == 0 and out.strip().splitlines()[-1] == str(run_dir)
+    s = summary(run_dir)
+    assert s["status"] == "succeeded" and s["epochs_done"] == 3
+    assert [m["epoch"] for m in s["history"]] == [1, 2, 3]
+    assert set(s["metrics"]) == {"val_loss", "val_accuracy"} and s["metrics"]["val_accuracy"] > 0.8
+    assert s["params"]["total"] == s["params"]["trainable"] == 8 * 16 + 16 + 16 * 3 + 3
+    assert s["spec"]["scaling"]["num_workers"] == 2 and s["timings"]["fit_s"] > 0
+    assert Path(s["checkpoint"]).is_dir() and (Path(s["checkpoint"]) / "trainer_state.pt").is_file()
+    assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    # The exported model reproduces the reported validation accuracy on the same held-out rows.
+    model = load_exported(str(run_dir)).eval()
+    _, val = data.split_table(pq.read_table(blobs_parquet), 0.2, seed=0)
+    x = torch.tensor(data.feature_matrix(val, ["x"], "val"))
+    acc = (model({"x": x}).argmax(-1).numpy() == val["label"].to_numpy()).mean()
+    assert acc == pytest.approx(s["metrics"]["val_accuracy"])
+
+
+def test_resume_after_a_failure_matches_an_uninterrupted_run(ray_session, tmp_path, blobs_parquet,
+                                                             capsys, monkeypatch):
+    def spec(name):
+        return write_spec(tmp_path / f"{name}.yaml", mlp_spec(
+            blobs_parquet, tmp_path / "runs", name, model={"dropout": 0.2},
+            data={"shuffle_buffer": 64}, train={"epochs": 4, "schedule": {"name": "cosine"}}))
+
+    monkeypatch.setenv(train.FAIL_AFTER_EPOCH_ENV, "2")
+    code, out, err = run_cli(capsys, spec("resumed"))
+    assert code == 1 and "re-run to resume" in err
+    failed = summary(tmp_path / "runs" / "resumed")
+    assert failed["status"] == "failed" and "injected failure" in failed["error"]
+    assert failed["epochs_done"] == 2 and Path(failed["checkpoint"]).is_dir()
+
+    monkeypatch.delenv(train.FAIL_AFTER_EPOCH_ENV)
+    assert run_cli(capsys, spec("resumed"))[0] == 0
+    resumed = summary(tmp_path / "runs" / "resumed")
+    assert resumed["resumes"] == [{"epoch": 2, "step": failed["steps_done"]}]
+    assert [m["epoch"] for m in resumed["history"]] == [1, 2, 3, 4]
+
+    assert run_cli(capsys, spec("straight"))[0] == 0
+    straight = summary(tmp_path / "runs" / "straight")
+    assert straight["resumes"] == [] and straight["steps_done"] == resumed["steps_done"]
+    assert [m["step"] for m in straight["history"]] == [m["step"] for m in resumed["history"]]
+    for key in ("val_loss", "val_accuracy"):
+        assert resumed["metrics"][key] == pytest.approx(straight["metrics"][key], rel=1e-6, abs=1e-7)
+    for a, b in zip(resumed["history"], straight["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("workers, accum", [(2, 1), (2, 2)])
+def test_data_parallel_update_equals_one_worker(ray_session, tmp_path, capsys, workers, accum):
+    """Full-batch SGD on 64 rows: the update only depends on the global batch, not on how it is split."""
+    pq.write_table(blobs(64, seed=1), tmp_path / "train.parquet")
+    pq.write_table(blobs(16, seed=2), tmp_path / "val.parquet")
+
+    def spec(name, num_workers, grad_accum):
+        return write_spec(tmp_path / f"{name}.yaml", mlp_spec(
+            tmp_path / "train.parquet", tmp_path / "runs", name, scaling={"num_workers": num_workers},
+            data={"val_path": str(tmp_path / "val.parquet"), "shuffle_buffer": 0},
+            train={"epochs": 3, "batch_size": 64, "lr": 0.5, "optimizer": {"name": "sgd", "momentum": 0.9},
+                   "grad_accum_steps": grad_accum}))
+
+    assert run_cli(capsys, spec("one", 1, 1))[0] == 0
+    assert run_cli(capsys, spec("many", workers, accum))[0] == 0
+    one, many = (load_exported(str(tmp_path / "runs" / n)).state_dict() for n in ("one", "many"))
+    start = load_exported(str(tmp_path / "runs" / "one"))  # sanity: training moved the weights
+    assert summary(tmp_path / "runs" / "many")["steps_done"] == 3
+    for key in one:
+        torch.testing.assert_close(many[key], one[key], rtol=1e-5, atol=1e-6)
+    assert start is not None
+
+
+def test_hf_sequence_classifier_and_causal_lm(ray_session, tmp_path, tiny_bert, tiny_gpt, capsys):
+    write_jsonl(tmp_path / "cls.jsonl", texts(64))
+    cls = write_spec(tmp_path / "cls.yaml", {
+        "model": {"name": "hf", "path": str(tiny_bert), "max_length": 16},
+        "data": {"path": str(tmp_path / "cls.jsonl"), "text": "text", "label": "label", "val_fraction": 0.25},
+        "method": {"name": "transfer", "unfreeze_last": 1},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.01, "precision": "bf16"},
+        "scaling": {"num_workers": 2},
+        "run": {"name": "cls", "storage_path": str(tmp_path / "runs")}})
+    assert run_cli(capsys, cls)[0] == 0
+    s = summary(tmp_path / "runs" / "cls")
+    assert 0 < s["params"]["trainable"] < s["params"]["total"]
+    assert (tmp_path / "runs" / "cls" / "model" / "config.json").is_file()
+
+    write_jsonl(tmp_path / "lm.jsonl", [{"text": r["text"]} for r in texts(48)])
+    lm = write_spec(tmp_path / "lm.yaml", {
+        "model": {"name": "hf", "path": str(tiny_gpt), "max_length": 16},
+        "data": {"path": str(tmp_path / "lm.jsonl"), "text": "text", "task": "causal_lm", "label": None},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 0.005},
+        "run": {"name": "lm", "storage_path": str(tmp_path / "runs")}})
+    assert run_cli(capsys, lm)[0] == 0
+    s = summary(tmp_path / "runs" / "lm")
+    ppl = [m["val_perplexity"] for m in s["history"]]
+    assert ppl[-1] < ppl[0] and np.isfinite(ppl).all()
+    assert s["metrics"]["val_perplexity"] == pytest.approx(np.exp(s["metrics"]["val_loss"]))
+
+
+# ---------------------------------------------------------------------------- bad input: exit 2
+def _bad_cases(tmp_path, blobs_parquet):
+    good = mlp_spec(blobs_parquet, tmp_path / "runs")
+    pq.write_table(blobs(0), tmp_path / "empty.parquet")
+    pq.write_table(blobs(30, classes=3, label_offset=2), tmp_path / "offset.parquet")
+    write_jsonl(tmp_path / "texts.jsonl", texts(10))
+    return {
+        "missing data file": ({**good, "data": {**good["data"], "path": str(tmp_path / "nope.parquet")}},
+                              "data.path: "),
+        "column absent": ({**good, "data": {**good["data"], "features": ["pixels"]}}, "no column 'pixels'"),
+        "labels out of range": ({**good, "data": {**good["data"], "path": str(tmp_path / "offset.parquet"),
+                                                   "classes": [0, 1, 2]}}, "row 1: label 3 is not one of"),
+        "empty dataset": ({**good, "data": {**good["data"], "path": str(tmp_path / "empty.parquet")}}, "no rows"),
+        "missing model path": ({**good, "model": {"name": "hf", "path": str(tmp_path / "no_model")},
+                                "data": {"path": str(tmp_path / "texts.jsonl"), "text": "text"}}, "model.path: "),
+        "missing init_from": ({**good, "model": {**good["model"], "init_from": str(tmp_path / "no_run")}},
+                              "model.init_from: "),
+        "gpu on a cpu machine": ({**good, "scaling": {"use_gpu": True}}, "scaling.use_gpu"),
+    }
+
+
+def test_bad_input_exits_2_before_ray_starts(tmp_path, blobs_parquet, capsys, monkeypatch):
+    def no_ray(*a, **k):
+        raise AssertionError("Ray must not start on bad input")
+    monkeypatch.setattr(train, "start_ray", no_ray)
+    for case, (raw, expected) in _bad_cases(tmp_path, blobs_parquet).items():
+        path = write_spec(tmp_path / "bad.yaml", raw)
+        code, out, err = run_cli(capsys, path)
+        assert code == 2, case
+        assert expected in err and err.startswith("ftray: error: "), (case, err)
+        assert "Traceback" not in err and out == "", case
+        assert cli.main(["validate", str(path)]) == 2, case
+        capsys.readouterr()
+
+
+def test_bad_input_in_a_fresh_process(tmp_path, blobs_parquet):
+    """The real command: one line on stderr, exit 2, no traceback, no Ray session started."""
+    path = write_spec(tmp_path / "bad.yaml", {**mlp_spec(blobs_parquet, tmp_path / "runs"), "train": {"lr": -1}})
+    for command in (["run", str(path)], ["validate", str(path)], ["run", str(path), "--set", "train.lr=0.1",
+                                                                  "--set", "data.label=nope"]):
+        p = subprocess.run([sys.executable, "-m", "ftray", *command], capture_output=True, text=True,
+                           cwd=REPO, timeout=120)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+        assert "Started a local Ray instance" not in p.stderr + p.stdout
+    assert "no column 'nope'" in p.stderr
+
+
+def test_validate_accepts_many_specs_and_overrides(tmp_path, blobs_parquet, capsys):
+    a = write_spec(tmp_path / "a.yaml", mlp_spec(blobs_parquet, tmp_path / "runs", "a"))
+    b = write_spec(tmp_path / "b.yaml", mlp_spec(blobs_parquet, tmp_path / "runs", "b"))
+    assert cli.main(["validate", str(a), str(b), "--set", "train.optimizer.name=rmsprop"]) == 0
+    out = capsys.readouterr().out
+    assert f"{a}: ok" in out and f"{b}: ok" in out
+    assert load_spec(a, ["train.optimizer.name=rmsprop"]).train.optimizer.name == "rmsprop"
