@@ -29,7 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("spec", metavar="SPEC")
     r.add_argument("--address", default=None,
                    help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    sub.add_parser("reference", help="print the spec reference (markdown, as in README.md)")
     return p
+
+
+def cmd_reference(args) -> int:
+    from ftray.reference import spec_reference
+    print(spec_reference(), end="")
+    return 0
 
 
 def cmd_validate(args) -> int:
@@ -48,12 +55,12 @@ def cmd_run(args) -> int:
     plan = train.prepare(spec, args.address)
     status, run_dir = train.run(spec, args.address, plan)
     if status:
-        print(f"ftray: run failed; finished checkpoints are kept, re-run to resume", file=sys.stderr)
+        print("ftray: run failed; finished checkpoints are kept, re-run to resume", file=sys.stderr)
     print(run_dir, flush=True)
     return status
 
 
-COMMANDS = {"validate": cmd_validate, "run": cmd_run}
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "reference": cmd_reference}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,10 +50,10 @@ def blobs_parquet(tmp_path) -> Path:
     return path
 
 
-def mlp_spec(data: Path, storage: Path, name: str = "t", **sections) -> dict:
+def mlp_spec(data_path: Path, storage: Path, name: str = "t", **sections) -> dict:
     spec = {
         "model": {"name": "mlp", "layers": 1, "units": 16},
-        "data": {"path": str(data), "features": ["x"], "label": "label"},
+        "data": {"path": str(data_path), "features": ["x"], "label": "label"},
         "train": {"epochs": 2, "batch_size": 16, "lr": 0.01},
         "run": {"name": name, "storage_path": str(storage), "seed": 0},
     }
