@@ -10,9 +10,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from ftray.spec import TASK_METRICS as TASK_METRIC
 from ftray.spec import JobSpec
-
-TASK_METRIC = {"classification": "val_accuracy", "regression": "val_mse", "causal_lm": "val_perplexity"}
 
 
 def make_optimizer(spec: JobSpec, groups: list[dict]) -> torch.optim.Optimizer:

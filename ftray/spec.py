@@ -232,6 +232,14 @@ class JobSpec(Strict):
             raise ValueError(f"data.label: a {self.data.task} task needs a label column")
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("train.precision: fp16 needs scaling.use_gpu: true (use bf16 on CPU)")
+        metrics = {"train_loss", "val_loss", TASK_METRICS[self.data.task]}
+        if self.train.early_stopping.metric not in metrics:
+            raise ValueError(f"train.early_stopping.metric: {self.train.early_stopping.metric!r} is not "
+                             f"reported for a {self.data.task} task; choose one of {sorted(metrics)}")
+        if isinstance(self.method, TransferMethod) and isinstance(self.model, MLPModel) and \
+                self.method.unfreeze_last > self.model.layers:
+            raise ValueError(f"method.unfreeze_last: {self.method.unfreeze_last} blocks asked, the mlp has "
+                             f"{self.model.layers} (model.layers)")
         per_step = self.scaling.num_workers * self.train.grad_accum_steps
         if self.train.batch_size % per_step:
             raise ValueError(
@@ -243,6 +251,9 @@ class JobSpec(Strict):
     def micro_batch_size(self) -> int:
         """Examples in one worker's forward pass."""
         return self.train.batch_size // (self.scaling.num_workers * self.train.grad_accum_steps)
+
+
+TASK_METRICS = {"classification": "val_accuracy", "regression": "val_mse", "causal_lm": "val_perplexity"}
 
 
 # ---------------------------------------------------------------------------------- YAML loading

@@ -221,8 +221,15 @@ def storage(spec: JobSpec) -> tuple[pafs.FileSystem, str, str]:
 
 
 def check_devices(spec: JobSpec, address: str | None) -> None:
-    """On an embedded local Ray, refuse GPU jobs this machine can't run (they would wait forever)."""
-    if address or not spec.scaling.use_gpu:
+    """On an embedded local Ray, refuse jobs this machine can't run (they would wait forever, or
+    start dozens of processes on a few cores)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    cores = os.cpu_count() or 1
+    if spec.scaling.num_workers > 4 * cores:
+        raise SpecError(f"scaling.num_workers: {spec.scaling.num_workers} workers on an embedded local Ray "
+                        f"with {cores} CPU cores; lower it or pass --address of a cluster")
+    if not spec.scaling.use_gpu:
         return
     have = torch.cuda.device_count()
     if have < spec.scaling.num_workers:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ftray.spec import JobSpec, SpecError, load_spec
@@ -24,7 +26,8 @@ def spec_file(tmp_path, text=BASE):
 def test_defaults_and_fixed_names(tmp_path):
     spec = load_spec(spec_file(tmp_path))
     assert spec.scaling.num_workers == 1 and spec.scaling.use_gpu is False
-    assert spec.run.name == "demo" and spec.run.storage_path == "runs" and spec.run.seed == 0
+    assert spec.run.name == "demo" and spec.run.seed == 0
+    assert spec.run.storage_path == str(Path.cwd() / "runs")  # pinned: Ray workers have another cwd
     assert spec.train.optimizer.name == "adamw" and spec.method.name == "full"
     assert spec.model.activation == "gelu" and spec.model.dropout == 0.1
 
@@ -66,6 +69,9 @@ def test_overrides_apply(tmp_path, override, check):
     (BASE + "x: !!python/object/apply:os.system ['echo pwned']\n", "not valid YAML"),
     (BASE + "a: &a [1, 2]\nb: *a\n", "aliases"),
     (BASE.replace("features: [x]", "features: []"), "data.features"),
+    (BASE + "method: {name: transfer, unfreeze_last: 3}\n", "method.unfreeze_last: 3 blocks asked, the mlp has 2"),
+    (BASE.replace("lr: 0.01", "lr: 0.01, early_stopping: {patience: 2, metric: val_acc}"),
+     "train.early_stopping.metric: 'val_acc' is not reported"),
     (BASE + "train: {precision: fp16}\n".replace("train", "scaling") , "scaling.precision: unknown key"),
 ])
 def test_bad_specs_name_the_key(tmp_path, text, expected):
@@ -112,3 +118,19 @@ def test_round_trip_of_resolved_spec(tmp_path):
     assert again == spec
     p = write_spec(tmp_path / "resolved.yaml", spec.model_dump(mode="json"))
     assert load_spec(p) == spec
+
+
+def test_local_paths_are_pinned_and_the_rest_left_alone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local_model").mkdir()
+    text = """
+model: {name: hf, path: MODEL}
+data: {path: s3://bucket/train.parquet, val_path: val.jsonl, text: t}
+run: {name: demo, storage_path: gs://bucket/runs}
+"""
+    for given, expected in [("local_model", str(tmp_path / "local_model")), ("./x", str(tmp_path / "x")),
+                            ("org/model-id", "org/model-id"), ("package:pkg/model", "package:pkg/model")]:
+        spec = load_spec(spec_file(tmp_path, text.replace("MODEL", given)))
+        assert spec.model.path == expected
+        assert spec.data.path == "s3://bucket/train.parquet" and spec.data.val_path == str(tmp_path / "val.jsonl")
+        assert spec.run.storage_path == "gs://bucket/runs"

@@ -152,6 +152,8 @@ def _bad_cases(tmp_path, blobs_parquet):
         "missing init_from": ({**good, "model": {**good["model"], "init_from": str(tmp_path / "no_run")}},
                               "model.init_from: "),
         "gpu on a cpu machine": ({**good, "scaling": {"use_gpu": True}}, "scaling.use_gpu"),
+        "too many local workers": ({**good, "scaling": {"num_workers": 512}, "train": {"batch_size": 512}},
+                                   "scaling.num_workers: 512 workers on an embedded local Ray"),
     }
 
 

@@ -28,5 +28,7 @@ class Transfer(Method):
         return groups
 
     def _unfrozen_blocks(self, model):
-        k = self.spec.method.unfreeze_last
-        return model.blocks()[-k:] if k else []
+        k, blocks = self.spec.method.unfreeze_last, model.blocks()
+        if k > len(blocks):
+            raise ValueError(f"method.unfreeze_last: {k} blocks asked, the model has {len(blocks)}")
+        return blocks[-k:] if k else []
