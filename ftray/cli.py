@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ftray import schedule, submit
 from ftray.spec import SpecError, load_spec
 
 
@@ -30,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None,
                    help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     sub.add_parser("reference", help="print the spec reference (markdown, as in README.md)")
+    submit.add_parsers(sub)
+    schedule.add_parsers(sub)
     return p
 
 
@@ -60,7 +63,8 @@ def cmd_run(args) -> int:
     return status
 
 
-COMMANDS = {"validate": cmd_validate, "run": cmd_run, "reference": cmd_reference}
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "reference": cmd_reference,
+            "submit": submit.cmd_submit, "jobs": submit.cmd_jobs, "schedule": schedule.cmd_schedule}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,7 @@ class DataPlan:
     val_rows: int | None
     class_index: dict = field(default_factory=dict)
     train_table: pa.Table | None = None  # kept when validation rows are split off in the driver
+    tables: list = field(default_factory=list, repr=False)  # (where, table) as read by inspect
 
 
 def resolve(uri: str, fmt: str, key: str) -> Source:
@@ -87,9 +88,14 @@ def read_table(src: Source, columns: list[str]) -> pa.Table:
         raise SpecError(f"{src.key}: {src.uri}: cannot read as {src.format}: {e}".splitlines()[0]) from None
 
 
+def text_columns(spec: JobSpec) -> list[str]:
+    d = spec.data
+    return [d.text] if d.text else [d.prompt, d.response]
+
+
 def needed_columns(spec: JobSpec) -> list[str]:
     d = spec.data
-    cols = list(d.features) if spec.model.name == "mlp" else [d.text]
+    cols = list(d.features) if spec.model.name == "mlp" else text_columns(spec)
     if d.task != "causal_lm":
         cols.append(d.label)
     return cols
@@ -187,12 +193,13 @@ def inspect(spec: JobSpec) -> DataPlan:
                 raise SpecError(f"{where}: {width} feature values per row, training data has {info.in_features}")
             info.in_features = width
         else:
-            col = t.column(d.text)
-            if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-                raise SpecError(f"{where}: text column {d.text!r} has type {col.type}, not strings")
-            if col.null_count:
-                raise SpecError(f"{where}: row {_first_bad_row(col.is_null().to_numpy(zero_copy_only=False))}: "
-                                f"text {d.text!r} is empty")
+            for name in text_columns(spec):
+                col = t.column(name)
+                if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+                    raise SpecError(f"{where}: text column {name!r} has type {col.type}, not strings")
+                if col.null_count:
+                    raise SpecError(f"{where}: row {_first_bad_row(col.is_null().to_numpy(zero_copy_only=False))}: "
+                                    f"text {name!r} is empty")
         if d.task == "regression":
             y = t.column(d.label)
             if not (pa.types.is_integer(y.type) or pa.types.is_floating(y.type)):
@@ -209,7 +216,58 @@ def inspect(spec: JobSpec) -> DataPlan:
         raise SpecError(f"data.val_fraction: {d.val_fraction} of {train_rows} rows leaves no "
                         f"{'validation' if n_val < 1 else 'training'} rows")
     return DataPlan(info, train, val, train_rows, tables[1][1].num_rows if val else None, class_index,
-                    train_table=None if val else tables[0][1])
+                    train_table=None if val else tables[0][1], tables=tables)
+
+
+def check_lengths(spec: JobSpec, plan: DataPlan, tokenizer_source: str) -> None:
+    """Tokenize every example once in the driver so that an example the truncation rule cannot
+    handle stops the job (exit 2, naming the row) before Ray starts."""
+    from ftray.models.hf import load_tokenizer
+    tok = load_tokenizer(tokenizer_source)
+    for where, table in plan.tables:
+        rows = zip(*(table.column(c).to_pylist() for c in text_columns(spec)))
+        for i, row in enumerate(rows):
+            try:
+                encode(tok, spec, *row)
+            except ValueError as e:
+                raise SpecError(f"{where}: row {i}: {e}") from None
+
+
+def encode(tok, spec: JobSpec, *texts: str) -> tuple[list[int], list[int] | None]:
+    """Token ids (and LM labels, -100 where no loss) of one example under `data.truncation`."""
+    d, limit = spec.data, spec.model.max_length
+    if not d.prompt:
+        ids = tok(texts[0], add_special_tokens=True)["input_ids"]
+        if len(ids) > limit:
+            if d.truncation == "none":
+                raise ValueError(f"{len(ids)} tokens, model.max_length is {limit} (data.truncation: none)")
+            ids = ids[:limit] if d.truncation == "right" else ids[-limit:]
+        return ids, (list(ids) if d.task == "causal_lm" else None)
+    prompt, response = texts
+    if tok.chat_template:
+        turn = [{"role": "user", "content": prompt}]
+        p_text = tok.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template(turn + [{"role": "assistant", "content": response}], tokenize=False)
+        p = tok(p_text, add_special_tokens=False)["input_ids"]
+        r = tok(full[len(p_text):], add_special_tokens=False)["input_ids"]
+    else:
+        p = tok(prompt, add_special_tokens=True)["input_ids"]
+        end = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        r = tok(response, add_special_tokens=False)["input_ids"] + ([end] if end is not None else [])
+    over = len(p) + len(r) - limit
+    if over > 0:
+        if d.truncation == "none":
+            raise ValueError(f"prompt + response are {len(p) + len(r)} tokens, model.max_length is {limit} "
+                             "and data.truncation is none")
+        if d.truncation == "right":
+            if len(p) >= limit:
+                raise ValueError(f"the prompt alone is {len(p)} tokens, model.max_length is {limit}: no response "
+                                 "token would be learned (use data.truncation: left or a larger max_length)")
+            r = r[:limit - len(p)]
+        else:
+            p = p[min(over, len(p) - 1):]
+            r = r[:limit - len(p)]
+    return p + r, [-100] * len(p) + r
 
 
 # ------------------------------------------------------------------------------- Ray Data side
@@ -227,23 +285,34 @@ class TabularRows:
 
 
 class TokenizedRows:
-    """map_batches UDF: text -> padded `input_ids`/`attention_mask` (+ `y` or LM `labels`)."""
+    """map_batches UDF: text (or prompt + response) -> padded `input_ids`/`attention_mask`, plus
+    `y` for classifiers or `labels` (-100 where there is no loss) for language models; with
+    `data.packing`, a batch's examples are concatenated into full `max_length` rows."""
 
     def __init__(self, spec: JobSpec, class_index: dict, tokenizer_source: str):
-        self.text, self.label, self.task = spec.data.text, spec.data.label, spec.data.task
-        self.max_length, self.class_index, self.source = spec.model.max_length, class_index, tokenizer_source
+        self.spec, self.class_index, self.source = spec, class_index, tokenizer_source
 
     def __call__(self, batch: pa.Table) -> dict:
         from ftray.models.hf import load_tokenizer
-        enc = load_tokenizer(self.source)(batch.column(self.text).to_pylist(), truncation=True,
-                                          max_length=self.max_length, padding="max_length",
-                                          return_tensors="np")
-        out = {"input_ids": enc["input_ids"].astype(np.int64),
-               "attention_mask": enc["attention_mask"].astype(np.int64)}
-        if self.task == "causal_lm":
-            out["labels"] = np.where(out["attention_mask"] == 1, out["input_ids"], -100)
-        else:
-            out.update(labels(batch, self.label, self.task, self.class_index))
+        tok, spec, limit = load_tokenizer(self.source), self.spec, self.spec.model.max_length
+        examples = [encode(tok, spec, *row) for row in
+                    zip(*(batch.column(c).to_pylist() for c in text_columns(spec)))]
+        if spec.data.packing:
+            ids = [t for e in examples for t in e[0]]
+            lab = [t for e in examples for t in e[1]]
+            examples = [(ids[i:i + limit], lab[i:i + limit]) for i in range(0, len(ids), limit)]
+        n = len(examples)
+        out = {"input_ids": np.full((n, limit), tok.pad_token_id, np.int64),
+               "attention_mask": np.zeros((n, limit), np.int64)}
+        if spec.data.task == "causal_lm":
+            out["labels"] = np.full((n, limit), -100, np.int64)
+        for i, (ids, lab) in enumerate(examples):
+            out["input_ids"][i, :len(ids)] = ids
+            out["attention_mask"][i, :len(ids)] = 1
+            if lab is not None:
+                out["labels"][i, :len(lab)] = lab
+        if spec.data.task != "causal_lm":
+            out.update(labels(batch, spec.data.label, spec.data.task, self.class_index))
         return out
 
 

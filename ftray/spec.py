@@ -54,6 +54,11 @@ class HFModel(Strict):
         "Override the model's hidden and attention dropout (None keeps the config's).", None, ge=0.0, lt=1.0)
     init_from: str | None = describe(
         "Start from the exported model of an earlier ftray run (its run folder) instead of `path`.", None)
+    gradient_checkpointing: bool = describe("Recompute activations in the backward pass to save memory.",
+                                            False)
+    config: dict[str, Any] | None = describe(
+        "Build with random weights from this transformers config (with `model_type`); `path` then only "
+        "supplies the tokenizer.", None)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -79,6 +84,13 @@ class DataSpec(Strict):
         "Numeric input columns for `mlp` (one list-valued column or several scalar columns).",
         default_factory=list)
     text: str | None = describe("Text column for `hf` models.", None)
+    prompt: str | None = describe("`causal_lm` instruction tuning: prompt column (no loss on its tokens).", None)
+    response: str | None = describe("`causal_lm` instruction tuning: response column (the loss).", None)
+    truncation: Literal["none", "right", "left"] = describe(
+        "Examples longer than `model.max_length`: error (`none`), cut the end (`right`), or cut the "
+        "start of the prompt (`left`).", "right")
+    packing: bool = describe("`causal_lm`: pack several examples into each `model.max_length` sequence.",
+                             False)
     label: str | None = describe("Label column (classification, regression).", "label")
     classes: list[str | int] | None = describe(
         "Label values in head order; None means integer labels 0..K-1 with K inferred.", None)
@@ -100,7 +112,39 @@ class TransferMethod(Strict):
         "Learning rate of unfrozen backbone blocks as a multiple of `train.lr`.", 1.0, gt=0.0, le=1.0)
 
 
-MethodSpec = Annotated[Union[FullMethod, TransferMethod], Field(discriminator="name")]
+class LoraParams(Strict):
+    r: int = describe("LoRA rank.", 8, ge=1, le=4096)
+    alpha: float = describe("LoRA scaling numerator (the update is scaled by alpha / r).", 16.0, gt=0.0)
+    dropout: float = describe("Dropout on the LoRA branch.", 0.0, ge=0.0, lt=1.0)
+
+
+class LoraMethod(LoraParams):
+    name: Literal["lora"] = describe("Low-rank adapters through peft; the base weights stay frozen.", "lora")
+    target_modules: Union[Literal["attention", "mlp", "all-linear"], list[str]] = describe(
+        "Modules that get adapters: a preset, or module names (suffixes such as `query`, `q_proj`).",
+        "attention")
+    adapter_from: str | None = describe(
+        "Continue the adapter of an earlier lora run (its run folder) instead of a fresh one.", None)
+
+
+class AttentionMethod(LoraParams):
+    name: Literal["attention"] = describe(
+        "Only the attention projections (q, k, v, o) of the base model train (and the task head).",
+        "attention")
+    lora: bool = describe("Train them through LoRA (r, alpha, dropout) instead of directly.", False)
+
+
+class DistillMethod(Strict):
+    name: Literal["distill"] = describe(
+        "Knowledge distillation: alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher/T || student/T).",
+        "distill")
+    teacher: str = describe("The teacher: an earlier ftray run folder (or its exported model folder).")
+    alpha: float = describe("Weight of the hard-label loss.", 0.5, ge=0.0, le=1.0)
+    temperature: float = describe("Softmax temperature of both teacher and student.", 2.0, gt=0.0, le=100.0)
+
+
+MethodSpec = Annotated[Union[FullMethod, TransferMethod, LoraMethod, AttentionMethod, DistillMethod],
+                       Field(discriminator="name")]
 
 
 # ------------------------------------------------------------------------------------- optimizer
@@ -224,8 +268,17 @@ class JobSpec(Strict):
     def _consistent(self):
         if isinstance(self.model, MLPModel) and not self.data.features:
             raise ValueError("data.features: an mlp model needs at least one feature column")
-        if isinstance(self.model, HFModel) and not self.data.text:
-            raise ValueError("data.text: an hf model needs a text column")
+        d = self.data
+        if isinstance(self.model, HFModel) and not (d.text or (d.prompt and d.response)):
+            raise ValueError("data.text: an hf model needs a text column (or data.prompt and data.response)")
+        if (d.prompt is None) != (d.response is None):
+            raise ValueError("data.prompt: give both data.prompt and data.response, or neither")
+        if d.prompt and d.task != "causal_lm":
+            raise ValueError("data.prompt: prompt/response columns are for data.task: causal_lm")
+        if d.packing and d.task != "causal_lm":
+            raise ValueError("data.packing: packing is for data.task: causal_lm")
+        if isinstance(self.method, (LoraMethod, AttentionMethod)) and not isinstance(self.model, HFModel):
+            raise ValueError(f"method.name: {self.method.name} needs model.name: hf")
         if self.data.task == "causal_lm" and isinstance(self.model, MLPModel):
             raise ValueError("data.task: causal_lm needs model.name: hf")
         if self.data.task != "causal_lm" and not self.data.label:
@@ -326,7 +379,8 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-_UNION_TAGS = {"mlp", "hf", "full", "transfer", "sgd", "rmsprop", "adam", "adamw"}
+_UNION_TAGS = {"mlp", "hf", "full", "transfer", "lora", "attention", "distill", "sgd", "rmsprop", "adam",
+               "adamw"}
 
 
 def validate(raw: Any, source: str) -> JobSpec:
@@ -365,10 +419,15 @@ def _absolute(path: str | None, local_only_if_exists: bool = False) -> str | Non
 def with_absolute_paths(spec: JobSpec) -> JobSpec:
     """Ray workers do not share the driver's working directory: pin every local path."""
     model = spec.model.model_copy(update={"init_from": _absolute(spec.model.init_from)})
+    method = spec.method
+    for key in ("teacher", "adapter_from"):
+        if getattr(method, key, None):
+            method = method.model_copy(update={key: _absolute(getattr(method, key))})
     if isinstance(model, HFModel):
         model = model.model_copy(update={"path": _absolute(model.path, local_only_if_exists=True)})
     return spec.model_copy(update={
         "model": model,
+        "method": method,
         "data": spec.data.model_copy(update={"path": _absolute(spec.data.path),
                                              "val_path": _absolute(spec.data.val_path)}),
         "run": spec.run.model_copy(update={"storage_path": _absolute(spec.run.storage_path)}),

@@ -23,9 +23,9 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from ftray import checkpoint, data
+from ftray import checkpoint, data, storage_check
 from ftray.methods import get_method
-from ftray.models import ModelInfo, build_model, check_model_source, load_exported
+from ftray.models import ModelInfo, check_model_source
 from ftray.numerics import TASK_METRIC, all_sum, improved, l1_penalty, make_optimizer, make_scheduler
 from ftray.spec import JobSpec, SpecError
 
@@ -47,22 +47,23 @@ def train_loop(config: dict) -> None:
 
     # Set up: the model from the latest checkpoint if there is one, else from the spec.
     torch.manual_seed(spec.run.seed)
+    method = get_method(spec)
     resume = ray.train.get_checkpoint()
     progress = {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0, "history": [], "resumes": []}
     trainer_state = None
     if resume:
         with resume.as_directory() as d:
-            model = load_exported(str(Path(d) / checkpoint.MODEL_DIR))
+            model = method.build(info, Path(d))
             trainer_state = checkpoint.load_trainer_state(Path(d))
             progress = checkpoint.load_progress(Path(d))
         progress["resumes"].append({"epoch": progress["epoch"], "step": progress["step"]})
     else:
-        model = build_model(spec, info)
-    method = get_method(spec)
+        model = method.build(info, None)
     method.prepare(model)
     progress["params"] = {"total": sum(p.numel() for p in model.parameters()),
                           "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     ddp_model = ray.train.torch.prepare_model(model)
+    method.attach(device)
     optimizer = make_optimizer(spec, method.param_groups(model))
     rows_per_worker = config["train_rows"] // world
     micro_per_epoch = math.ceil(rows_per_worker / spec.micro_batch_size)
@@ -81,6 +82,8 @@ def train_loop(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     accum = spec.train.grad_accum_steps
+    if "extra" not in progress:
+        progress["extra"] = method.extra_summary(lambda m: evaluate(m, val_shard, spec, device, autocast))
     fail_after = config.get("fail_after_epoch")
 
     # Fit: one pass over this worker's shard per epoch, then validation, report and checkpoint.
@@ -257,7 +260,12 @@ def prepare(spec: JobSpec, address: str | None = None) -> data.DataPlan:
     """All checks that need no Ray: data, model source, devices. Raises SpecError."""
     plan = data.inspect(spec)
     check_model_source(spec, plan.info)
+    if spec.model.name == "hf":
+        from ftray.models.hf import resolve_source
+        data.check_lengths(spec, plan, resolve_source(spec))
+    get_method(spec).check(plan.info)
     check_devices(spec, address)
+    storage_check.check_storage(spec, address)
     return plan
 
 
@@ -331,6 +339,7 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
         "resumes": progress.get("resumes", []),
         "early_stopped": bool(history and history[-1].get("early_stopped")),
         "history": history,
+        **progress.get("extra", {}),
         "data": {"train_rows": rows["train"], "val_rows": rows["val"],
                  "classes": plan.info.classes},
         "ray": {"mode": ray_mode, "num_workers": spec.scaling.num_workers, "use_gpu": spec.scaling.use_gpu},

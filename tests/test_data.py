@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -122,3 +125,57 @@ def test_ray_pipelines_yield_tensors(ray_session, tmp_path):
     assert rows == {"train": 40, "val": 10}
     batch = next(iter(datasets["val"].iter_torch_batches(batch_size=10)))
     assert tuple(batch["x"].shape) == (10, 3) and sorted(set(batch["y"].tolist())) == [0, 1]
+
+
+# ------------------------------------------------------------------ instruction tuning (causal LM)
+def sft_spec(tmp_path, tok_dir, **data_fields):
+    return JobSpec.model_validate({
+        "model": {"name": "hf", "path": str(tok_dir), "max_length": 12},
+        "data": {"path": str(tmp_path / "sft.jsonl"), "task": "causal_lm", "prompt": "prompt",
+                 "response": "response", "label": None, **data_fields},
+        "run": {"name": "t", "storage_path": str(tmp_path)}})
+
+
+def test_prompt_tokens_carry_no_loss(tmp_path, tiny_gpt):
+    from ftray.models.hf import load_tokenizer
+    tok = load_tokenizer(str(tiny_gpt))
+    ids, labels = data.encode(tok, sft_spec(tmp_path, tiny_gpt), "add two and two", "four")
+    n_prompt = len(tok("add two and two")["input_ids"])
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:] and len(ids) > n_prompt
+
+
+def test_chat_template_is_used_when_the_tokenizer_has_one(tmp_path, tiny_gpt):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_gpt)
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
+                         "{% if add_generation_prompt %}assistant: {% endif %}")
+    ids, labels = data.encode(tok, sft_spec(tmp_path, tiny_gpt, truncation="none"), "hi", "yes")
+    n_prompt = sum(1 for label in labels if label == -100)
+    assert tok.decode(ids[:n_prompt]).replace(" ", "") == "user:hiassistant:"
+    assert tok.decode(ids[n_prompt:]).strip() == "yes"
+
+
+@pytest.mark.parametrize("truncation, expected", [
+    ("none", "row 1: prompt + response are"),
+    ("right", "row 1: the prompt alone is"),
+])
+def test_too_long_prompts_stop_before_ray(tmp_path, tiny_gpt, truncation, expected):
+    rows = [{"prompt": "short", "response": "ok"}, {"prompt": "word " * 30, "response": "ok"}]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = sft_spec(tmp_path, tiny_gpt, truncation=truncation, val_fraction=0.5)
+    plan = data.inspect(spec)
+    with pytest.raises(SpecError, match=re.escape(expected)):
+        data.check_lengths(spec, plan, str(tiny_gpt))
+    left = sft_spec(tmp_path, tiny_gpt, truncation="left", val_fraction=0.5)
+    data.check_lengths(left, data.inspect(left), str(tiny_gpt))  # keeps the response, cuts the prompt
+
+
+def test_packing_fills_rows(tmp_path, tiny_gpt):
+    rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(20)]
+    batch = pa.Table.from_pylist(rows)
+    packed = data.TokenizedRows(sft_spec(tmp_path, tiny_gpt, packing=True), {}, str(tiny_gpt))(batch)
+    plain = data.TokenizedRows(sft_spec(tmp_path, tiny_gpt), {}, str(tiny_gpt))(batch)
+    assert len(packed["input_ids"]) < len(plain["input_ids"]) == 20
+    assert packed["attention_mask"][:-1].all()  # every row but the last is full
+    assert (packed["labels"] != -100).sum() == (plain["labels"] != -100).sum()

@@ -25,6 +25,13 @@ def run_cli(capsys, spec_path, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
+def run_ok(capsys, spec_path, *args) -> str:
+    """Run a spec that must succeed; on failure show why (the summary's error and stderr's tail)."""
+    code, out, err = run_cli(capsys, spec_path, *args)
+    assert code == 0, f"exit {code}: {err[-3000:]}"
+    return out
+
+
 def summary(run_dir) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
 
@@ -69,12 +76,12 @@ def test_resume_after_a_failure_matches_an_uninterrupted_run(ray_session, tmp_pa
     assert failed["epochs_done"] == 2 and Path(failed["checkpoint"]).is_dir()
 
     monkeypatch.delenv(train.FAIL_AFTER_EPOCH_ENV)
-    assert run_cli(capsys, spec("resumed"))[0] == 0
+    run_ok(capsys, spec("resumed"))
     resumed = summary(tmp_path / "runs" / "resumed")
     assert resumed["resumes"] == [{"epoch": 2, "step": failed["steps_done"]}]
     assert [m["epoch"] for m in resumed["history"]] == [1, 2, 3, 4]
 
-    assert run_cli(capsys, spec("straight"))[0] == 0
+    run_ok(capsys, spec("straight"))
     straight = summary(tmp_path / "runs" / "straight")
     assert straight["resumes"] == [] and straight["steps_done"] == resumed["steps_done"]
     assert [m["step"] for m in straight["history"]] == [m["step"] for m in resumed["history"]]
@@ -97,8 +104,8 @@ def test_data_parallel_update_equals_one_worker(ray_session, tmp_path, capsys, w
             train={"epochs": 3, "batch_size": 64, "lr": 0.5, "optimizer": {"name": "sgd", "momentum": 0.9},
                    "grad_accum_steps": grad_accum}))
 
-    assert run_cli(capsys, spec("one", 1, 1))[0] == 0
-    assert run_cli(capsys, spec("many", workers, accum))[0] == 0
+    run_ok(capsys, spec("one", 1, 1))
+    run_ok(capsys, spec("many", workers, accum))
     one, many = (load_exported(str(tmp_path / "runs" / n)).state_dict() for n in ("one", "many"))
     start = load_exported(str(tmp_path / "runs" / "one"))  # sanity: training moved the weights
     assert summary(tmp_path / "runs" / "many")["steps_done"] == 3
@@ -116,7 +123,7 @@ def test_hf_sequence_classifier_and_causal_lm(ray_session, tmp_path, tiny_bert, 
         "train": {"epochs": 2, "batch_size": 16, "lr": 0.01, "precision": "bf16"},
         "scaling": {"num_workers": 2},
         "run": {"name": "cls", "storage_path": str(tmp_path / "runs")}})
-    assert run_cli(capsys, cls)[0] == 0
+    run_ok(capsys, cls)
     s = summary(tmp_path / "runs" / "cls")
     assert 0 < s["params"]["trainable"] < s["params"]["total"]
     assert (tmp_path / "runs" / "cls" / "model" / "config.json").is_file()
@@ -127,7 +134,7 @@ def test_hf_sequence_classifier_and_causal_lm(ray_session, tmp_path, tiny_bert, 
         "data": {"path": str(tmp_path / "lm.jsonl"), "text": "text", "task": "causal_lm", "label": None},
         "train": {"epochs": 2, "batch_size": 8, "lr": 0.005},
         "run": {"name": "lm", "storage_path": str(tmp_path / "runs")}})
-    assert run_cli(capsys, lm)[0] == 0
+    run_ok(capsys, lm)
     s = summary(tmp_path / "runs" / "lm")
     ppl = [m["val_perplexity"] for m in s["history"]]
     assert ppl[-1] < ppl[0] and np.isfinite(ppl).all()

@@ -1,10 +1,14 @@
 """Fine-tuning methods, chosen by `method.name`. One file each, registered here explicitly."""
 
+from ftray.methods.attention import Attention
 from ftray.methods.base import Method
+from ftray.methods.distill import Distill
 from ftray.methods.full import Full
+from ftray.methods.lora import Lora
 from ftray.methods.transfer import Transfer
 
-METHODS: dict[str, type[Method]] = {"full": Full, "transfer": Transfer}
+METHODS: dict[str, type[Method]] = {"full": Full, "transfer": Transfer, "lora": Lora, "attention": Attention,
+                                    "distill": Distill}
 
 
 def get_method(spec) -> Method:

@@ -7,9 +7,13 @@ metrics are shared; a method that needs another loop overrides one hook instead 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
+from ftray.checkpoint import MODEL_DIR
+from ftray.models import build_model, load_exported
 from ftray.models.base import FtModel
 
 
@@ -27,6 +31,22 @@ def task_loss(task: str, out: torch.Tensor, batch: dict, reduction: str = "mean"
 class Method:
     def __init__(self, spec):
         self.spec = spec
+
+    def check(self, info) -> None:
+        """Driver-side checks before Ray starts (raise SpecError); default: nothing to check."""
+
+    def build(self, info, checkpoint_dir: Path | None) -> FtModel:
+        """The model to train: the checkpoint's when resuming, else the spec's."""
+        if checkpoint_dir is not None:
+            return load_exported(str(checkpoint_dir / MODEL_DIR))
+        return build_model(self.spec, info)
+
+    def attach(self, device) -> None:
+        """Called once in the worker after the model is placed: load what the loss needs."""
+
+    def extra_summary(self, evaluate) -> dict:
+        """Extra `summary.json` entries, computed once per run with `evaluate(model) -> metrics`."""
+        return {}
 
     def prepare(self, model: FtModel) -> None:
         """Set `requires_grad` on the model's parameters (default: everything trains)."""

@@ -3,6 +3,7 @@ regression, or causal LM), from a local folder, a folder inside an installed pac
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from functools import lru_cache
@@ -61,8 +62,12 @@ class HFClassifier(FtModel):
         logits = self.hf(input_ids=batch["input_ids"][:, :width], attention_mask=mask[:, :width]).logits
         return logits.squeeze(-1) if self.info.task == "regression" else logits
 
+    def _plain(self) -> nn.Module:
+        """The transformers model, under a peft wrapper if there is one."""
+        return self.hf.get_base_model() if hasattr(self.hf, "get_base_model") else self.hf
+
     def _base(self) -> nn.Module:
-        return self.hf.base_model
+        return self._plain().base_model
 
     def blocks(self):
         lists = [m for m in self._base().modules() if isinstance(m, nn.ModuleList)]
@@ -70,7 +75,7 @@ class HFClassifier(FtModel):
 
     def head(self):
         base = self._base()
-        return nn.ModuleList([m for m in self.hf.children() if m is not base])
+        return nn.ModuleList([m for m in self._plain().children() if m is not base])
 
     def new_head(self):
         for m in self.head().modules():
@@ -78,31 +83,55 @@ class HFClassifier(FtModel):
                 m.reset_parameters()
 
     # -------------------------------------------------------------------------------- building
-    @classmethod
-    def _from_pretrained(cls, source: str, info: ModelInfo, dropout, new_head: bool) -> "HFClassifier":
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-        config = AutoConfig.from_pretrained(source)
+    @staticmethod
+    def _config(source: str, info: ModelInfo, dropout=None, random_config: dict | None = None):
+        """The transformers config: the source's (or one built from `random_config`), with the
+        dropout override and a head sized for the task."""
+        from transformers import AutoConfig
+        config = AutoConfig.for_model(**random_config) if random_config else AutoConfig.from_pretrained(source)
         for key in DROPOUT_KEYS:
             if dropout is not None and hasattr(config, key):
                 setattr(config, key, dropout)
-        if info.task == "causal_lm":
-            model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32)
-        else:
+        if info.task != "causal_lm":
             config.num_labels = info.num_outputs
             config.id2label = {i: str(c) for i, c in enumerate(info.classes)} or {0: "value"}
             config.label2id = {v: k for k, v in config.id2label.items()}
             config.problem_type = ("single_label_classification" if info.task == "classification"
                                    else "regression")
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source, config=config, dtype=torch.float32, ignore_mismatched_sizes=new_head)
-        return cls(model, info, source)
+        return config
+
+    @staticmethod
+    def _auto(task: str):
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+        return AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
+
+    @classmethod
+    def _from_pretrained(cls, source: str, info: ModelInfo, dropout, new_head: bool,
+                         random_config: dict | None = None) -> "HFClassifier":
+        config = cls._config(source, info, dropout, random_config)
+        auto = cls._auto(info.task)
+        if random_config:
+            return cls(auto.from_config(config, dtype=torch.float32), info, source)
+        extra = {} if info.task == "causal_lm" else {"ignore_mismatched_sizes": new_head}
+        return cls(auto.from_pretrained(source, config=config, dtype=torch.float32, **extra), info, source)
+
+    @classmethod
+    def skeleton(cls, spec, info) -> "HFClassifier":
+        """The model's structure without its weights (on the meta device): cheap module names."""
+        source = resolve_source(spec)
+        config = cls._config(source, info, random_config=spec.model.config)
+        with torch.device("meta"):
+            return cls(cls._auto(info.task).from_config(config), info, source)
 
     @classmethod
     def build(cls, spec, info):
         new_head = getattr(spec.method, "new_head", False)
-        model = cls._from_pretrained(resolve_source(spec), info, spec.model.dropout, new_head)
+        model = cls._from_pretrained(resolve_source(spec), info, spec.model.dropout, new_head,
+                                     random_config=spec.model.config)
         if new_head:
             model.new_head()
+        if spec.model.gradient_checkpointing:
+            model.hf.gradient_checkpointing_enable()
         return model
 
     @classmethod
@@ -111,15 +140,24 @@ class HFClassifier(FtModel):
         key = "model.init_from" if spec.model.init_from else "model.path"
         try:
             from transformers import AutoConfig
-            AutoConfig.from_pretrained(source)
+            if spec.model.config:
+                AutoConfig.for_model(**spec.model.config)
+            else:
+                AutoConfig.from_pretrained(source)
             load_tokenizer(source)
         except Exception as e:  # noqa: BLE001 - any failure here means the source is unusable
             raise SpecError(f"{key}: cannot load a model from {source!r}: {e}".splitlines()[0]) from None
 
     # -------------------------------------------------------------------------------- export
     def export(self, out_dir: Path) -> None:
+        """save_pretrained + tokenizer; under LoRA, the adapter alone in `adapter/` and the merged
+        model beside it (so the export loads like any other model)."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.hf.save_pretrained(str(out_dir), safe_serialization=True)
+        hf = self.hf
+        if hasattr(hf, "merge_and_unload"):
+            hf.save_pretrained(str(out_dir / "adapter"))
+            hf = copy.deepcopy(hf).merge_and_unload()
+        hf.save_pretrained(str(out_dir), safe_serialization=True)
         load_tokenizer(self.source).save_pretrained(str(out_dir))
         (out_dir / EXPORT_CONFIG).write_text(json.dumps({"builder": "hf", "info": self.info.to_dict()},
                                                         indent=2))

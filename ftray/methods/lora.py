@@ -1,0 +1,88 @@
+"""`lora`: low-rank adapters through peft on the modules a preset or a name list picks; the base
+weights stay frozen. Exports the adapter alone (`model/adapter/`) beside the merged model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ftray.checkpoint import MODEL_DIR
+from ftray.methods.base import Method
+from ftray.models import build_model
+from ftray.spec import SpecError
+
+ADAPTER_DIR = "adapter"
+
+
+def linear_modules(model: nn.Module, blocks: list[nn.Module]) -> dict[str, str]:
+    """Qualified names of the linear layers inside the backbone blocks -> `attention` or `mlp`."""
+    from transformers.pytorch_utils import Conv1D  # GPT-2 style linear layers
+    inside = {id(m) for b in blocks for m in b.modules()}
+    out = {}
+    for name, module in model.named_modules():
+        if id(module) in inside and isinstance(module, (nn.Linear, Conv1D)):
+            out[name] = "attention" if any(p in ("attn", "attention", "self_attn") or "attention" in p
+                                           for p in name.split(".")) else "mlp"
+    return out
+
+
+def target_modules(model, blocks, targets) -> list[str] | str:
+    """Resolve a preset or user names to the module names peft should adapt (SpecError if none)."""
+    if targets == "all-linear":
+        return "all-linear"
+    found = linear_modules(model, blocks)
+    if isinstance(targets, str):
+        names = sorted(n for n, kind in found.items() if kind == targets)
+        if not names:
+            raise SpecError(f"method.target_modules: preset {targets!r} matches no linear layer of this model")
+        return names
+    for t in targets:
+        if not any(n == t or n.endswith("." + t) for n, _ in model.named_modules()):
+            sample = sorted({n.split(".")[-1] for n in found})[:12]
+            raise SpecError(f"method.target_modules: {t!r} matches no module of this model "
+                            f"(its linear layers are named like {sample})")
+    return list(targets)
+
+
+class Lora(Method):
+    targets_key = "target_modules"
+
+    def _targets(self):
+        return self.spec.method.target_modules
+
+    def check(self, info):
+        from ftray.models.hf import HFClassifier
+        if getattr(self.spec.method, "adapter_from", None):
+            _adapter_of(self.spec.method.adapter_from)
+            return
+        model = HFClassifier.skeleton(self.spec, info)
+        target_modules(model.hf, model.blocks(), self._targets())
+
+    def build(self, info, checkpoint_dir: Path | None):
+        from peft import LoraConfig, PeftModel, get_peft_model
+        model = build_model(self.spec, info)
+        adapter = (checkpoint_dir / MODEL_DIR / ADAPTER_DIR if checkpoint_dir else
+                   _adapter_of(self.spec.method.adapter_from) if getattr(self.spec.method, "adapter_from", None)
+                   else None)
+        if adapter:
+            model.hf = PeftModel.from_pretrained(model.hf, str(adapter), is_trainable=True)
+            return model
+        m = self.spec.method
+        head = [n for n, child in model.hf.named_children()
+                if n != model.hf.base_model_prefix and any(True for _ in child.parameters())]
+        config = LoraConfig(r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
+                            target_modules=target_modules(model.hf, model.blocks(), self._targets()),
+                            modules_to_save=head if info.task != "causal_lm" else None)
+        model.hf = get_peft_model(model.hf, config)
+        return model
+
+    def prepare(self, model):
+        pass  # peft froze the base and left adapters (and the task head) trainable
+
+
+def _adapter_of(run_dir: str) -> Path:
+    for cand in (Path(run_dir) / MODEL_DIR / ADAPTER_DIR, Path(run_dir) / ADAPTER_DIR, Path(run_dir)):
+        if (cand / "adapter_config.json").is_file():
+            return cand
+    raise SpecError(f"method.adapter_from: {run_dir!r} holds no exported LoRA adapter")

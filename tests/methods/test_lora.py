@@ -1,0 +1,56 @@
+"""LoRA specifics: the exported adapter reloads with the same outputs, the merged export matches
+base + adapter, and target modules that match nothing are refused before Ray starts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ftray.methods import get_method
+from ftray.models import ModelInfo, load_exported
+from ftray.spec import JobSpec, SpecError
+
+INFO = ModelInfo(task="classification", classes=["a", "b", "c"])
+
+
+def lora_spec(tmp_path, tiny_bert, **method):
+    return JobSpec.model_validate({
+        "model": {"name": "hf", "path": str(tiny_bert), "max_length": 16},
+        "data": {"path": str(tmp_path / "d.jsonl"), "text": "text"},
+        "method": {"name": "lora", "r": 4, "alpha": 8, **method},
+        "run": {"name": "t", "storage_path": str(tmp_path)}})
+
+
+def test_adapter_and_merged_exports(tmp_path, tiny_bert):
+    m = get_method(lora_spec(tmp_path, tiny_bert))
+    model = m.build(INFO, None)
+    with torch.no_grad():  # LoRA's B starts at zero: give the adapter something to contribute
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    model.eval()
+    ids = torch.randint(5, 100, (3, 16))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    out = model(batch)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable < 0.2 * sum(p.numel() for p in model.parameters())
+
+    model.export(tmp_path / "run" / "model")
+    assert (tmp_path / "run" / "model" / "adapter" / "adapter_config.json").is_file()
+    merged = load_exported(str(tmp_path / "run")).eval()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(merged(batch), out, rtol=0, atol=1e-5)
+
+    again = get_method(lora_spec(tmp_path, tiny_bert, adapter_from=str(tmp_path / "run"))).build(INFO, None)
+    again.eval()
+    torch.testing.assert_close(again(batch), out, rtol=0, atol=1e-6)
+    assert any(p.requires_grad for n, p in again.named_parameters() if "lora_A" in n)
+
+
+@pytest.mark.parametrize("method, expected", [
+    ({"target_modules": ["q_proj"]}, "'q_proj' matches no module of this model"),
+    ({"target_modules": "all-linear", "adapter_from": "/nonexistent/run"}, "holds no exported LoRA adapter"),
+])
+def test_bad_targets_and_adapters_are_refused_in_the_driver(tmp_path, tiny_bert, method, expected):
+    with pytest.raises(SpecError, match=expected):
+        get_method(lora_spec(tmp_path, tiny_bert, **method)).check(INFO)
