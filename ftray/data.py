@@ -336,7 +336,8 @@ def _read(src: Source):
         return ray.data.read_parquet(src.path, filesystem=src.fs)
     if src.format == "csv":
         return ray.data.read_csv(src.path, filesystem=src.fs)
-    return ray.data.read_json(src.path, filesystem=src.fs, lines=True, file_extensions=None)
+    # pyarrow's JSON reader (lines=False) reads newline-delimited JSON and takes a filesystem.
+    return ray.data.read_json(src.path, filesystem=src.fs, file_extensions=None)
 
 
 def ray_datasets(spec: JobSpec, plan: DataPlan, tokenizer_source: str | None = None) -> tuple[dict, dict]:
@@ -356,4 +357,23 @@ def ray_datasets(spec: JobSpec, plan: DataPlan, tokenizer_source: str | None = N
         udf = TokenizedRows(spec, plan.class_index, tokenizer_source)
     datasets = {name: ds.map_batches(udf, batch_format="pyarrow") for name, ds in
                 (("train", train), ("val", val))}
+    if getattr(spec.method, "precompute", False):
+        datasets["train"] = datasets["train"].map_batches(
+            TeacherLogits, fn_constructor_args=(spec.method.teacher,), batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=1))
     return datasets, rows
+
+
+class TeacherLogits:
+    """map_batches actor: adds the (frozen) teacher's outputs to each row as `teacher_logits`."""
+
+    def __init__(self, teacher: str):
+        from ftray.models import load_exported
+        self.teacher = load_exported(teacher).eval()
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+        with torch.no_grad():
+            tensors = {k: torch.as_tensor(v) for k, v in batch.items()}
+            batch["teacher_logits"] = self.teacher(tensors).float().numpy()
+        return batch

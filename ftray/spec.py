@@ -141,6 +141,9 @@ class DistillMethod(Strict):
     teacher: str = describe("The teacher: an earlier ftray run folder (or its exported model folder).")
     alpha: float = describe("Weight of the hard-label loss.", 0.5, ge=0.0, le=1.0)
     temperature: float = describe("Softmax temperature of both teacher and student.", 2.0, gt=0.0, le=100.0)
+    precompute: bool = describe(
+        "Compute the teacher's logits once with Ray Data and stream them to the student (classifiers), "
+        "instead of running the teacher in every worker.", False)
 
 
 MethodSpec = Annotated[Union[FullMethod, TransferMethod, LoraMethod, AttentionMethod, DistillMethod],
@@ -277,6 +280,9 @@ class JobSpec(Strict):
             raise ValueError("data.prompt: prompt/response columns are for data.task: causal_lm")
         if d.packing and d.task != "causal_lm":
             raise ValueError("data.packing: packing is for data.task: causal_lm")
+        if isinstance(self.method, DistillMethod) and self.method.precompute and d.task == "causal_lm":
+            raise ValueError("method.precompute: token-level logits (vocabulary x sequence per row) are too "
+                             "large to store; run the teacher in the workers (precompute: false)")
         if isinstance(self.method, (LoraMethod, AttentionMethod)) and not isinstance(self.model, HFModel):
             raise ValueError(f"method.name: {self.method.name} needs model.name: hf")
         if self.data.task == "causal_lm" and isinstance(self.model, MLPModel):

@@ -50,12 +50,14 @@ def check_storage(spec: JobSpec, address: str | None) -> None:
 def alive_node_ips(address: str) -> list[str] | None:
     """IP addresses of the cluster's alive nodes (through its dashboard's state API, without
     joining the cluster), or None when they cannot be listed."""
-    from ftray.submit import job_client_env
+    from ftray.submit import auth_headers, explicit_address
     try:
-        with job_client_env(address):
-            from ray.util.state import list_nodes
-            nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")], timeout=10,
-                               raise_on_missing_output=False)
+        from ray.util.state.api import StateApiClient
+        from ray.util.state.common import ListApiOptions, StateResource
+        with explicit_address(address):
+            client = StateApiClient(address, headers={"Content-Type": "application/json", **auth_headers()})
+        nodes = client.list(StateResource.NODES, options=ListApiOptions(
+            filters=[("state", "=", "ALIVE")], timeout=10), raise_on_missing_output=False)
     except Exception:  # noqa: BLE001 - unknown cluster shape: do not refuse (see module docstring)
         return None
     return [n.node_ip for n in nodes]

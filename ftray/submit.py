@@ -6,10 +6,10 @@ VCS folders) with ftray's runtime environment and starts `python -m ftray run SP
 on the cluster; the job's logs stream here until it ends, and the exit status is its outcome:
 0 succeeded, 1 failed or stopped, 2 bad input (spec, data, address, runtime env).
 
-Token authentication: Ray's HTTP clients send the cluster's token only when RAY_AUTH_MODE=token
-is set in the client's own environment. ftray sets it (when it is unset and a token is available:
-RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), so `ftray submit` works against a
-`ray start --head` cluster without extra setup.
+Token authentication: Ray's own HTTP clients send the cluster's token only when RAY_AUTH_MODE=token
+is set in the client's environment; ftray sends it whenever one is available (RAY_AUTH_TOKEN,
+RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), so `ftray submit` works against a `ray start --head`
+cluster without extra setup.
 """
 
 from __future__ import annotations
@@ -128,28 +128,31 @@ def cmd_jobs(args) -> int:
 
 
 # ============================================================================ talking to the server
-def ensure_token_auth() -> None:
-    """Make Ray's HTTP clients in this process send the cluster token.
+def auth_headers() -> dict[str, str]:
+    """The cluster token as an HTTP header, from where Ray keeps it: RAY_AUTH_TOKEN, the file at
+    RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token. Empty with RAY_AUTH_MODE=disabled or no token.
 
-    Ray attaches the token only when RAY_AUTH_MODE=token is set in the client's environment. An
-    explicit RAY_AUTH_MODE is respected; otherwise token mode is turned on when a token is
-    available, as Ray itself does for `ray start`."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    from ray._raylet import AuthenticationTokenLoader, Config
-    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
-        return
-    os.environ["RAY_AUTH_MODE"] = "token"
-    Config.initialize("")  # Ray caches its config on first use: re-read it so this process sees the mode
+    Ray's own HTTP clients attach the token only when RAY_AUTH_MODE=token is set in the client's
+    environment. ftray passes the header itself instead of switching this process into token mode,
+    which would also change how a later `ray.init` in the same process talks to its cluster."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return {}
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            return {}  # no token here: a cluster without token authentication still answers
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 @contextmanager
-def job_client_env(address: str | None) -> Iterator[None]:
-    """Environment for a Ray HTTP client (jobs, state API) of the cluster at `address`.
+def explicit_address(address: str | None) -> Iterator[None]:
+    """While a Ray HTTP client (jobs, state API) resolves `address`, make it win.
 
     Ray's clients let RAY_ADDRESS override an explicit address; RAY_API_SERVER_ADDRESS takes
-    precedence over both, so an explicit `--address` is put there while the client resolves it."""
-    ensure_token_auth()
+    precedence over both, so an explicit `--address` is put there for the moment."""
     if not address:
         yield
         return
@@ -171,8 +174,8 @@ def connect(address: str | None):
     from ray.job_submission import JobSubmissionClient
     where = f"--address {address}" if address else "the default cluster (RAY_API_SERVER_ADDRESS, RAY_ADDRESS or a local head)"
     try:
-        with job_client_env(address):
-            return JobSubmissionClient(address)
+        with explicit_address(address):
+            return JobSubmissionClient(address, headers=auth_headers())
     except AuthenticationError as e:
         raise SpecError(f"{where}: the job server refused the request: {e}") from None
     except (ConnectionError, ValueError, RuntimeError) as e:

@@ -1,9 +1,9 @@
-"""A real Ray head for tests of Ray Jobs (`ray start --head`), started once per test session.
+"""A real Ray head for tests of Ray Jobs, started once per test session with cluster/start-head.sh.
 
-The head runs on loopback ports picked at random, in its own temp dir (so `ray.init()` elsewhere on
-this machine never finds it through /tmp/ray/ray_current_cluster), with token authentication on.
-It is stopped by terminating the process tree of the `ray start --block` process this module
-started: never with `ray stop`, which would stop every Ray of this user on the machine.
+The head runs on free loopback ports, in its own temp dir (so `ray.init()` elsewhere on this
+machine never finds it through /tmp/ray/ray_current_cluster), with token authentication on. It is
+stopped with cluster/stop-head.sh, which ends the process tree of the `ray start --block` process
+that start-head.sh recorded: never `ray stop`, which would stop every Ray of this user.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
+REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
 
 
@@ -41,70 +39,38 @@ def client_env(**extra: str) -> dict[str, str]:
 
 @dataclass
 class LocalHead:
-    process: subprocess.Popen
     temp_dir: str
     gcs_address: str
     dashboard_url: str
+    start_output: str
 
     @classmethod
-    def start(cls, num_cpus: int = 4, timeout_s: float = 90) -> "LocalHead":
+    def start(cls, num_cpus: int = 4) -> "LocalHead":
+        """Start a head with cluster/start-head.sh (the script users run), on free ports."""
         # Short path: Ray's Unix sockets live below it and must stay under 108 characters.
         temp_dir = tempfile.mkdtemp(prefix="fth", dir="/tmp")
         port, dash = free_port(), free_port()
-        cmd = [f"{VENV_BIN}/ray", "start", "--head", "--block", f"--port={port}",
-               "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-               f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
-               f"--object-manager-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-               f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-               f"--metrics-export-port={free_port()}", f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}",
-               "--disable-usage-stats"]
-        # The job driver runs `python -m ftray`: `python` must be this venv's interpreter.
-        env = client_env(RAY_AUTH_MODE="token", OMP_NUM_THREADS="1")
-        log = open(f"{temp_dir}/ray-start.log", "w")  # noqa: SIM115 - lives as long as the head
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        head = cls(proc, temp_dir, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}")
-        head._wait_ready(timeout_s)
+        extra = [f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
+                 f"--object-manager-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+                 f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+                 f"--metrics-export-port={free_port()}", f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}"]
+        # The job driver runs `python -m ftray`: `python` must be this venv's interpreter (PATH).
+        env = client_env(RAY_PORT=str(port), RAY_DASHBOARD_PORT=str(dash), FTRAY_HEAD_DIR=f"{temp_dir}/head",
+                         OMP_NUM_THREADS="1")
+        r = subprocess.run(["bash", str(REPO / "cluster" / "start-head.sh"), *extra], env=env,
+                           capture_output=True, text=True, timeout=180)
+        head = cls(temp_dir, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", r.stdout + r.stderr)
+        if r.returncode != 0:
+            head.stop()
+            raise RuntimeError(f"cluster/start-head.sh failed:\n{head.start_output}")
         return head
 
-    def _wait_ready(self, timeout_s: float) -> None:
-        import requests
-        token = (Path.home() / ".ray" / "auth_token").read_text().strip() \
-            if (Path.home() / ".ray" / "auth_token").exists() else ""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ray start exited: {Path(self.temp_dir, 'ray-start.log').read_text()}")
-            try:
-                r = requests.get(f"{self.dashboard_url}/api/version", timeout=2,
-                                 headers={"Authorization": f"Bearer {token}"})
-                if r.status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the Ray head did not come up in {timeout_s} s")
-
-    def stop(self) -> None:
-        """Terminate every process this head started (then kill what is left after 10 s)."""
-        try:
-            root = psutil.Process(self.process.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            procs = []
-        for p in procs:
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.process.wait(timeout=10)
+    def stop(self) -> str:
+        """cluster/stop-head.sh: ends this head's process tree, nothing else."""
+        r = subprocess.run(["bash", str(REPO / "cluster" / "stop-head.sh")], capture_output=True, text=True,
+                           env=client_env(FTRAY_HEAD_DIR=f"{self.temp_dir}/head"), timeout=60)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return r.stdout + r.stderr
 
 
 _HEAD: LocalHead | None = None

@@ -116,10 +116,15 @@ def test_validation_file_must_match_training_width(tmp_path):
         data.inspect(spec_for(tmp_path / "train.parquet", tmp_path, val_path=str(tmp_path / "val.parquet")))
 
 
-def test_ray_pipelines_yield_tensors(ray_session, tmp_path):
-    pq.write_table(blobs(40, classes=2, width=3, label_offset=5), tmp_path / "train.parquet")
-    pq.write_table(blobs(10, classes=2, width=3, label_offset=5, seed=1), tmp_path / "val.parquet")
-    spec = spec_for(tmp_path / "train.parquet", tmp_path, val_path=str(tmp_path / "val.parquet"), classes=[5, 6])
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_ray_pipelines_yield_tensors(ray_session, tmp_path, fmt):
+    for name, table in (("train", blobs(40, classes=2, width=3, label_offset=5)),
+                        ("val", blobs(10, classes=2, width=3, label_offset=5, seed=1))):
+        if fmt == "parquet":
+            pq.write_table(table, tmp_path / f"{name}.parquet")
+        else:
+            (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()))
+    spec = spec_for(tmp_path / f"train.{fmt}", tmp_path, val_path=str(tmp_path / f"val.{fmt}"), classes=[5, 6])
     plan = data.inspect(spec)
     datasets, rows = data.ray_datasets(spec, plan)
     assert rows == {"train": 40, "val": 10}

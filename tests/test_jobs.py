@@ -15,7 +15,8 @@ JOBS = sorted((REPO / "jobs").glob("*.yaml"))
 
 
 def test_there_are_jobs():
-    assert {p.stem for p in JOBS} >= {"quickstart", "pretrain_digits", "transfer", "text_classifier"}
+    assert {p.stem for p in JOBS} >= {"quickstart", "pretrain_digits", "transfer", "text_classifier",
+                                      "llm_sft", "lora", "attention", "distill"}
 
 
 @pytest.mark.parametrize("job", JOBS, ids=lambda p: p.stem)
@@ -52,7 +53,27 @@ def test_pretrain_then_transfer(ray_session, tmp_path, capsys, monkeypatch):
     assert s["metrics"]["val_accuracy"] > 0.8
 
 
-def test_text_classifier(ray_session, tmp_path, capsys, monkeypatch):
+def test_text_classifier_then_distill(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    s = _run("text_classifier.yaml", tmp_path, capsys, "--set", "train.epochs=1")
-    assert s["metrics"]["val_accuracy"] > 0.25 + 0.2  # the majority class holds 25%
+    teacher = _run("text_classifier.yaml", tmp_path, capsys, "--set", "train.epochs=1")
+    assert teacher["metrics"]["val_accuracy"] > 0.25 + 0.2  # the majority class holds 25%
+    s = _run("distill.yaml", tmp_path, capsys, "--set", "train.epochs=1",
+             "--set", f"method.teacher={tmp_path}/text_classifier")
+    assert s["teacher"]["params"]["total"] == teacher["params"]["total"]
+    assert set(s["teacher"]["metrics"]) == {"val_loss", "val_accuracy"}
+    assert s["params"]["total"] < 0.4 * teacher["params"]["total"]
+
+
+def test_llm_sft(ray_session, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    s = _run("llm_sft.yaml", tmp_path, capsys, "--set", "train.epochs=2")
+    ppl = [m["val_perplexity"] for m in s["history"]]
+    assert ppl[1] < ppl[0]
+
+
+@pytest.mark.parametrize("job, max_share", [("lora.yaml", 0.01), ("attention.yaml", 0.2)])
+def test_parameter_efficient_jobs(ray_session, tmp_path, capsys, monkeypatch, job, max_share):
+    monkeypatch.chdir(REPO)
+    s = _run(job, tmp_path, capsys, "--set", "train.epochs=1")
+    assert 0 < s["params"]["trainable"] <= max_share * s["params"]["total"]
+    assert s["metrics"]["val_accuracy"] > 0.45

@@ -198,3 +198,29 @@ def test_validate_accepts_many_specs_and_overrides(tmp_path, blobs_parquet, caps
     out = capsys.readouterr().out
     assert f"{a}: ok" in out and f"{b}: ok" in out
     assert load_spec(a, ["train.optimizer.name=rmsprop"]).train.optimizer.name == "rmsprop"
+
+
+def test_precomputed_teacher_logits_train_the_same_student(ray_session, tmp_path, capsys):
+    """Distillation with the teacher's logits computed once by Ray Data equals running it in the worker."""
+    from ftray.models import ModelInfo, build_model
+    from ftray.spec import JobSpec
+    pq.write_table(blobs(48, seed=1), tmp_path / "train.parquet")
+    pq.write_table(blobs(12, seed=2), tmp_path / "val.parquet")
+    teacher_spec = JobSpec.model_validate(mlp_spec(tmp_path / "train.parquet", tmp_path, model={"units": 32}))
+    build_model(teacher_spec, ModelInfo("classification", 8, [0, 1, 2])).export(tmp_path / "teacher" / "model")
+
+    def spec(name, precompute):
+        return write_spec(tmp_path / f"{name}.yaml", mlp_spec(
+            tmp_path / "train.parquet", tmp_path / "runs", name,
+            data={"val_path": str(tmp_path / "val.parquet"), "shuffle_buffer": 0},
+            method={"name": "distill", "teacher": str(tmp_path / "teacher"), "alpha": 0.3,
+                    "temperature": 3.0, "precompute": precompute},
+            train={"epochs": 2, "batch_size": 48, "optimizer": {"name": "sgd"}, "lr": 0.5}))
+
+    run_ok(capsys, spec("in_worker", False))
+    run_ok(capsys, spec("precomputed", True))
+    a, b = (load_exported(str(tmp_path / "runs" / n)).state_dict() for n in ("in_worker", "precomputed"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+    s = summary(tmp_path / "runs" / "precomputed")
+    assert s["teacher"]["params"]["total"] == 8 * 32 + 32 + 32 * 3 + 3

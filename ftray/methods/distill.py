@@ -46,13 +46,17 @@ class Distill(Method):
                                 "token-level distillation needs a shared vocabulary")
 
     def attach(self, device):
+        # Loaded even when its logits are precomputed: the summary reports its own metrics.
         self.teacher = load_exported(self.spec.method.teacher).to(device).eval().requires_grad_(False)
 
     def loss(self, model, batch):
         m, task = self.spec.method, self.spec.data.task
         out = model(batch)
-        with torch.no_grad():
-            teacher = self.teacher(batch)
+        if "teacher_logits" in batch:  # precomputed once by Ray Data (method.precompute)
+            teacher = batch["teacher_logits"]
+        else:
+            with torch.no_grad():
+                teacher = self.teacher(batch)
         if task == "causal_lm":  # position i predicts token i + 1: compare where that token has a label
             mask = batch["labels"][:, 1:out.shape[1]] != -100
             soft = kd_loss(out[:, :-1], teacher[:, :-1], m.temperature, mask)
