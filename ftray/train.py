@@ -45,7 +45,9 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
 
-    # Set up: the model from the latest checkpoint if there is one, else from the spec.
+    # Set up: the model from the latest checkpoint if there is one, else from the spec. Every rank
+    # uses the same seed and draws random numbers in lockstep, so rank 0's RNG state (the one the
+    # checkpoint keeps) is every rank's state: resumption stays exact with N workers.
     torch.manual_seed(spec.run.seed)
     method = get_method(spec)
     resume = ray.train.get_checkpoint()
