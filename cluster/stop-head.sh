@@ -22,7 +22,7 @@ for p in procs:
         p.terminate()
     except psutil.NoSuchProcess:
         pass
-_, alive = psutil.wait_procs(procs, timeout=15)
+_, alive = psutil.wait_procs(procs, timeout=8)  # then kill, as `ray stop` does after its grace period
 for p in alive:
     try:
         p.kill()

@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("spec", metavar="SPEC")
     r.add_argument("--address", default=None,
                    help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    w = with_overrides(sub.add_parser("sweep", help="Ray Tune sweep over the spec's tune.space"))
+    w.add_argument("spec", metavar="SPEC")
+    w.add_argument("--address", default=None,
+                   help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     sub.add_parser("reference", help="print the spec reference (markdown, as in README.md)")
     submit.add_parsers(sub)
     schedule.add_parsers(sub)
@@ -63,7 +67,12 @@ def cmd_run(args) -> int:
     return status
 
 
-COMMANDS = {"validate": cmd_validate, "run": cmd_run, "reference": cmd_reference,
+def cmd_sweep(args) -> int:
+    from ftray.sweep import cmd_sweep as sweep
+    return sweep(args)
+
+
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "sweep": cmd_sweep, "reference": cmd_reference,
             "submit": submit.cmd_submit, "jobs": submit.cmd_jobs, "schedule": schedule.cmd_schedule}
 
 

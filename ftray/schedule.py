@@ -75,13 +75,11 @@ class Entry:
     catch_up: str = "latest"
     created: str = ""  # ISO time; slots after it are due
     last_slot: str | None = None  # the last slot handled (submitted, skipped or failed)
-    history: list[dict] = field(default_factory=list)
+    last_submission: str | None = None  # job id of the last slot submitted
+    history: list[dict] = field(default_factory=list)  # the last HISTORY_KEPT slots handled
 
     def anchor(self) -> datetime:
         return datetime.fromisoformat(self.last_slot or self.created)
-
-    def last_submission(self) -> str | None:
-        return next((h["submission_id"] for h in reversed(self.history) if h["action"] == "submitted"), None)
 
 
 def state_dir(explicit: str | None = None) -> Path:
@@ -260,7 +258,7 @@ def _fire(entry: Entry, slot: datetime, log) -> None:
         _record(entry, slot, "submitted", submission_id=sid, reason="found on the job server")
         log(f"[schedule] {entry.name}: {sid} was submitted already; recorded")
         return
-    previous = entry.last_submission()
+    previous = entry.last_submission
     if entry.concurrency == "skip" and previous and _job_status(client, previous) in RUNNING:
         _record(entry, slot, "skipped", reason=f"previous job {previous} still running (concurrency: skip)")
         log(f"[schedule] {entry.name}: skipped slot {slot.isoformat()}: {previous} still running")
@@ -297,6 +295,8 @@ def _job_status(client, job_id: str) -> str | None:
 
 def _record(entry: Entry, slot: datetime, action: str, **info) -> None:
     entry.last_slot = slot.isoformat()
+    if action == "submitted":
+        entry.last_submission = info["submission_id"]
     entry.history.append({"slot": slot.isoformat(), "action": action, "at": utc_now().isoformat(), **info})
     del entry.history[:-HISTORY_KEPT]
 

@@ -44,7 +44,7 @@ def check_storage(spec: JobSpec, address: str | None) -> None:
         return
     ips = alive_node_ips(address)
     if ips is not None:
-        refuse_node_local(path, ips, where=address)
+        refuse_node_local(path, ips, where="the cluster" if address == "auto" else f"the cluster at {address}")
 
 
 def alive_node_ips(address: str) -> list[str] | None:

@@ -98,6 +98,10 @@ def cmd_submit(args) -> int:
               file=sys.stderr)
         return 1
     print(f"ftray: job {job_id} {status}", file=sys.stderr, flush=True)
+    if not args.sweep:
+        # As for `ftray run`, the last line on stdout names the run folder (Ray forwards the job's
+        # worker logs asynchronously, so the job's own last line may not come last).
+        print(f"{sub.spec.run.storage_path.rstrip('/')}/{sub.spec.run.name}", flush=True)
     return 0 if status == "SUCCEEDED" else 1
 
 
@@ -114,12 +118,12 @@ def cmd_jobs(args) -> int:
         print(f"{args.job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
         return 0
     if args.jobs_command == "logs":
-        if args.follow:
-            status = follow(client, args.job_id)
-            print(f"ftray: job {args.job_id} {status}", file=sys.stderr)
-        else:
+        if not args.follow:
             print(client.get_job_logs(args.job_id), end="", flush=True)
-        return 0
+            return 0
+        status = follow(client, args.job_id)
+        print(f"ftray: job {args.job_id} {status}", file=sys.stderr)
+        return 0 if status == "SUCCEEDED" else 1
     # stop
     client.stop_job(args.job_id)
     status = str(info.status) if args.no_wait else wait_for_end(client, args.job_id, timeout_s=120)
@@ -172,7 +176,8 @@ def connect(address: str | None):
     head). Raises SpecError naming the address when no job server answers or the token is refused."""
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
-    where = f"--address {address}" if address else "the default cluster (RAY_API_SERVER_ADDRESS, RAY_ADDRESS or a local head)"
+    where = f"--address {address}" if address else \
+        "the default cluster (RAY_API_SERVER_ADDRESS, RAY_ADDRESS or a local head)"
     try:
         with explicit_address(address):
             return JobSubmissionClient(address, headers=auth_headers())
