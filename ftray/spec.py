@@ -17,6 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MAX_SPEC_BYTES = 1 << 20  # a job spec is a page of YAML; anything bigger is a mistake
+# A spec nests a few levels; PyYAML's composer recurses per level, so a deeper document would end
+# in a RecursionError (a traceback, not exit 2) long before it could mean anything.
+MAX_SPEC_DEPTH = 64
 
 
 class SpecError(Exception):
@@ -24,7 +27,8 @@ class SpecError(Exception):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No field means anything at .inf or .nan (an infinite L1 penalty would train on NaN losses).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def describe(text: str, default: Any = ..., **kw) -> Any:
@@ -258,6 +262,54 @@ class RunSpec(Strict):
     keep_checkpoints: int = describe("Most recent checkpoints kept.", 2, ge=1)
 
 
+Distribution = Literal["choice", "grid", "uniform", "loguniform", "randint", "quniform"]
+
+
+class SchedulerSpec(Strict):
+    name: Literal["fifo", "asha", "median", "hyperband"] = describe(
+        "Trial scheduler: run all to the end, or stop hopeless trials early (ASHA, median rule, HyperBand).",
+        "fifo")
+    grace_period: int = describe("Epochs every trial runs before it can be stopped.", 1, ge=1)
+    reduction_factor: float = describe("ASHA/HyperBand: keep 1/reduction_factor of trials per rung.", 3.0,
+                                       gt=1.0)
+
+
+class TuneSpec(Strict):
+    space: dict[str, dict[Distribution, list]] = describe(
+        "Dotted spec keys mapped to one distribution each, e.g. `train.lr: {loguniform: [1e-4, 1e-1]}`.")
+    metric: str = describe("Trial metric to optimise (a validation metric of the task).", "val_loss")
+    mode: Literal["min", "max"] = describe("Whether smaller or larger `metric` is better.", "min")
+    num_samples: int = describe("Trials to sample (with grid search: repeats of the whole grid).", 4,
+                                ge=1, le=100000)
+    max_concurrent: int = describe("Trials running at the same time.", 2, ge=1, le=1024)
+    searcher: Literal["random", "grid", "optuna", "hyperopt"] = describe(
+        "How trials are chosen: random sampling, the grid, or Ray Tune's Optuna / HyperOpt integration.",
+        "random")
+    scheduler: SchedulerSpec = describe("Early stopping of trials.", default_factory=SchedulerSpec)
+
+    @model_validator(mode="after")
+    def _space_is_well_formed(self):
+        for key, dist in self.space.items():
+            if len(dist) != 1:
+                raise ValueError(f"space.{key}: give exactly one distribution, got {sorted(dist)}")
+            (kind, args), = dist.items()
+            if kind in ("choice", "grid"):
+                if not args:
+                    raise ValueError(f"space.{key}.{kind}: needs at least one value")
+            elif kind == "quniform":
+                if len(args) != 3 or not all(isinstance(a, (int, float)) for a in args) or args[0] >= args[1]:
+                    raise ValueError(f"space.{key}.quniform: needs [low, high, step] numbers with low < high")
+            elif len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or args[0] >= args[1]:
+                raise ValueError(f"space.{key}.{kind}: needs [low, high] numbers with low < high")
+            elif kind == "loguniform" and args[0] <= 0:
+                raise ValueError(f"space.{key}.loguniform: bounds must be positive")
+            if self.searcher == "grid" and kind not in ("grid", "choice"):
+                raise ValueError(f"space.{key}: the grid searcher takes only grid/choice dimensions")
+        if not self.space:
+            raise ValueError("space: name at least one spec key to search")
+        return self
+
+
 class JobSpec(Strict):
     """A whole job: what to fine-tune (model, data), how (method, train) and where (scaling, run)."""
     model: ModelSpec = describe("What to fine-tune.")
@@ -266,6 +318,7 @@ class JobSpec(Strict):
     train: TrainSpec = describe("Training hyperparameters.", default_factory=TrainSpec)
     scaling: ScalingSpec = describe("How many workers and which devices.", default_factory=ScalingSpec)
     run: RunSpec = describe("Name, storage, seed and fault tolerance of the run.")
+    tune: TuneSpec | None = describe("Hyperparameter sweep for `ftray sweep` (ignored by `ftray run`).", None)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -292,6 +345,9 @@ class JobSpec(Strict):
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("train.precision: fp16 needs scaling.use_gpu: true (use bf16 on CPU)")
         metrics = {"train_loss", "val_loss", TASK_METRICS[self.data.task]}
+        if self.tune and self.tune.metric not in metrics:
+            raise ValueError(f"tune.metric: {self.tune.metric!r} is not reported for a {self.data.task} task; "
+                             f"choose one of {sorted(metrics)}")
         if self.train.early_stopping.metric not in metrics:
             raise ValueError(f"train.early_stopping.metric: {self.train.early_stopping.metric!r} is not "
                              f"reported for a {self.data.task} task; choose one of {sorted(metrics)}")
@@ -324,12 +380,28 @@ class _SafeLoader(yaml.SafeLoader):
             event = self.peek_event()
             raise yaml.constructor.ConstructorError(
                 None, None, "YAML aliases (*name) are not allowed in a job spec", event.start_mark)
-        return super().compose_node(parent, index)
+        depth = getattr(self, "_depth", 0)
+        if depth >= MAX_SPEC_DEPTH:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"nested deeper than {MAX_SPEC_DEPTH} levels", self.peek_event().start_mark)
+        self._depth = depth + 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth
 
     def construct_mapping(self, node, deep=False):
+        if not isinstance(node, yaml.MappingNode):  # `!!set 0`: let the base class raise its YAMLError
+            return super().construct_mapping(node, deep=deep)
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:  # `{[1]: x}`: the set below would raise a bare TypeError
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a plain value, not a list or mapping",
+                    key_node.start_mark) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -342,6 +414,11 @@ def parse_yaml(text: str, source: str) -> Any:
         return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise SpecError(f"{source}: not valid YAML: {e}") from None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
+        # PyYAML's scalar constructors raise plain Python errors on values that only look like
+        # their type (`2020-02-30` read as a date, `!!int x`): still bad YAML in the input.
+        raise SpecError(f"{source}: not valid YAML: a value cannot be read as its type "
+                        f"({type(e).__name__}: {e})") from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -401,6 +478,8 @@ def validate(raw: Any, source: str) -> JobSpec:
 
 def read_spec_file(path: str | os.PathLike) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise SpecError(f"{path}: is a folder, not a spec file")
     if not p.is_file():
         raise SpecError(f"{path}: no such spec file")
     if p.stat().st_size > MAX_SPEC_BYTES:
@@ -409,35 +488,56 @@ def read_spec_file(path: str | os.PathLike) -> dict:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise SpecError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:  # unreadable (permissions, a dangling mount): still bad input
+        raise SpecError(f"{path}: cannot read: {e.strerror or e}") from None
     return parse_yaml(text, str(path))
 
 
-def _absolute(path: str | None, local_only_if_exists: bool = False) -> str | None:
+def _absolute(path: str | None, key: str, local_only_if_exists: bool = False) -> str | None:
     """Local paths made absolute against the current directory; URIs (and hub ids) left alone."""
     if path is None or "://" in path or path.startswith("package:"):
         return path
-    local = Path(path).expanduser()
-    if local_only_if_exists and not (local.exists() or path.startswith((".", "/", "~"))):
-        return path  # a hub id such as org/model
-    return str(local.resolve())
+    try:
+        local = Path(path).expanduser()
+        if local_only_if_exists and not (local.exists() or path.startswith((".", "/", "~"))):
+            return path  # a hub id such as org/model
+        return str(local.resolve())
+    except (RuntimeError, ValueError, OSError) as e:  # `~nosuchuser/...`, a NUL byte, a symlink loop
+        raise SpecError(f"{key}: {path!r} is not a usable local path ({e})") from None
 
 
 def with_absolute_paths(spec: JobSpec) -> JobSpec:
     """Ray workers do not share the driver's working directory: pin every local path."""
-    model = spec.model.model_copy(update={"init_from": _absolute(spec.model.init_from)})
+    model = spec.model.model_copy(update={"init_from": _absolute(spec.model.init_from, "model.init_from")})
     method = spec.method
     for key in ("teacher", "adapter_from"):
         if getattr(method, key, None):
-            method = method.model_copy(update={key: _absolute(getattr(method, key))})
+            method = method.model_copy(update={key: _absolute(getattr(method, key), f"method.{key}")})
     if isinstance(model, HFModel):
-        model = model.model_copy(update={"path": _absolute(model.path, local_only_if_exists=True)})
+        model = model.model_copy(update={"path": _absolute(model.path, "model.path", local_only_if_exists=True)})
     return spec.model_copy(update={
         "model": model,
         "method": method,
-        "data": spec.data.model_copy(update={"path": _absolute(spec.data.path),
-                                             "val_path": _absolute(spec.data.val_path)}),
-        "run": spec.run.model_copy(update={"storage_path": _absolute(spec.run.storage_path)}),
+        "data": spec.data.model_copy(update={"path": _absolute(spec.data.path, "data.path"),
+                                             "val_path": _absolute(spec.data.val_path, "data.val_path")}),
+        "run": spec.run.model_copy(update={"storage_path": _absolute(spec.run.storage_path,
+                                                                     "run.storage_path")}),
     })
+
+
+PATH_KEYS = (("data", "path"), ("data", "val_path"), ("model", "path"), ("model", "init_from"),
+             ("method", "teacher"), ("method", "adapter_from"), ("run", "storage_path"))
+
+
+def pin_paths(raw: dict, spec: JobSpec) -> dict:
+    """A copy of the raw mapping with the paths the user gave replaced by `spec`'s pinned ones."""
+    out, pinned = copy.deepcopy(raw), spec.model_dump(mode="json")
+    for section, key in PATH_KEYS:
+        if isinstance(out.get(section), dict) and out[section].get(key) is not None:
+            out[section][key] = pinned[section][key]
+    if isinstance(out.get("run"), dict) and "storage_path" not in out["run"]:
+        out["run"]["storage_path"] = pinned["run"]["storage_path"]
+    return out
 
 
 def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> JobSpec:
@@ -449,4 +549,8 @@ def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> JobSpec:
         if not isinstance(raw, dict):
             validate(raw, str(path))  # raises the top-level message
         raw = apply_overrides(raw, [parse_override(o) for o in overrides])
-    return with_absolute_paths(validate(raw, str(path)))
+    spec = validate(raw, str(path))
+    try:
+        return with_absolute_paths(spec)
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None

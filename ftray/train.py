@@ -29,6 +29,7 @@ from ftray.models import ModelInfo, check_model_source
 from ftray.numerics import TASK_METRIC, all_sum, improved, l1_penalty, make_optimizer, make_scheduler
 from ftray.spec import JobSpec, SpecError
 
+WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 # Test hook for fault injection: the worker raises after reporting this epoch's checkpoint.
 FAIL_AFTER_EPOCH_ENV = "FTRAY_FAIL_AFTER_EPOCH"
 
@@ -242,18 +243,25 @@ def check_devices(spec: JobSpec, address: str | None) -> None:
                         f"has {have} GPU(s); lower scaling.num_workers or pass --address of a cluster")
 
 
-def start_ray(spec: JobSpec, address: str | None) -> str:
+def start_ray(spec: JobSpec, address: str | None, cpus: int | None = None) -> str:
     if ray.is_initialized():
         return "existing"
     address = address or os.environ.get("RAY_ADDRESS")
+    # Ray Train gives a worker group 60 s to start; importing torch in several new processes on a
+    # busy small machine can take longer. Ray propagates this variable from the driver.
+    os.environ.setdefault(WORKER_START_TIMEOUT_ENV, "600")
     env = {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(spec.scaling.cpus_per_worker))),
-                        "TOKENIZERS_PARALLELISM": "false"}}
+                        "TOKENIZERS_PARALLELISM": "false",
+                        WORKER_START_TIMEOUT_ENV: os.environ[WORKER_START_TIMEOUT_ENV]}}
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        # Inside `ray job submit` the job's own runtime env applies to every worker, and Ray refuses
+        # to merge a second one into it: join without ours.
+        in_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+        ray.init(address=address, runtime_env=None if in_job else env, log_to_driver=True)
         return address
     # Logical CPUs: room for every worker plus Ray Data's read and preprocessing tasks, even on a
     # machine with fewer cores (oversubscribed, but it never deadlocks waiting for a slot).
-    need = math.ceil(spec.scaling.num_workers * spec.scaling.cpus_per_worker) + 1
+    need = cpus or math.ceil(spec.scaling.num_workers * spec.scaling.cpus_per_worker) + 1
     ray.init(num_cpus=max(os.cpu_count() or 1, need), dashboard_host="127.0.0.1", runtime_env=env)
     return "local"
 
@@ -271,8 +279,11 @@ def prepare(spec: JobSpec, address: str | None = None) -> data.DataPlan:
     return plan
 
 
-def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = None) -> tuple[int, str]:
-    """Fine-tune `spec` and write its run folder. Returns (exit status, run folder)."""
+def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = None,
+        callbacks: list = ()) -> tuple[int, str]:
+    """Fine-tune `spec` and write its run folder. Returns (exit status, run folder).
+
+    `callbacks` are more Ray Train callbacks (a sweep trial passes Tune's TuneReportCallback)."""
     t0 = time.perf_counter()
     plan = plan or prepare(spec, address)
     fs, run_dir, storage_path = storage(spec)
@@ -299,7 +310,7 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
             resources_per_worker={"CPU": spec.scaling.cpus_per_worker,
                                   **({"GPU": 1} if spec.scaling.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=spec.run.name, storage_path=storage_path, callbacks=[callback],
+            name=spec.run.name, storage_path=storage_path, callbacks=[callback, *callbacks],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.run.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=spec.run.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),

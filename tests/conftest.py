@@ -14,14 +14,17 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# CI machines are small and busy: give Ray Train worker groups time to start (default 60 s).
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
 
 
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for every test that trains (start-up costs seconds on 2 cores)."""
     import ray
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                                       "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}})
     import ray.data
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray

@@ -30,8 +30,8 @@ def test_job_validates_and_documents_its_command(job):
 
 def _run(job: str, tmp_path: Path, capsys, *overrides: str) -> dict:
     code = cli.main(["run", str(REPO / "jobs" / job), "--set", f"run.storage_path={tmp_path}", *overrides])
-    out = capsys.readouterr().out
-    assert code == 0
+    out, err = capsys.readouterr()
+    assert code == 0, f"exit {code}: {err[-3000:]}"
     run_dir = Path(out.strip().splitlines()[-1])
     return json.loads((run_dir / "summary.json").read_text())
 

@@ -1,0 +1,217 @@
+"""`ftray sweep`: a Ray Tune hyperparameter sweep over any spec field.
+
+Read top to bottom: check the spec, its data and every searched key before Ray starts; each trial
+is a Tune function that applies its sampled values to the spec (through the same validation as
+`--set`) and runs it with Ray Train (`ftray.train.run`), whose every epoch reaches Tune through
+`TuneReportCallback` so schedulers such as ASHA can stop it early; finally the sweep folder gets
+`summary.json`, `trials.csv`, `best.yaml`, `curves.png` and `params.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from ftray import train
+from ftray.spec import JobSpec, SpecError, apply_overrides, validate
+
+TUNE_DIR = "tune"
+
+
+# ------------------------------------------------------------------------------- before Ray
+def sample_value(dist: dict):
+    """A value of the distribution that validation can try (the first choice, the low bound)."""
+    (kind, args), = dist.items()
+    if kind in ("choice", "grid"):
+        return args[0]
+    return int(args[0]) if kind == "randint" else args[0]
+
+
+def check_space(raw: dict, spec: JobSpec, source: str) -> None:
+    """Every searched key must name a spec field that accepts every listed value (or the bounds)."""
+    for key, dist in spec.tune.space.items():
+        (kind, args), = dist.items()
+        values = args if kind in ("choice", "grid") else args[:2]
+        for value in values:
+            if kind == "randint":
+                value = int(value)
+            try:
+                validate(apply_overrides(raw, [(key, value)]), source)
+            except SpecError as e:
+                raise SpecError(f"{source}: tune.space.{key} = {value!r}: "
+                                f"{str(e).split(': ', 2)[-1]}") from None
+
+
+def trial_spec(raw: dict, values: dict, sweep_dir: str, trial_id: str, source: str) -> tuple[dict, JobSpec]:
+    """The spec of one trial: sampled values applied, stored under the sweep folder by trial id."""
+    trial_raw = apply_overrides(raw, list(values.items()) + [
+        ("run.name", trial_id), ("run.storage_path", f"{sweep_dir}/trials"), ("tune", None)])
+    return trial_raw, validate(trial_raw, f"{source} (trial {trial_id})")
+
+
+def param_space(spec: JobSpec) -> dict:
+    from ray import tune
+    makers = {"choice": lambda a: tune.choice(a), "grid": lambda a: tune.grid_search(a),
+              "uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
+              "randint": lambda a: tune.randint(int(a[0]), int(a[1])), "quniform": lambda a: tune.quniform(*a)}
+    space = {}
+    for key, dist in spec.tune.space.items():
+        (kind, args), = dist.items()
+        if spec.tune.searcher == "grid" and kind == "choice":
+            kind = "grid"
+        space[key] = makers[kind](args)
+    return space
+
+
+def searcher(spec: JobSpec):
+    t = spec.tune  # metric and mode reach the searcher through TuneConfig
+    if t.searcher in ("random", "grid"):
+        return None  # Tune's BasicVariantGenerator
+    try:
+        if t.searcher == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+            alg = OptunaSearch(seed=spec.run.seed)
+        else:
+            from ray.tune.search.hyperopt import HyperOptSearch
+            alg = HyperOptSearch(random_state_seed=spec.run.seed)
+    except (ImportError, AssertionError) as e:
+        raise SpecError(f"tune.searcher: {t.searcher} needs its package ({e}); "
+                        f"pip install {t.searcher}") from None
+    from ray.tune.search import ConcurrencyLimiter
+    return ConcurrencyLimiter(alg, max_concurrent=t.max_concurrent)
+
+
+def scheduler(spec: JobSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+    s = spec.tune.scheduler  # metric and mode reach schedulers through TuneConfig
+    if s.name == "asha":
+        return ASHAScheduler(max_t=spec.train.epochs, grace_period=s.grace_period,
+                             reduction_factor=s.reduction_factor)
+    if s.name == "median":
+        return MedianStoppingRule(grace_period=s.grace_period, min_samples_required=2)
+    if s.name == "hyperband":
+        return HyperBandScheduler(max_t=spec.train.epochs, reduction_factor=s.reduction_factor)
+    return FIFOScheduler()
+
+
+# --------------------------------------------------------------------------------- the sweep
+def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None) -> tuple[int, str]:
+    """Run the sweep and write its folder. Returns (exit status, sweep folder)."""
+    if spec.tune is None:
+        raise SpecError(f"{source}: tune: a sweep needs a tune section (space, metric, mode, ...)")
+    t0 = time.perf_counter()
+    check_space(raw, spec, source)
+    train.prepare(spec, address)
+    sweep_dir = train.storage(spec)[1]
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    search_alg = searcher(spec)
+
+    from ray import tune
+    # Each trial drives its own Train workers: room for all running trials and their workers.
+    per_trial = math.ceil(spec.scaling.num_workers * spec.scaling.cpus_per_worker) + 1
+    train.start_ray(spec, address, cpus=spec.tune.max_concurrent * per_trial + 1)
+
+    def trial(values: dict) -> None:
+        from ray.tune.integration.ray_train import TuneReportCallback
+        _, tspec = trial_spec(raw, values, sweep_dir, tune.get_context().get_trial_id(), source)
+        status, run_dir = train.run(tspec, address, callbacks=[TuneReportCallback()])
+        if status:
+            raise RuntimeError(f"trial failed; see {run_dir}/summary.json")
+
+    t = spec.tune
+    run_config = tune.RunConfig(name=TUNE_DIR, storage_path=sweep_dir)
+    tune_dir = f"{sweep_dir}/{TUNE_DIR}"
+    trainable = tune.with_resources(trial, {"CPU": 1})
+    if tune.Tuner.can_restore(tune_dir):  # a re-run resumes: finished trials are not repeated
+        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(spec), run_config=run_config,
+            tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
+                                        max_concurrent_trials=t.max_concurrent, search_alg=search_alg,
+                                        scheduler=scheduler(spec)))
+    results = tuner.fit()
+    return write_outputs(results, raw, spec, sweep_dir, source, time.perf_counter() - t0), sweep_dir
+
+
+def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, source: str, seconds: float) -> int:
+    t = spec.tune
+    keys = list(t.space)
+    frame = results.get_dataframe()
+    rows = []
+    for result in results:
+        m = result.metrics or {}
+        rows.append({**{k: (result.config or {}).get(k) for k in keys},
+                     t.metric: m.get(t.metric), "iterations": m.get("training_iteration", 0),
+                     "status": "error" if result.error else "done",
+                     "trial_id": m.get("trial_id"), "run": str(Path(sweep_dir) / "trials" / str(m.get("trial_id")))})
+    import pandas as pd
+    table = pd.DataFrame(rows)
+    table.to_csv(f"{sweep_dir}/trials.csv", index=False)
+    ok = [r for r in results if not r.error and r.metrics and r.metrics.get(t.metric) is not None]
+    summary = {"status": "succeeded" if ok else "failed", "metric": t.metric, "mode": t.mode,
+               "trials": len(rows), "errors": len(results) - len(ok), "timings": {"total_s": round(seconds, 3)},
+               "best": None, "spec": spec.model_dump(mode="json")}
+    if ok:
+        best = results.get_best_result(metric=t.metric, mode=t.mode, filter_nan_and_inf=True)
+        values = {k: best.config[k] for k in keys}
+        trial_id = best.metrics["trial_id"]
+        best_raw = apply_overrides(raw, list(values.items()) + [("run.name", f"{spec.run.name}_best"),
+                                                                 ("tune", None)])
+        best_raw.pop("tune", None)
+        Path(f"{sweep_dir}/best.yaml").write_text(
+            f"# Best trial {trial_id} of sweep {spec.run.name} ({t.metric} = {best.metrics[t.metric]}).\n"
+            f"#   ftray run {sweep_dir}/best.yaml\n" + yaml.safe_dump(best_raw, sort_keys=False))
+        summary["best"] = {"config": values, "trial_id": trial_id,
+                           "metrics": {k: v for k, v in best.metrics.items() if k.startswith("val_")},
+                           "checkpoint": best.metrics.get("checkpoint_path"),
+                           "run": f"{sweep_dir}/trials/{trial_id}"}
+    Path(f"{sweep_dir}/summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    plot(results, table, keys, t.metric, sweep_dir)
+    del frame
+    return 0 if ok else 1
+
+
+def plot(results, table, keys: list[str], metric: str, sweep_dir: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for result in results:
+        df = result.metrics_dataframe
+        if df is not None and metric in df:
+            ax.plot(df["training_iteration"], df[metric], "o-", alpha=0.7)
+    ax.set_xlabel("epoch (training iteration)"), ax.set_ylabel(metric), ax.set_title("every trial")
+    fig.tight_layout()
+    fig.savefig(f"{sweep_dir}/curves.png", dpi=100)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        x = table[key]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x)
+        ax.scatter(x if numeric else x.astype(str), table[metric])
+        if numeric and key.endswith("lr"):
+            ax.set_xscale("log")
+        ax.set_xlabel(key), ax.set_ylabel(metric)
+    fig.tight_layout()
+    fig.savefig(f"{sweep_dir}/params.png", dpi=100)
+    plt.close(fig)
+
+
+def cmd_sweep(args) -> int:
+    from ftray.spec import load_spec, parse_override, pin_paths, read_spec_file
+    spec = load_spec(args.spec, args.overrides)
+    # Trials apply their values to the raw mapping (so `train.optimizer.name: sgd` replaces only the
+    # name), with the local paths pinned as load_spec pinned them.
+    raw = pin_paths(apply_overrides(read_spec_file(args.spec), [parse_override(o) for o in args.overrides]),
+                    spec)
+    status, folder = run_sweep(raw, spec, args.spec, args.address)
+    if status:
+        print("ftray: every trial failed; see trials.csv and the trial folders", file=sys.stderr)
+    print(folder, flush=True)
+    return status

@@ -1,0 +1,90 @@
+"""`ftray sweep`: the tune section and searched keys are checked before Ray starts; a real sweep
+writes its folder, and a re-run restores it instead of repeating finished trials."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ftray import cli, sweep, train
+from ftray.spec import SpecError, load_spec, read_spec_file
+from tests.conftest import blobs, mlp_spec, write_spec
+
+SPACE = {"train.lr": {"loguniform": [0.001, 0.1]}, "model.units": {"choice": [8, 16]},
+         "train.optimizer.name": {"choice": ["sgd", "adam"]}}
+
+
+def sweep_spec(tmp_path, data_path, **tune):
+    raw = mlp_spec(data_path, tmp_path / "runs", "sw", train={"epochs": 2, "batch_size": 32})
+    raw["tune"] = {"space": SPACE, "metric": "val_accuracy", "mode": "max", "num_samples": 3,
+                   "max_concurrent": 2, "scheduler": {"name": "asha", "grace_period": 1}, **tune}
+    return write_spec(tmp_path / "sweep.yaml", raw)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"space": {"train.lrr": {"choice": [0.1]}}}, "tune.space.train.lrr = 0.1: unknown key"),
+    ({"space": {"model.dropout": {"choice": [0.1, 1.5]}}}, "tune.space.model.dropout = 1.5: Input should be less than 1"),
+    ({"space": {"train.optimizer.name": {"choice": ["sgd", "lion"]}}}, "tune.space.train.optimizer.name = 'lion'"),
+])
+def test_searched_keys_are_checked_before_ray(tmp_path, blobs_parquet, monkeypatch, capsys, change, expected):
+    monkeypatch.setattr(train, "start_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray started")))
+    path = sweep_spec(tmp_path, blobs_parquet, **change)
+    assert cli.main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("tune, expected", [
+    ({"space": {"train.lr": {"uniform": [0.1]}}}, "needs [low, high]"),
+    ({"space": {"train.lr": {"loguniform": [0, 1]}}}, "bounds must be positive"),
+    ({"space": {"train.lr": {"uniform": [0.1, 0.2], "choice": [1]}}}, "exactly one distribution"),
+    ({"space": {"train.lr": {"normal": [0, 1]}}}, "tune.space.train.lr"),
+    ({"searcher": "grid"}, "the grid searcher takes only grid/choice"),
+    ({"metric": "val_mse"}, "tune.metric: 'val_mse' is not reported"),
+    ({"space": {}}, "name at least one spec key"),
+])
+def test_bad_tune_sections(tmp_path, blobs_parquet, tune, expected):
+    with pytest.raises(SpecError) as e:
+        load_spec(sweep_spec(tmp_path, blobs_parquet, **tune))
+    assert expected in str(e.value)
+
+
+def test_trial_spec_applies_values_through_validation(tmp_path, blobs_parquet):
+    path = sweep_spec(tmp_path, blobs_parquet)
+    raw = read_spec_file(path)
+    _, spec = sweep.trial_spec(raw, {"train.optimizer.name": "sgd", "model.units": 16, "train.lr": 0.05},
+                               str(tmp_path / "sw"), "trial_1", str(path))
+    assert spec.train.optimizer.name == "sgd" and spec.model.units == 16 and spec.train.lr == 0.05
+    assert spec.run.name == "trial_1" and spec.run.storage_path == str(tmp_path / "sw" / "trials")
+    assert spec.tune is None
+
+
+def test_sweep_writes_its_folder_and_restores(ray_session, tmp_path, capsys):
+    pq.write_table(blobs(120, seed=3), tmp_path / "d.parquet")
+    path = sweep_spec(tmp_path, tmp_path / "d.parquet")
+    assert cli.main(["sweep", str(path)]) == 0, capsys.readouterr().err[-3000:]
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert folder == tmp_path / "runs" / "sw"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["trials"] == 3
+    best = summary["best"]
+    assert best["config"]["model.units"] in (8, 16) and 0.001 <= best["config"]["train.lr"] <= 0.1
+    assert (Path(best["run"]) / "summary.json").is_file() and 0 < best["metrics"]["val_accuracy"] <= 1
+    rows = list(csv.DictReader((folder / "trials.csv").open()))
+    assert len(rows) == 3 and {"train.lr", "model.units", "val_accuracy", "iterations", "status"} <= set(rows[0])
+    assert max(float(r["val_accuracy"]) for r in rows) == pytest.approx(best["metrics"]["val_accuracy"])
+    best_spec = load_spec(folder / "best.yaml")
+    assert best_spec.model.units == best["config"]["model.units"] and best_spec.tune is None
+    for png in ("curves.png", "params.png"):
+        assert (folder / png).read_bytes()[:4] == b"\x89PNG"
+
+    # A re-run restores the finished sweep: no trial runs again.
+    assert cli.main(["sweep", str(path)]) == 0
+    capsys.readouterr()
+    again = list(csv.DictReader((folder / "trials.csv").open()))
+    assert sorted(r["trial_id"] for r in again) == sorted(r["trial_id"] for r in rows)
+    assert len(list((folder / "trials").iterdir())) == 3
