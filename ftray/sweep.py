@@ -142,7 +142,6 @@ def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None)
 def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, source: str, seconds: float) -> int:
     t = spec.tune
     keys = list(t.space)
-    frame = results.get_dataframe()
     rows = []
     for result in results:
         m = result.metrics or {}
@@ -173,7 +172,6 @@ def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, source: str
                            "run": f"{sweep_dir}/trials/{trial_id}"}
     Path(f"{sweep_dir}/summary.json").write_text(json.dumps(summary, indent=2, default=str))
     plot(results, table, keys, t.metric, sweep_dir)
-    del frame
     return 0 if ok else 1
 
 
@@ -190,8 +188,12 @@ def plot(results, table, keys: list[str], metric: str, sweep_dir: str) -> None:
     fig.tight_layout()
     fig.savefig(f"{sweep_dir}/curves.png", dpi=100)
     plt.close(fig)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    cols = min(4, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, keys):
         x = table[key]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x)
         ax.scatter(x if numeric else x.astype(str), table[metric])
