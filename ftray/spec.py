@@ -274,6 +274,13 @@ class SchedulerSpec(Strict):
                                        gt=1.0)
 
 
+class EnsembleSpec(Strict):
+    top_k: int = describe("Members: the k best trials.", 3, ge=2, le=100)
+    combine: Literal["vote", "average", "stack"] = describe(
+        "Majority vote, mean of class probabilities, or a logistic regression on the members' "
+        "probabilities fit on the validation data (regression: always the mean).", "average")
+
+
 class TuneSpec(Strict):
     space: dict[str, dict[Distribution, list]] = describe(
         "Dotted spec keys mapped to one distribution each, e.g. `train.lr: {loguniform: [1e-4, 1e-1]}`.")
@@ -286,6 +293,7 @@ class TuneSpec(Strict):
         "How trials are chosen: random sampling, the grid, or Ray Tune's Optuna / HyperOpt integration.",
         "random")
     scheduler: SchedulerSpec = describe("Early stopping of trials.", default_factory=SchedulerSpec)
+    ensemble: EnsembleSpec | None = describe("Combine the top trials into one exported model.", None)
 
     @model_validator(mode="after")
     def _space_is_well_formed(self):
@@ -345,6 +353,8 @@ class JobSpec(Strict):
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("train.precision: fp16 needs scaling.use_gpu: true (use bf16 on CPU)")
         metrics = {"train_loss", "val_loss", TASK_METRICS[self.data.task]}
+        if self.tune and self.tune.ensemble and self.data.task == "causal_lm":
+            raise ValueError("tune.ensemble: ensembles are for classification and regression tasks")
         if self.tune and self.tune.metric not in metrics:
             raise ValueError(f"tune.metric: {self.tune.metric!r} is not reported for a {self.data.task} task; "
                              f"choose one of {sorted(metrics)}")
@@ -414,7 +424,7 @@ def parse_yaml(text: str, source: str) -> Any:
         return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise SpecError(f"{source}: not valid YAML: {e}") from None
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
+    except (ValueError, TypeError, LookupError, AttributeError, OverflowError) as e:
         # PyYAML's scalar constructors raise plain Python errors on values that only look like
         # their type (`2020-02-30` read as a date, `!!int x`): still bad YAML in the input.
         raise SpecError(f"{source}: not valid YAML: a value cannot be read as its type "

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from ftray import train
+from ftray.checkpoint import MODEL_DIR
 from ftray.spec import JobSpec, SpecError, apply_overrides, validate
 
 TUNE_DIR = "tune"
@@ -149,6 +150,8 @@ def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, source: str
                      t.metric: m.get(t.metric), "iterations": m.get("training_iteration", 0),
                      "status": "error" if result.error else "done",
                      "trial_id": m.get("trial_id"), "run": str(Path(sweep_dir) / "trials" / str(m.get("trial_id")))})
+    for result in results:
+        close_trial_folder(result, sweep_dir)
     import pandas as pd
     table = pd.DataFrame(rows)
     table.to_csv(f"{sweep_dir}/trials.csv", index=False)
@@ -170,9 +173,88 @@ def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, source: str
                            "metrics": {k: v for k, v in best.metrics.items() if k.startswith("val_")},
                            "checkpoint": best.metrics.get("checkpoint_path"),
                            "run": f"{sweep_dir}/trials/{trial_id}"}
+        if t.ensemble:
+            summary["ensemble"] = build_ensemble(ok, spec, sweep_dir)
     Path(f"{sweep_dir}/summary.json").write_text(json.dumps(summary, indent=2, default=str))
     plot(results, table, keys, t.metric, sweep_dir)
     return 0 if ok else 1
+
+
+def close_trial_folder(result, sweep_dir: str) -> None:
+    """A trial that a scheduler stopped (or that crashed) ended inside Ray Train, before it could
+    write its summary: write one from its last checkpoint so every trial folder reads the same."""
+    m = result.metrics or {}
+    folder = Path(sweep_dir) / "trials" / str(m.get("trial_id"))
+    if not m.get("trial_id") or (folder / "summary.json").is_file():
+        return
+    ckpt = m.get("checkpoint_path")
+    progress = json.loads((Path(ckpt) / "progress.json").read_text()) if ckpt else {}
+    history = progress.get("history", [])
+    (folder / "summary.json").write_text(json.dumps({
+        "status": "failed" if result.error else "stopped",
+        "error": str(result.error) if result.error else "stopped early by the sweep's scheduler",
+        "metrics": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")},
+        "params": progress.get("params"), "checkpoint": ckpt, "epochs_done": progress.get("epoch", 0),
+        "steps_done": progress.get("step", 0), "history": history}, indent=2))
+
+
+def validation_batch(spec: JobSpec) -> dict:
+    """The sweep's validation rows as one batch of tensors (the same rows every trial validated on)."""
+    import torch
+
+    from ftray.data import TabularRows, TokenizedRows, inspect, split_table
+    from ftray.models.hf import resolve_source
+    plan = inspect(spec)
+    val = plan.tables[1][1] if plan.val else split_table(plan.train_table, spec.data.val_fraction,
+                                                         spec.run.seed)[1]
+    udf = (TabularRows(spec, plan.class_index) if spec.model.name == "mlp"
+           else TokenizedRows(spec, plan.class_index, resolve_source(spec)))
+    return {k: torch.as_tensor(v) for k, v in udf(val).items()}
+
+
+def build_ensemble(finished: list, spec: JobSpec, sweep_dir: str) -> dict:
+    """Combine the top-k trials' exported models, evaluate on the validation rows, export it."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    from ftray.models import load_exported
+    from ftray.models.ensemble import Ensemble, combine
+    t, task = spec.tune, spec.data.task
+    ranked = sorted(finished, key=lambda r: r.metrics[t.metric], reverse=t.mode == "max")[:t.ensemble.top_k]
+    ids = [r.metrics["trial_id"] for r in ranked]
+    # A trial that a scheduler stopped early has no final export: its last checkpoint's model is it.
+    members = [load_exported(f"{r.metrics['checkpoint_path']}/{MODEL_DIR}").eval() for r in ranked]
+    batch = validation_batch(spec)
+    with torch.no_grad():
+        outputs = [m(batch) for m in members]
+
+    def score(out: torch.Tensor) -> float:
+        if task == "regression":
+            return float(((out - batch["y"]) ** 2).mean())
+        return float((out.argmax(-1) == batch["y"]).float().mean())
+
+    how, stacker = t.ensemble.combine, None
+    if task == "classification" and how == "stack":
+        # Reported score: out-of-fold predictions, so the stacker is never scored on rows it saw.
+        feats = torch.stack([o.softmax(-1) for o in outputs], 1).reshape(len(batch["y"]), -1).numpy()
+        labels = batch["y"].numpy()
+        folds = max(2, min(5, int(min(torch.bincount(batch["y"]).tolist()))))
+        oof = cross_val_predict(LogisticRegression(max_iter=1000), feats, labels, cv=folds)
+        value = float((oof == labels).mean())
+        fit = LogisticRegression(max_iter=1000).fit(feats, labels)
+        coef, intercept = fit.coef_, fit.intercept_
+        if coef.shape[0] == 1:  # sklearn's binary form: one row for class 1
+            coef, intercept = [(-coef[0] / 2).tolist(), (coef[0] / 2).tolist()], [-intercept[0] / 2, intercept[0] / 2]
+        stacker = {"coef": coef.tolist() if hasattr(coef, "tolist") else coef,
+                   "intercept": intercept.tolist() if hasattr(intercept, "tolist") else intercept}
+    else:
+        value = score(combine(outputs, how, task))
+    name = "val_mse" if task == "regression" else "val_accuracy"
+    Ensemble(members, how, members[0].info, stacker).export(Path(sweep_dir) / "ensemble")
+    return {"members": ids, "combine": how if task == "classification" else "average",
+            "metric": {name: value}, "best_single": {name: score(outputs[0])},
+            "model": f"{sweep_dir}/ensemble"}
 
 
 def plot(results, table, keys: list[str], metric: str, sweep_dir: str) -> None:

@@ -10,7 +10,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+import torch
+
 from ftray import cli, sweep, train
+from ftray.models import load_exported
+from ftray.models.ensemble import combine
 from ftray.spec import SpecError, load_spec, read_spec_file
 from tests.conftest import blobs, mlp_spec, write_spec
 
@@ -21,7 +25,8 @@ SPACE = {"train.lr": {"loguniform": [0.001, 0.1]}, "model.units": {"choice": [8,
 def sweep_spec(tmp_path, data_path, **tune):
     raw = mlp_spec(data_path, tmp_path / "runs", "sw", train={"epochs": 2, "batch_size": 32})
     raw["tune"] = {"space": SPACE, "metric": "val_accuracy", "mode": "max", "num_samples": 3,
-                   "max_concurrent": 2, "scheduler": {"name": "asha", "grace_period": 1}, **tune}
+                   "max_concurrent": 2, "scheduler": {"name": "asha", "grace_period": 1},
+                   "ensemble": {"top_k": 2, "combine": "average"}, **tune}
     return write_spec(tmp_path / "sweep.yaml", raw)
 
 
@@ -73,7 +78,10 @@ def test_sweep_writes_its_folder_and_restores(ray_session, tmp_path, capsys):
     assert summary["status"] == "succeeded" and summary["trials"] == 3
     best = summary["best"]
     assert best["config"]["model.units"] in (8, 16) and 0.001 <= best["config"]["train.lr"] <= 0.1
-    assert (Path(best["run"]) / "summary.json").is_file() and 0 < best["metrics"]["val_accuracy"] <= 1
+    assert 0 < best["metrics"]["val_accuracy"] <= 1
+    for trial in (folder / "trials").iterdir():  # finished or stopped early, every trial has a summary
+        trial_summary = json.loads((trial / "summary.json").read_text())
+        assert trial_summary["status"] in ("succeeded", "stopped") and trial_summary["history"]
     rows = list(csv.DictReader((folder / "trials.csv").open()))
     assert len(rows) == 3 and {"train.lr", "model.units", "val_accuracy", "iterations", "status"} <= set(rows[0])
     assert max(float(r["val_accuracy"]) for r in rows) == pytest.approx(best["metrics"]["val_accuracy"])
@@ -82,9 +90,30 @@ def test_sweep_writes_its_folder_and_restores(ray_session, tmp_path, capsys):
     for png in ("curves.png", "params.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
 
+    # The ensemble of the two best trials: exported, loadable, and its reported accuracy is real.
+    ens = summary["ensemble"]
+    assert ens["combine"] == "average" and len(ens["members"]) == 2 and ens["members"][0] == best["trial_id"]
+    model = load_exported(ens["model"]).eval()
+    batch = sweep.validation_batch(load_spec(path))
+    acc = float((model(batch).argmax(-1) == batch["y"]).float().mean())
+    assert acc == pytest.approx(ens["metric"]["val_accuracy"])
+    assert ens["best_single"]["val_accuracy"] == pytest.approx(best["metrics"]["val_accuracy"], abs=1e-6)
+
     # A re-run restores the finished sweep: no trial runs again.
     assert cli.main(["sweep", str(path)]) == 0
     capsys.readouterr()
     again = list(csv.DictReader((folder / "trials.csv").open()))
     assert sorted(r["trial_id"] for r in again) == sorted(r["trial_id"] for r in rows)
     assert len(list((folder / "trials").iterdir())) == 3
+
+
+def test_combining_rules():
+    a = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    b = torch.tensor([[0.0, 2.5, 0.0], [0.0, 2.0, 0.0]])
+    c = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    assert combine([a, b, c], "vote", "classification").argmax(-1).tolist() == [0, 1]
+    avg = combine([a, b], "average", "classification")
+    assert torch.allclose(avg.exp().sum(-1), torch.ones(2))
+    stacker = {"coef": [[1.0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1.0, 0], [0, 0, 0, 0, 0, 1.0]], "intercept": [0, 0, 0]}
+    assert combine([a, b], "stack", "classification", stacker).shape == (2, 3)
+    assert combine([torch.tensor([1.0, 3.0]), torch.tensor([3.0, 5.0])], "vote", "regression").tolist() == [2.0, 4.0]

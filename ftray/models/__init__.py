@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+
 from ftray.models.base import EXPORT_CONFIG, FtModel, ModelInfo
+from ftray.models.ensemble import Ensemble
 from ftray.models.hf import HFClassifier
 from ftray.models.mlp import MLP
 from ftray.spec import JobSpec, SpecError
 
-MODELS: dict[str, type[FtModel]] = {"mlp": MLP, "hf": HFClassifier}
+MODELS: dict[str, type[FtModel]] = {"mlp": MLP, "hf": HFClassifier, "ensemble": Ensemble}
 
 
 def build_model(spec: JobSpec, info: ModelInfo) -> FtModel:
@@ -29,21 +32,59 @@ def check_model_source(spec: JobSpec, info: ModelInfo) -> None:
 
 
 def exported_model_dir(run_or_model_dir: str, key: str) -> Path:
-    """The exported model folder of an earlier run (given its run folder or the model folder)."""
+    """The exported model folder of an earlier run (given its run folder or the model folder).
+
+    Raises SpecError naming `key` unless the folder holds a readable export: a JSON config naming a
+    known builder, and safetensors weights whose headers parse. These checks cost milliseconds and
+    run before Ray starts, so a corrupt or truncated export is exit 2 here rather than a failure
+    in every worker."""
     p = Path(run_or_model_dir).expanduser()
     for cand in (p / "model", p):
         if (cand / EXPORT_CONFIG).is_file():
-            return cand.resolve()
+            d = cand.resolve()
+            if export_config(d, key)["builder"] != "ensemble":  # an ensemble's weights are its members'
+                _check_weights(d, key)
+            return d
     raise SpecError(f"{key}: {run_or_model_dir!r} holds no exported ftray model "
                     f"(expected {EXPORT_CONFIG} in it or in its model/ folder)")
+
+
+def export_config(model_dir: Path, key: str) -> dict:
+    """The parsed `ftray_model.json` of an export folder; SpecError naming `key` if it is unusable."""
+    path = model_dir / EXPORT_CONFIG
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError covers bad JSON and bad UTF-8
+        raise SpecError(f"{key}: {path}: not a readable JSON file ({e})") from None
+    # What the loaders would otherwise trip over later, in a worker.
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("builder"), str) or cfg["builder"] not in MODELS:
+        raise SpecError(f"{key}: {path}: not an ftray model config (\"builder\" must be one of {sorted(MODELS)})")
+    try:
+        ModelInfo(**cfg["info"])
+    except (TypeError, KeyError) as e:
+        raise SpecError(f"{key}: {path}: not an ftray model config (\"info\": {e})") from None
+    return cfg
+
+
+def _check_weights(model_dir: Path, key: str) -> None:
+    """Every export ftray writes has safetensors weights (never pickles): their headers must parse."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise SpecError(f"{key}: {model_dir}: no *.safetensors weights (ftray loads safetensors only)")
+    for f in files:
+        try:
+            with safe_open(str(f), "pt") as st:
+                for name in st.keys():
+                    st.get_slice(name).get_shape()
+        except (SafetensorError, OSError) as e:
+            raise SpecError(f"{key}: {f}: unreadable safetensors file ({e})") from None
 
 
 def load_exported(model_dir: str) -> FtModel:
     """Load an exported ftray model for inference or further training."""
     d = exported_model_dir(model_dir, "model")
-    cfg = json.loads((d / EXPORT_CONFIG).read_text())
-    return MODELS[cfg["builder"]].load(d)
+    return MODELS[export_config(d, "model")["builder"]].load(d)
 
 
-__all__ = ["FtModel", "ModelInfo", "MODELS", "build_model", "check_model_source", "exported_model_dir",
-           "load_exported"]
+__all__ = ["FtModel", "ModelInfo", "MODELS", "build_model", "check_model_source", "export_config",
+           "exported_model_dir", "load_exported"]
