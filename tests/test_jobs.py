@@ -23,7 +23,8 @@ def test_there_are_jobs():
 def test_job_validates_and_documents_its_command(job):
     spec = load_spec(job)
     header = job.read_text().split("\nmodel:")[0]
-    assert f"ftray run jobs/{job.name}" in header, "the header comment names the command"
+    command = "sweep" if spec.tune else "run"
+    assert f"ftray {command} jobs/{job.name}" in header, "the header comment names the command"
     assert "--set scaling.use_gpu=true" in header, "the header gives the GPU-cluster overrides"
     assert spec.run.name
 
