@@ -78,3 +78,14 @@ def test_parameter_efficient_jobs(ray_session, tmp_path, capsys, monkeypatch, jo
     s = _run(job, tmp_path, capsys, "--set", "train.epochs=1")
     assert 0 < s["params"]["trainable"] <= max_share * s["params"]["total"]
     assert s["metrics"]["val_accuracy"] > 0.45
+
+
+def test_sweep_job(ray_session, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code = cli.main(["sweep", str(REPO / "jobs" / "sweep.yaml"), "--set", f"run.storage_path={tmp_path}",
+                     "--set", "tune.num_samples=2", "--set", "train.epochs=1", "--set", "tune.ensemble.top_k=2"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    s = json.loads((Path(out.strip().splitlines()[-1]) / "summary.json").read_text())
+    assert s["trials"] == 2 and s["best"]["config"]["train.optimizer.name"] in ("sgd", "adam", "adamw")
+    assert len(s["ensemble"]["members"]) == 2
