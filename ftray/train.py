@@ -27,6 +27,7 @@ from ftray import checkpoint, data, storage_check
 from ftray.methods import get_method
 from ftray.models import ModelInfo, check_model_source
 from ftray.numerics import TASK_METRIC, all_sum, improved, l1_penalty, make_optimizer, make_scheduler
+from ftray.redact import redact
 from ftray.spec import JobSpec, SpecError
 
 WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
@@ -360,6 +361,7 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
                     "fit_s": round(t_fit - t_ray, 3)},
         "spec": spec.model_dump(mode="json"),
     }
+    summary = redact(summary)  # no token from the environment in the run folder
     _write_bytes(fs, f"{run_dir}/summary.json", json.dumps(summary, indent=2).encode())
     return (1 if error else 0), (run_dir if isinstance(fs, pafs.LocalFileSystem)
                                  else f"{spec.run.storage_path.rstrip('/')}/{spec.run.name}")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -61,8 +61,11 @@ class MLP(FtModel):
         if not spec.model.init_from:
             return
         path = _pretrained_file(spec)
-        with safe_open(str(path), "pt") as f:
-            saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        try:
+            with safe_open(str(path), "pt") as f:
+                saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except (SafetensorError, OSError) as e:  # e.g. an export without model.safetensors
+            raise SpecError(f"model.init_from: {path}: cannot read the mlp weights ({e})") from None
         mismatch = _mismatch(cls(spec.model, info), saved, _skips_head(spec))
         if mismatch:
             raise SpecError(f"model.init_from: {spec.model.init_from}: {mismatch}")
