@@ -61,6 +61,7 @@ def cmd_run(args) -> int:
     spec = load_spec(args.spec, args.overrides)
     plan = train.prepare(spec, args.address)
     status, run_dir = train.run(spec, args.address, plan)
+    train.stop_ray()
     if status:
         print("ftray: run failed; finished checkpoints are kept, re-run to resume", file=sys.stderr)
     print(run_dir, flush=True)

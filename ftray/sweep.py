@@ -295,6 +295,7 @@ def cmd_sweep(args) -> int:
     raw = pin_paths(apply_overrides(read_spec_file(args.spec), [parse_override(o) for o in args.overrides]),
                     spec)
     status, folder = run_sweep(raw, spec, args.spec, args.address)
+    train.stop_ray()
     if status:
         print("ftray: every trial failed; see trials.csv and the trial folders", file=sys.stderr)
     print(folder, flush=True)

@@ -244,9 +244,23 @@ def check_devices(spec: JobSpec, address: str | None) -> None:
                         f"has {have} GPU(s); lower scaling.num_workers or pass --address of a cluster")
 
 
+_started_here = False  # whether this process called ray.init (and so may shut it down)
+
+
+def stop_ray() -> None:
+    """Disconnect from (or stop) the Ray this process started, so that Ray's forwarded worker logs
+    end before the caller prints its last line."""
+    global _started_here
+    if _started_here:
+        ray.shutdown()
+        _started_here = False
+
+
 def start_ray(spec: JobSpec, address: str | None, cpus: int | None = None) -> str:
+    global _started_here
     if ray.is_initialized():
         return "existing"
+    _started_here = True
     address = address or os.environ.get("RAY_ADDRESS")
     # Ray Train gives a worker group 60 s to start; importing torch in several new processes on a
     # busy small machine can take longer. Ray propagates this variable from the driver.

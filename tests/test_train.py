@@ -224,3 +224,14 @@ def test_precomputed_teacher_logits_train_the_same_student(ray_session, tmp_path
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
     s = summary(tmp_path / "runs" / "precomputed")
     assert s["teacher"]["params"]["total"] == 8 * 32 + 32 + 32 * 3 + 3
+
+
+def test_last_stdout_line_names_the_run_folder(tmp_path, blobs_parquet):
+    """The real command in its own process (its own embedded Ray): Ray's forwarded worker output
+    ends before ftray prints the run folder as the last line of stdout."""
+    path = write_spec(tmp_path / "job.yaml", mlp_spec(blobs_parquet, tmp_path / "runs", "cli", train={"epochs": 1}))
+    p = subprocess.run([sys.executable, "-m", "ftray", "run", str(path)], capture_output=True, text=True,
+                       cwd=REPO, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().splitlines()[-1] == str(tmp_path / "runs" / "cli")
+    assert "[ftray] epoch 1/1" in p.stdout
