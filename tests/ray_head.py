@@ -76,8 +76,10 @@ class LocalHead:
 _HEAD: LocalHead | None = None
 
 
-def shared_head(session) -> LocalHead:
-    """One head for every test module that needs it, stopped when the pytest session ends."""
+def shared_head(request) -> LocalHead:
+    """One head for the requesting test module, stopped when that module ends: a second Ray
+    instance left running beside the tests' own makes Ray Train's placement-group cleaner fail
+    ("multiple active Ray instances"), and placement groups of stopped trials then leak."""
     global _HEAD
     if _HEAD is None:
         _HEAD = LocalHead.start()
@@ -87,5 +89,5 @@ def shared_head(session) -> LocalHead:
             if _HEAD is not None:
                 _HEAD.stop()
                 _HEAD = None
-        session.addfinalizer(stop)
+        request.addfinalizer(stop)
     return _HEAD

@@ -28,7 +28,7 @@ def at(minutes: float) -> datetime:
 
 @pytest.fixture(scope="module")
 def head(request):
-    return shared_head(request.session)
+    return shared_head(request)
 
 
 def waiting_overrides(storage) -> list[str]:

@@ -32,7 +32,7 @@ WAITING = ["--set", "run.name=waiting", "--set", "scaling.num_workers=1", "--set
 
 @pytest.fixture(scope="module")
 def head(request):
-    return shared_head(request.session)
+    return shared_head(request)
 
 
 def ftray(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
