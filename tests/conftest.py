@@ -22,7 +22,10 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
 def ray_session():
     """One local Ray for every test that trains (start-up costs seconds on 2 cores)."""
     import ray
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=True,
+    # The dashboard serves the state API that Ray Train's placement-group cleaner needs: without it,
+    # the placement groups of trials a sweep scheduler stops are never freed. Logical CPUs leave
+    # room for several trials, their workers and Ray Data tasks at once.
+    ray.init(num_cpus=10, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                                        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}})
     import ray.data
