@@ -42,11 +42,13 @@ class DataPlan:
     info: ModelInfo
     train: Source
     val: Source | None
-    train_rows: int
-    val_rows: int | None
     class_index: dict = field(default_factory=dict)
-    train_table: pa.Table | None = None  # kept when validation rows are split off in the driver
     tables: list = field(default_factory=list, repr=False)  # (where, table) as read by inspect
+
+    @property
+    def train_table(self) -> pa.Table:
+        """The training rows as read by `inspect` (validation rows are split off this table)."""
+        return self.tables[0][1]
 
 
 def resolve(uri: str, fmt: str, key: str) -> Source:
@@ -215,8 +217,7 @@ def inspect(spec: JobSpec) -> DataPlan:
     if not val and (n_val < 1 or n_val >= train_rows):
         raise SpecError(f"data.val_fraction: {d.val_fraction} of {train_rows} rows leaves no "
                         f"{'validation' if n_val < 1 else 'training'} rows")
-    return DataPlan(info, train, val, train_rows, tables[1][1].num_rows if val else None, class_index,
-                    train_table=None if val else tables[0][1], tables=tables)
+    return DataPlan(info, train, val, class_index, tables=tables)
 
 
 def check_lengths(spec: JobSpec, plan: DataPlan, tokenizer_source: str) -> None:
@@ -340,21 +341,33 @@ def _read(src: Source):
     return ray.data.read_json(src.path, filesystem=src.fs, file_extensions=None)
 
 
-def ray_datasets(spec: JobSpec, plan: DataPlan, tokenizer_source: str | None = None) -> tuple[dict, dict]:
+def row_transform(spec: JobSpec, plan: DataPlan):
+    """The map_batches UDF that turns this job's rows into model inputs."""
+    if spec.model.name == "mlp":
+        return TabularRows(spec, plan.class_index)
+    from ftray.models.hf import resolve_source
+    return TokenizedRows(spec, plan.class_index, resolve_source(spec))
+
+
+def validation_table(spec: JobSpec, plan: DataPlan) -> pa.Table:
+    """The validation rows, exactly those the run validates on (the file, or the seeded split)."""
+    if plan.val:
+        return plan.tables[1][1]
+    return split_table(plan.train_table, spec.data.val_fraction, spec.run.seed)[1]
+
+
+def ray_datasets(spec: JobSpec, plan: DataPlan) -> tuple[dict, dict]:
     """The `train` and `val` Ray Datasets, rows already turned into tensors, and their row counts."""
     import ray.data
     if plan.val:  # separate files: each is read by Ray Data tasks, in parallel across the cluster
         cols = needed_columns(spec)
         train, val = _read(plan.train).select_columns(cols), _read(plan.val).select_columns(cols)
-        rows = {"train": plan.train_rows, "val": plan.val_rows}
+        rows = {"train": plan.tables[0][1].num_rows, "val": plan.tables[1][1].num_rows}
     else:  # a seeded split of the table `inspect` already read (a Ray shuffle costs far more)
         train_part, val_part = split_table(plan.train_table, spec.data.val_fraction, spec.run.seed)
         train, val = ray.data.from_arrow(train_part), ray.data.from_arrow(val_part)
         rows = {"train": train_part.num_rows, "val": val_part.num_rows}
-    if spec.model.name == "mlp":
-        udf = TabularRows(spec, plan.class_index)
-    else:
-        udf = TokenizedRows(spec, plan.class_index, tokenizer_source)
+    udf = row_transform(spec, plan)
     datasets = {name: ds.map_batches(udf, batch_format="pyarrow") for name, ds in
                 (("train", train), ("val", val))}
     if getattr(spec.method, "precompute", False):

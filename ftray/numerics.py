@@ -10,7 +10,6 @@ import math
 import torch
 import torch.distributed as dist
 
-from ftray.spec import TASK_METRICS as TASK_METRIC
 from ftray.spec import JobSpec
 
 

@@ -46,11 +46,9 @@ def _type(annotation) -> str:
     return text.replace("|", "\\|")
 
 
-def _section(model: type[BaseModel], prefix: str, lines: list[str], seen: set) -> None:
+def _section(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
     nested = []
     for name, field in model.model_fields.items():
-        if name == "name" and prefix and model.__name__ in seen:
-            continue
         variants = _variants(field.annotation)
         if variants:
             names = [v.model_fields["name"].default for v in variants if "name" in v.model_fields]
@@ -64,10 +62,10 @@ def _section(model: type[BaseModel], prefix: str, lines: list[str], seen: set) -
         title = variant.model_fields["name"].default if "name" in variant.model_fields else None
         lines += ["", f"### `{sub.rstrip('.')}`" + (f" (name: `{title}`)" if title else ""), "",
                   "| key | type | default | meaning |", "|---|---|---|---|"]
-        _section(variant, sub, lines, seen)
+        _section(variant, sub, lines)
 
 
 def spec_reference() -> str:
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    _section(JobSpec, "", lines, set())
+    _section(JobSpec, "", lines)
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -460,7 +461,7 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         # Discriminated unions put the chosen tag in the location (`model.mlp.units`): drop it.
-        loc = [str(p) for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
+        loc = _without_union_tags(e["loc"])
         path = ".".join(loc) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
@@ -472,8 +473,27 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-_UNION_TAGS = {"mlp", "hf", "full", "transfer", "lora", "attention", "distill", "sgd", "rmsprop", "adam",
-               "adamw"}
+def _union_fields(model: type[BaseModel], prefix: tuple = ()) -> set[tuple]:
+    """Paths of the discriminated-union fields (`model`, `method`, `train.optimizer`)."""
+    out = set()
+    for name, field in model.model_fields.items():
+        path = prefix + (name,)
+        if field.discriminator:
+            out.add(path)
+        for arg in (field.annotation, *typing.get_args(field.annotation)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                out |= _union_fields(arg, path)
+    return out
+
+
+def _without_union_tags(loc: tuple) -> list[str]:
+    """An error location with the union tag pydantic inserts after a union field removed."""
+    out: list[str] = []
+    for i, part in enumerate(loc):
+        if i and tuple(loc[:i]) in _UNION_FIELDS:
+            continue  # `model.mlp.units` -> `model.units`
+        out.append(str(part))
+    return out
 
 
 def validate(raw: Any, source: str) -> JobSpec:
@@ -554,6 +574,12 @@ def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> JobSpec:
     """Read, override and validate a job spec; raises SpecError naming the file and key path.
 
     Relative local paths in the result are resolved against the current directory."""
+    return load_spec_and_raw(path, overrides)[0]
+
+
+def load_spec_and_raw(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[JobSpec, dict]:
+    """`load_spec`, plus the overridden raw mapping with the same paths pinned (what a sweep
+    applies each trial's values to, so that `train.optimizer.name: sgd` replaces only the name)."""
     raw = read_spec_file(path)
     if overrides:
         if not isinstance(raw, dict):
@@ -561,6 +587,10 @@ def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> JobSpec:
         raw = apply_overrides(raw, [parse_override(o) for o in overrides])
     spec = validate(raw, str(path))
     try:
-        return with_absolute_paths(spec)
+        spec = with_absolute_paths(spec)
     except SpecError as e:
         raise SpecError(f"{path}: {e}") from None
+    return spec, pin_paths(raw, spec)
+
+
+_UNION_FIELDS = _union_fields(JobSpec)

@@ -18,21 +18,14 @@ from pathlib import Path
 import yaml
 
 from ftray import train
-from ftray.checkpoint import MODEL_DIR
+from ftray.checkpoint import MODEL_DIR, load_progress
+from ftray.redact import redact
 from ftray.spec import JobSpec, SpecError, apply_overrides, validate
 
 TUNE_DIR = "tune"
 
 
 # ------------------------------------------------------------------------------- before Ray
-def sample_value(dist: dict):
-    """A value of the distribution that validation can try (the first choice, the low bound)."""
-    (kind, args), = dist.items()
-    if kind in ("choice", "grid"):
-        return args[0]
-    return int(args[0]) if kind == "randint" else args[0]
-
-
 def check_space(raw: dict, spec: JobSpec, source: str) -> None:
     """Every searched key must name a spec field that accepts every listed value (or the bounds)."""
     for key, dist in spec.tune.space.items():
@@ -48,11 +41,11 @@ def check_space(raw: dict, spec: JobSpec, source: str) -> None:
                                 f"{str(e).split(': ', 2)[-1]}") from None
 
 
-def trial_spec(raw: dict, values: dict, sweep_dir: str, trial_id: str, source: str) -> tuple[dict, JobSpec]:
+def trial_spec(raw: dict, values: dict, sweep_dir: str, trial_id: str, source: str) -> JobSpec:
     """The spec of one trial: sampled values applied, stored under the sweep folder by trial id."""
     trial_raw = apply_overrides(raw, list(values.items()) + [
         ("run.name", trial_id), ("run.storage_path", f"{sweep_dir}/trials"), ("tune", None)])
-    return trial_raw, validate(trial_raw, f"{source} (trial {trial_id})")
+    return validate(trial_raw, f"{source} (trial {trial_id})")
 
 
 def param_space(spec: JobSpec) -> dict:
@@ -119,7 +112,7 @@ def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None)
 
     def trial(values: dict) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
-        _, tspec = trial_spec(raw, values, sweep_dir, tune.get_context().get_trial_id(), source)
+        tspec = trial_spec(raw, values, sweep_dir, tune.get_context().get_trial_id(), source)
         status, run_dir = train.run(tspec, address, callbacks=[TuneReportCallback()])
         if status:
             raise RuntimeError(f"trial failed; see {run_dir}/summary.json")
@@ -137,10 +130,10 @@ def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None)
                                         max_concurrent_trials=t.max_concurrent, search_alg=search_alg,
                                         scheduler=scheduler(spec)))
     results = tuner.fit()
-    return write_outputs(results, raw, spec, sweep_dir, source, time.perf_counter() - t0), sweep_dir
+    return write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0), sweep_dir
 
 
-def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, source: str, seconds: float) -> int:
+def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, seconds: float) -> int:
     t = spec.tune
     keys = list(t.space)
     rows = []
@@ -188,28 +181,20 @@ def close_trial_folder(result, sweep_dir: str) -> None:
     if not m.get("trial_id") or (folder / "summary.json").is_file():
         return
     ckpt = m.get("checkpoint_path")
-    progress = json.loads((Path(ckpt) / "progress.json").read_text()) if ckpt else {}
-    history = progress.get("history", [])
-    (folder / "summary.json").write_text(json.dumps({
+    progress = load_progress(Path(ckpt)) if ckpt else {}
+    (folder / "summary.json").write_text(json.dumps(redact({
         "status": "failed" if result.error else "stopped",
         "error": str(result.error) if result.error else "stopped early by the sweep's scheduler",
-        "metrics": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")},
-        "params": progress.get("params"), "checkpoint": ckpt, "epochs_done": progress.get("epoch", 0),
-        "steps_done": progress.get("step", 0), "history": history}, indent=2))
+        **train.progress_summary(progress, ckpt)}), indent=2))
 
 
 def validation_batch(spec: JobSpec) -> dict:
     """The sweep's validation rows as one batch of tensors (the same rows every trial validated on)."""
     import torch
 
-    from ftray.data import TabularRows, TokenizedRows, inspect, split_table
-    from ftray.models.hf import resolve_source
+    from ftray.data import inspect, row_transform, validation_table
     plan = inspect(spec)
-    val = plan.tables[1][1] if plan.val else split_table(plan.train_table, spec.data.val_fraction,
-                                                         spec.run.seed)[1]
-    udf = (TabularRows(spec, plan.class_index) if spec.model.name == "mlp"
-           else TokenizedRows(spec, plan.class_index, resolve_source(spec)))
-    return {k: torch.as_tensor(v) for k, v in udf(val).items()}
+    return {k: torch.as_tensor(v) for k, v in row_transform(spec, plan)(validation_table(spec, plan)).items()}
 
 
 def build_ensemble(finished: list, spec: JobSpec, sweep_dir: str) -> dict:
@@ -288,12 +273,8 @@ def plot(results, table, keys: list[str], metric: str, sweep_dir: str) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from ftray.spec import load_spec, parse_override, pin_paths, read_spec_file
-    spec = load_spec(args.spec, args.overrides)
-    # Trials apply their values to the raw mapping (so `train.optimizer.name: sgd` replaces only the
-    # name), with the local paths pinned as load_spec pinned them.
-    raw = pin_paths(apply_overrides(read_spec_file(args.spec), [parse_override(o) for o in args.overrides]),
-                    spec)
+    from ftray.spec import load_spec_and_raw
+    spec, raw = load_spec_and_raw(args.spec, args.overrides)
     status, folder = run_sweep(raw, spec, args.spec, args.address)
     train.stop_ray()
     if status:

@@ -26,9 +26,9 @@ from ray.train.torch import TorchTrainer
 from ftray import checkpoint, data, storage_check
 from ftray.methods import get_method
 from ftray.models import ModelInfo, check_model_source
-from ftray.numerics import TASK_METRIC, all_sum, improved, l1_penalty, make_optimizer, make_scheduler
+from ftray.numerics import all_sum, improved, l1_penalty, make_optimizer, make_scheduler
 from ftray.redact import redact
-from ftray.spec import JobSpec, SpecError
+from ftray.spec import TASK_METRICS, JobSpec, SpecError
 
 WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 # Test hook for fault injection: the worker raises after reporting this epoch's checkpoint.
@@ -306,14 +306,10 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
 
     ray_mode = start_ray(spec, address)
     t_ray = time.perf_counter()
-    tokenizer_source = None
-    if spec.model.name == "hf":
-        from ftray.models.hf import resolve_source
-        tokenizer_source = resolve_source(spec)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets, rows = data.ray_datasets(spec, plan, tokenizer_source)
+    datasets, rows = data.ray_datasets(spec, plan)
     local_tb = run_dir if isinstance(fs, pafs.LocalFileSystem) else tempfile.mkdtemp(prefix="ftray-tb-")
-    callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", TASK_METRIC[spec.data.task])
+    callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", TASK_METRICS[spec.data.task])
     fail_after = os.environ.get(FAIL_AFTER_EPOCH_ENV)
     trainer = TorchTrainer(
         train_loop,
@@ -350,24 +346,16 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
         pafs.copy_files(f"{ckpt_path}/{checkpoint.MODEL_DIR}", model_dir, source_filesystem=fs,
                         destination_filesystem=fs)
     if history:
-        _write_bytes(fs, f"{run_dir}/curves.png", plot_curves(history, TASK_METRIC[spec.data.task]))
+        _write_bytes(fs, f"{run_dir}/curves.png", plot_curves(history, TASK_METRICS[spec.data.task]))
     if local_tb != run_dir:
         pafs.copy_files(local_tb, run_dir, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
     summary = {
         "status": "failed" if error else "succeeded",
         "error": error,
-        "metrics": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")},
+        **progress_summary(progress, ckpt_path),
         "best": _best(history, spec),
-        "params": progress.get("params"),
-        "checkpoint": ckpt_path,
         "model": model_dir,
-        "epochs_done": progress.get("epoch", 0),
-        "steps_done": progress.get("step", 0),
-        "resumes": progress.get("resumes", []),
-        "early_stopped": bool(history and history[-1].get("early_stopped")),
-        "history": history,
-        **progress.get("extra", {}),
         "data": {"train_rows": rows["train"], "val_rows": rows["val"],
                  "classes": plan.info.classes},
         "ray": {"mode": ray_mode, "num_workers": spec.scaling.num_workers, "use_gpu": spec.scaling.use_gpu},
@@ -379,6 +367,22 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
     _write_bytes(fs, f"{run_dir}/summary.json", json.dumps(summary, indent=2).encode())
     return (1 if error else 0), (run_dir if isinstance(fs, pafs.LocalFileSystem)
                                  else f"{spec.run.storage_path.rstrip('/')}/{spec.run.name}")
+
+
+def progress_summary(progress: dict, ckpt_path: str | None) -> dict:
+    """The `summary.json` entries that a checkpoint's progress record determines."""
+    history = progress.get("history", [])
+    return {
+        "metrics": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")},
+        "params": progress.get("params"),
+        "checkpoint": ckpt_path,
+        "epochs_done": progress.get("epoch", 0),
+        "steps_done": progress.get("step", 0),
+        "resumes": progress.get("resumes", []),
+        "early_stopped": bool(history and history[-1].get("early_stopped")),
+        "history": history,
+        **progress.get("extra", {}),
+    }
 
 
 def latest_checkpoint(fs: pafs.FileSystem, run_dir: str) -> str | None:

@@ -42,7 +42,7 @@ def test_parquet_jsonl_csv_and_file_uri_agree(tmp_path):
              data.inspect(spec_for(f"file://{tmp_path}/d.parquet", tmp_path)),
              data.inspect(spec_for(tmp_path / "d.csv", tmp_path, features=csv_features))]
     assert [p.train.format for p in plans] == ["parquet", "jsonl", "parquet", "csv"]
-    assert all(p.info.in_features == 4 and p.info.classes == [0, 1, 2] and p.train_rows == 30 for p in plans)
+    assert all(p.info.in_features == 4 and p.info.classes == [0, 1, 2] and p.train_table.num_rows == 30 for p in plans)
     matrices = [data.feature_matrix(p.train_table, f, "t") for p, f in
                 zip(plans, [["x"], ["x"], ["x"], csv_features])]
     for m in matrices[1:]:

@@ -69,6 +69,10 @@ def test_overrides_apply(tmp_path, override, check):
     (BASE + "x: !!python/object/apply:os.system ['echo pwned']\n", "not valid YAML"),
     (BASE + "a: &a [1, 2]\nb: *a\n", "aliases"),
     (BASE.replace("features: [x]", "features: []"), "data.features"),
+    # a field named like a union tag (`method.lora`, tag `lora`) keeps its name in the message
+    (BASE.replace("model: {name: mlp, layers: 2, units: 32, activation: gelu, dropout: 0.1}",
+                  "model: {name: hf, path: x}").replace("features: [x]", "text: t")
+     + "method: {name: attention, lora: maybe}\n", "method.lora: Input should be a valid boolean"),
     (BASE + "method: {name: transfer, unfreeze_last: 3}\n", "method.unfreeze_last: 3 blocks asked, the mlp has 2"),
     (BASE.replace("lr: 0.01", "lr: 0.01, early_stopping: {patience: 2, metric: val_acc}"),
      "train.early_stopping.metric: 'val_acc' is not reported"),

@@ -61,7 +61,7 @@ def test_bad_tune_sections(tmp_path, blobs_parquet, tune, expected):
 def test_trial_spec_applies_values_through_validation(tmp_path, blobs_parquet):
     path = sweep_spec(tmp_path, blobs_parquet)
     raw = read_spec_file(path)
-    _, spec = sweep.trial_spec(raw, {"train.optimizer.name": "sgd", "model.units": 16, "train.lr": 0.05},
+    spec = sweep.trial_spec(raw, {"train.optimizer.name": "sgd", "model.units": 16, "train.lr": 0.05},
                                str(tmp_path / "sw"), "trial_1", str(path))
     assert spec.train.optimizer.name == "sgd" and spec.model.units == 16 and spec.train.lr == 0.05
     assert spec.run.name == "trial_1" and spec.run.storage_path == str(tmp_path / "sw" / "trials")

@@ -46,8 +46,6 @@ def target_modules(model, blocks, targets) -> list[str] | str:
 
 
 class Lora(Method):
-    targets_key = "target_modules"
-
     def _targets(self):
         return self.spec.method.target_modules
 
