@@ -6,13 +6,22 @@ A checkpoint folder holds everything exact resumption needs:
 - `trainer_state.pt`: optimizer, LR scheduler, grad scaler and RNG states (tensors and plain
   values only: it loads with `torch.load(weights_only=True)`);
 - `progress.json`: epoch, optimizer step, early-stopping state, per-epoch history, and facts
-  about the run (parameter counts, resumptions) that the driver puts in `summary.json`.
+  about the run (parameter counts, resumptions) that the driver puts in `summary.json`;
+- `manifest.json`, written last: every other file's size and SHA-256. A folder whose manifest is
+  missing or does not match was cut off while being written or copied (a killed worker, a lost
+  node) and is never used (`is_complete`).
+
+Ray Train registers a checkpoint only once its upload has finished, so a resumed worker never sees
+a partial one; the manifest protects the places that look at checkpoint folders directly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +30,7 @@ import torch
 MODEL_DIR = "model"
 STATE = "trainer_state.pt"
 PROGRESS = "progress.json"
+MANIFEST = "manifest.json"
 
 
 def rng_state() -> dict:
@@ -43,13 +53,55 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save(folder: Path, model, optimizer, scheduler, scaler, progress: dict) -> None:
-    """Write a complete checkpoint into `folder` (an empty local directory)."""
+def save(folder: Path, model, optimizer_state: dict, scheduler, scaler, progress: dict,
+         kill_midway: bool = False) -> None:
+    """Write a complete checkpoint into `folder` (an empty local directory), the manifest last.
+
+    `kill_midway` is fault injection (tests/test_faults.py): the process SIGKILLs itself with the
+    model written and the rest not."""
     model.export(folder / MODEL_DIR)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    if kill_midway:
+        os.kill(os.getpid(), signal.SIGKILL)
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler else None, "rng": rng_state()},
                folder / STATE)
     (folder / PROGRESS).write_text(json.dumps(progress, indent=2))
+    manifest = {str(f.relative_to(folder)): {"size": f.stat().st_size, "sha256": _sha256(f)}
+                for f in sorted(folder.rglob("*")) if f.is_file()}
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"files": manifest}, indent=2))
+    os.replace(tmp, folder / MANIFEST)  # all or nothing: a reader sees no manifest or a whole one
+
+
+def is_complete(fs, folder: str, deep: bool = False) -> bool:
+    """Whether the checkpoint `folder` (a path on the pyarrow filesystem `fs`) holds every file its
+    manifest lists, with the listed size (a write or copy cut off leaves a file missing or short)
+    and, if `deep`, the listed SHA-256 (reads every byte: costly for large models on object storage)."""
+    try:
+        with fs.open_input_stream(f"{folder}/{MANIFEST}") as f:
+            files = json.loads(f.read())["files"]
+        for name, meta in files.items():
+            if fs.get_file_info(f"{folder}/{name}").size != meta["size"]:
+                return False
+            if not deep:
+                continue
+            digest = hashlib.sha256()
+            with fs.open_input_stream(f"{folder}/{name}") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            if digest.hexdigest() != meta["sha256"]:
+                return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_trainer_state(folder: Path) -> dict:

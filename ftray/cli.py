@@ -35,6 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--address", default=None,
                    help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     sub.add_parser("reference", help="print the spec reference (markdown, as in README.md)")
+    rl = sub.add_parser("rl", help="reinforcement-learning tools").add_subparsers(dest="rl_command", required=True)
+    c = rl.add_parser("collect", help="roll out a checkpointed policy; write demonstrations as Parquet")
+    c.add_argument("source", help="an ftray rl run folder, an RLlib algorithm checkpoint or its module folder")
+    c.add_argument("--out", required=True, help="Parquet file to write (RLlib's offline columns)")
+    c.add_argument("--episodes", type=int, default=20, help="episodes to play (default 20)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the first episode's reset (then +1 each)")
+    c.add_argument("--env", default=None, help="environment (default: the run's method.env)")
+    c.add_argument("--env-kwargs", default=None, help="YAML mapping (default: the run's method.env_kwargs)")
+    c.add_argument("--sample", action="store_true", help="sample actions instead of taking the greedy one")
     submit.add_parsers(sub)
     schedule.add_parsers(sub)
     return p
@@ -46,12 +55,20 @@ def cmd_reference(args) -> int:
     return 0
 
 
-def cmd_validate(args) -> int:
+def _runner(spec):
+    """The module that runs a spec: RLlib for method rl, Ray Train otherwise (same prepare/run)."""
+    if spec.method.name == "rl":
+        from ftray import rl
+        return rl
     from ftray import train
+    return train
+
+
+def cmd_validate(args) -> int:
     for path in args.specs:
         spec = load_spec(path, args.overrides)
         if not args.spec_only:
-            train.prepare(spec)
+            _runner(spec).prepare(spec)
         print(f"{path}: ok ({spec.model.name} / {spec.method.name}, run {spec.run.name})")
     return 0
 
@@ -59,8 +76,8 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from ftray import train
     spec = load_spec(args.spec, args.overrides)
-    plan = train.prepare(spec, args.address)
-    status, run_dir = train.run(spec, args.address, plan)
+    plan = _runner(spec).prepare(spec, args.address)
+    status, run_dir = _runner(spec).run(spec, args.address, plan)
     train.stop_ray()
     if status:
         print("ftray: run failed; finished checkpoints are kept, re-run to resume", file=sys.stderr)
@@ -69,11 +86,26 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from ftray.sweep import cmd_sweep as sweep
-    return sweep(args)
+    from ftray.spec import load_spec_and_raw
+    spec, raw = load_spec_and_raw(args.spec, args.overrides)
+    if spec.method.name != "rl":
+        from ftray.sweep import cmd_sweep as sweep
+        return sweep(args)
+    from ftray import rl, train
+    status, folder = rl.run_sweep(raw, spec, args.spec, args.address)
+    train.stop_ray()
+    if status:
+        print("ftray: every trial failed; see trials.csv and the trial folders", file=sys.stderr)
+    print(folder, flush=True)
+    return status
 
 
-COMMANDS = {"validate": cmd_validate, "run": cmd_run, "sweep": cmd_sweep, "reference": cmd_reference,
+def cmd_rl(args) -> int:
+    from ftray import rl
+    return rl.collect(args.source, args.out, args.episodes, args.seed, args.env, args.env_kwargs, args.sample)
+
+
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "sweep": cmd_sweep, "reference": cmd_reference, "rl": cmd_rl,
             "submit": submit.cmd_submit, "jobs": submit.cmd_jobs, "schedule": schedule.cmd_schedule}
 
 

@@ -9,6 +9,8 @@ Ray Data pipelines the workers stream from: read, split, and rows turned into te
 
 from __future__ import annotations
 
+import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +99,11 @@ def text_columns(spec: JobSpec) -> list[str]:
 
 def needed_columns(spec: JobSpec) -> list[str]:
     d = spec.data
-    cols = list(d.features) if spec.model.name == "mlp" else text_columns(spec)
+    if spec.model.name == "multimodal":
+        by_modality = {"image": [d.image], "text": [d.text], "tabular": list(d.features)}
+        cols = [c for m in spec.model.modalities for c in by_modality[m]]
+    else:
+        cols = list(d.features) if spec.model.name == "mlp" else text_columns(spec)
     if d.task != "causal_lm":
         cols.append(d.label)
     return cols
@@ -189,19 +195,13 @@ def inspect(spec: JobSpec) -> DataPlan:
     train_rows = tables[0][1].num_rows
     info = ModelInfo(task=d.task)
     for where, t in tables:
-        if spec.model.name == "mlp":
-            width = feature_matrix(t, d.features, where).shape[1]
-            if info.in_features and width != info.in_features:
-                raise SpecError(f"{where}: {width} feature values per row, training data has {info.in_features}")
-            info.in_features = width
+        if spec.model.name == "multimodal":
+            _check_multimodal(spec, t, where, info)
+        elif spec.model.name == "mlp":
+            _check_features(spec, t, where, info)
         else:
             for name in text_columns(spec):
-                col = t.column(name)
-                if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-                    raise SpecError(f"{where}: text column {name!r} has type {col.type}, not strings")
-                if col.null_count:
-                    raise SpecError(f"{where}: row {_first_bad_row(col.is_null().to_numpy(zero_copy_only=False))}: "
-                                    f"text {name!r} is empty")
+                _check_text(t, name, where)
         if d.task == "regression":
             y = t.column(d.label)
             if not (pa.types.is_integer(y.type) or pa.types.is_floating(y.type)):
@@ -218,6 +218,90 @@ def inspect(spec: JobSpec) -> DataPlan:
         raise SpecError(f"data.val_fraction: {d.val_fraction} of {train_rows} rows leaves no "
                         f"{'validation' if n_val < 1 else 'training'} rows")
     return DataPlan(info, train, val, class_index, tables=tables)
+
+
+def _check_features(spec: JobSpec, t: pa.Table, where: str, info: ModelInfo) -> None:
+    width = feature_matrix(t, spec.data.features, where).shape[1]
+    if info.in_features and width != info.in_features:
+        raise SpecError(f"{where}: {width} feature values per row, training data has {info.in_features}")
+    info.in_features = width
+
+
+def _check_text(t: pa.Table, name: str, where: str) -> None:
+    col = t.column(name)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise SpecError(f"{where}: text column {name!r} has type {col.type}, not strings")
+    if col.null_count:
+        raise SpecError(f"{where}: row {_first_bad_row(col.is_null().to_numpy(zero_copy_only=False))}: "
+                        f"text {name!r} is empty")
+
+
+def _check_multimodal(spec: JobSpec, t: pa.Table, where: str, info: ModelInfo) -> None:
+    """Each modality's column: images all of one shape (and the same in validation data), text
+    strings, tabular features of one width."""
+    d, modalities = spec.data, spec.model.modalities
+    if "image" in modalities:
+        shape = list(image_array(t, d.image, where).shape[1:])
+        if info.image_shape and shape != info.image_shape:
+            raise SpecError(f"{where}: images in {d.image!r} have shape {shape}, the training data's have "
+                            f"{info.image_shape}")
+        info.image_shape = shape
+    if "text" in modalities:
+        _check_text(t, d.text, where)
+    if "tabular" in modalities:
+        _check_features(spec, t, where, info)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def image_array(table: pa.Table, column: str, where: str) -> np.ndarray:
+    """An image column (nested lists, HxW or CxHxW per row) as float32 (rows, C, H, W); SpecError
+    naming the first row whose shape differs from row 0's, or that is empty, NaN or not numbers."""
+    col = table.column(column).combine_chunks()
+    values, per_row, shape = col, 1, []
+    while _is_list(values.type):
+        if values.null_count:  # a missing image, or a missing line inside one
+            bad = _first_bad_row(values.is_null().to_numpy(zero_copy_only=False)) // per_row
+            raise SpecError(f"{where}: row {bad}: image {column!r} is empty or has an empty part")
+        lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+        if len(lengths) and (lengths != lengths[0]).any():
+            i = _first_bad_row(lengths != lengths[0])
+            raise SpecError(f"{where}: row {i // per_row}: image {column!r} has {lengths[i]} entries along "
+                            f"axis {len(shape)}, row 0 has {lengths[0]} (all images need one shape)")
+        size = int(lengths[0]) if len(lengths) else 0
+        if size == 0 and len(lengths):
+            raise SpecError(f"{where}: row 0: image {column!r} has no entries along axis {len(shape)}")
+        shape.append(size)
+        per_row *= size
+        values = pc.list_flatten(values)
+    if len(shape) not in (2, 3):
+        raise SpecError(f"{where}: image column {column!r} holds {len(shape)}-dimensional values; images are "
+                        f"HxW or CxHxW nested lists of numbers")
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        raise SpecError(f"{where}: image column {column!r} holds {values.type}, not numbers")
+    if values.null_count:
+        bad = _first_bad_row(values.is_null().to_numpy(zero_copy_only=False)) // per_row
+        raise SpecError(f"{where}: row {bad}: image {column!r} has an empty pixel")
+    pixels = values.to_numpy(zero_copy_only=False).astype(np.float32)
+    if not np.isfinite(pixels).all():
+        raise SpecError(f"{where}: row {_first_bad_row(~np.isfinite(pixels)) // per_row}: image {column!r} "
+                        "has a NaN or infinite pixel")
+    return pixels.reshape(len(col), *([1] if len(shape) == 2 else []), *shape)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def hashed_words(texts: list[str], buckets: int, max_length: int) -> np.ndarray:
+    """Texts as (rows, max_length) word ids for an embedding bag, by the hashing trick: lower-cased
+    words hashed (crc32, stable across processes, unlike `hash`) into 1..buckets-1; 0 pads."""
+    out = np.zeros((len(texts), max_length), np.int64)
+    for i, text in enumerate(texts):
+        ids = [1 + zlib.crc32(w.encode()) % (buckets - 1) for w in _WORD.findall(text.lower())[:max_length]]
+        out[i, :len(ids)] = ids
+    return out
 
 
 def check_lengths(spec: JobSpec, plan: DataPlan, tokenizer_source: str) -> None:
@@ -317,6 +401,33 @@ class TokenizedRows:
         return out
 
 
+class MultimodalRows:
+    """map_batches UDF for `multimodal` models: `image` float32 (rows, C, H, W); text as hashed
+    `words` (embedding bag) or padded `input_ids`/`attention_mask` (hf encoder); tabular `x`; `y`."""
+
+    def __init__(self, spec: JobSpec, class_index: dict, tokenizer_source: str | None):
+        self.spec, self.class_index, self.source = spec, class_index, tokenizer_source
+
+    def __call__(self, batch: pa.Table) -> dict:
+        d, model, out = self.spec.data, self.spec.model, {}
+        if "image" in model.modalities:
+            out["image"] = image_array(batch, d.image, "batch")
+        if "text" in model.modalities:
+            texts = batch.column(d.text).to_pylist()
+            if model.text.kind == "bag":
+                out["words"] = hashed_words(texts, model.text.buckets, model.text.max_length)
+            else:
+                from ftray.models.hf import load_tokenizer
+                enc = load_tokenizer(self.source)(texts, truncation=True, max_length=model.text.max_length,
+                                                  padding="max_length", return_tensors="np")
+                out["input_ids"] = enc["input_ids"].astype(np.int64)
+                out["attention_mask"] = enc["attention_mask"].astype(np.int64)
+        if "tabular" in model.modalities:
+            out["x"] = feature_matrix(batch, d.features, "batch")
+        out.update(labels(batch, d.label, d.task, self.class_index))
+        return out
+
+
 def labels(batch: pa.Table, column: str, task: str, class_index: dict) -> dict:
     values = batch.column(column).to_pylist()
     if task == "classification":
@@ -345,6 +456,9 @@ def row_transform(spec: JobSpec, plan: DataPlan):
     """The map_batches UDF that turns this job's rows into model inputs."""
     if spec.model.name == "mlp":
         return TabularRows(spec, plan.class_index)
+    if spec.model.name == "multimodal":
+        from ftray.models.multimodal import text_source
+        return MultimodalRows(spec, plan.class_index, text_source(spec))
     from ftray.models.hf import resolve_source
     return TokenizedRows(spec, plan.class_index, resolve_source(spec))
 

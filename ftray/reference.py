@@ -30,7 +30,7 @@ def _default(field) -> str:
     if field.default_factory is not None:
         value = field.default_factory()
         if isinstance(value, list):
-            return "`[]`"
+            return f"`{value}`"
         return f"`{value.name}`" if "name" in type(value).model_fields else "see section"
     if field.default is PydanticUndefined:
         return "required"

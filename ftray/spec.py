@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_SPEC_BYTES = 1 << 20  # a job spec is a page of YAML; anything bigger is a mistake
 # A spec nests a few levels; PyYAML's composer recurses per level, so a deeper document would end
@@ -72,7 +72,82 @@ class HFModel(Strict):
         return self
 
 
-ModelSpec = Annotated[Union[MLPModel, HFModel], Field(discriminator="name")]
+Modality = Literal["image", "text", "tabular"]
+
+
+class ImageEncoder(Strict):
+    channels: list[int] = describe(
+        "Output channels of each conv layer (3x3 conv, ReLU, 2x2 max-pool) of the image CNN.",
+        default_factory=lambda: [16, 32], min_length=1, max_length=8)
+
+
+class TextEncoder(Strict):
+    kind: Literal["bag", "hf"] = describe(
+        "`bag`: a mean of learned embeddings of hashed words; `hf`: a transformers encoder, mean-pooled.",
+        "bag")
+    path: str | None = describe("`hf`: local folder, `package:NAME/SUBDIR` or hub id of the encoder.", None,
+                                validate_default=True)
+    max_length: int = describe("Words (`bag`) or tokens (`hf`) per example after truncation.", 32,
+                               ge=1, le=4096)
+    buckets: int = describe("`bag`: hash buckets words fall into (the embedding table's rows).", 4096,
+                            ge=2, le=1 << 22)
+    embed_dim: int = describe("`bag`: width of a word embedding.", 64, ge=1, le=4096)
+
+    @field_validator("path")
+    @classmethod
+    def _path_for_hf_only(cls, path, info):
+        if (info.data.get("kind") == "hf") != (path is not None):
+            raise ValueError("give a path exactly when kind is hf")
+        return path
+
+
+class TabularEncoder(Strict):
+    layers: int = describe("Hidden layers of the MLP over `data.features`.", 1, ge=0, le=16)
+    units: int = describe("Units in each hidden layer.", 64, ge=1, le=65536)
+
+
+class MultimodalModel(Strict):
+    name: Literal["multimodal"] = describe(
+        "Model builder: one encoder per modality (image CNN, text, tabular MLP), a fusion and a head.",
+        "multimodal")
+    modalities: list[Modality] = describe(
+        "Encoders the model has, each reading its data column (`data.image`, `data.text`, "
+        "`data.features`); drop one for an ablation.", default_factory=lambda: ["image", "text"], min_length=1)
+    image: ImageEncoder = describe("The image encoder.", default_factory=ImageEncoder)
+    text: TextEncoder = describe("The text encoder.", default_factory=TextEncoder)
+    tabular: TabularEncoder = describe("The tabular encoder.", default_factory=TabularEncoder)
+    dim: int = describe("Width every encoder projects its features to (the fusion's input).", 64,
+                        ge=1, le=65536)
+    fusion: Literal["concat", "gated", "attention"] = describe(
+        "How encodings combine: concatenation, a learned sigmoid gate per modality (weighted sum), or "
+        "attention across the modality tokens (mean-pooled).", "concat")
+    head_units: int = describe("Hidden units of the head after the fusion (0 = a linear head).", 64,
+                               ge=0, le=65536)
+    dropout: float = describe("Dropout before each layer of the head.", 0.0, ge=0.0, lt=1.0)
+    freeze: list[Modality] = describe(
+        "Encoders whose bodies stay fixed (and run in eval mode) under every method; their projections "
+        "to `dim` still train.", default_factory=list)
+    init_from: str | None = describe(
+        "Start from the exported multimodal model of an earlier ftray run (its run folder).", None)
+
+    @field_validator("modalities")
+    @classmethod
+    def _each_once(cls, modalities):
+        if len(set(modalities)) != len(modalities):
+            raise ValueError(f"{modalities} names a modality twice")
+        return modalities
+
+    @field_validator("freeze")
+    @classmethod
+    def _frozen_ones_exist(cls, freeze, info):
+        have = info.data.get("modalities", [])
+        extra = [m for m in freeze if m not in have]
+        if extra:
+            raise ValueError(f"{extra} not among the model's modalities {have}")
+        return freeze
+
+
+ModelSpec = Annotated[Union[MLPModel, HFModel, MultimodalModel], Field(discriminator="name")]
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -86,9 +161,12 @@ class DataSpec(Strict):
     task: Literal["classification", "regression", "causal_lm"] = describe(
         "What the labels are: class ids, real targets, or next tokens of `text`.", "classification")
     features: list[str] = describe(
-        "Numeric input columns for `mlp` (one list-valued column or several scalar columns).",
+        "Numeric input columns for `mlp` and the `multimodal` tabular encoder (one list-valued column or "
+        "several scalar columns).",
         default_factory=list)
-    text: str | None = describe("Text column for `hf` models.", None)
+    text: str | None = describe("Text column for `hf` models (and the `multimodal` text encoder).", None)
+    image: str | None = describe(
+        "`multimodal`: image column, one fixed-shape numeric array per row (HxW or CxHxW nested lists).", None)
     prompt: str | None = describe("`causal_lm` instruction tuning: prompt column (no loss on its tokens).", None)
     response: str | None = describe("`causal_lm` instruction tuning: response column (the loss).", None)
     truncation: Literal["none", "right", "left"] = describe(
@@ -151,7 +229,76 @@ class DistillMethod(Strict):
         "instead of running the teacher in every worker.", False)
 
 
-MethodSpec = Annotated[Union[FullMethod, TransferMethod, LoraMethod, AttentionMethod, DistillMethod],
+class IncrementalMethod(Strict):
+    name: Literal["incremental"] = describe(
+        "Continual learning: continue `model.init_from` on new data with replay of old data and an EWC "
+        "penalty; reports forgetting on the old task.", "incremental")
+    replay_path: str = describe("Old training data (same columns) to replay from: a file or folder, path or URI.")
+    replay_ratio: float = describe(
+        "Old rows mixed into training per new training row (0 = no replay).", 0.5, ge=0.0, le=10.0)
+    old_val_path: str = describe("Old task's validation data (same columns): forgetting is measured on it.")
+    ewc_lambda: float = describe(
+        "Weight of the EWC penalty lambda/2 * sum F * (theta - theta_old)^2 (0 = off).", 100.0, ge=0.0)
+    fisher_rows: int = describe("Rows of the replay data the diagonal Fisher information is estimated on.",
+                                512, ge=1, le=1 << 20)
+
+
+class MetaMethod(Strict):
+    name: Literal["meta"] = describe(
+        "Meta-learning over tasks (a task column): `train.batch_size` counts tasks per meta-batch, "
+        "`train.lr` is the meta learning rate (outer step of `train.optimizer`).", "meta")
+    algorithm: Literal["reptile", "fomaml"] = describe(
+        "Reptile (move toward the adapted weights) or first-order MAML (query-loss gradient at them).",
+        "reptile")
+    task_column: str = describe("Column naming each row's task.", "task")
+    shots: int = describe("k: support rows per task for adaptation (fomaml also takes k query rows).",
+                          10, ge=1, le=100000)
+    inner_steps: int = describe("SGD steps of adaptation to a task's support rows in training.", 5, ge=1, le=1000)
+    inner_lr: float = describe("Learning rate of those adaptation steps.", 0.01, gt=0.0, le=10.0)
+    eval_steps: int = describe("Adaptation steps on each held-out task's k shots at evaluation.", 10,
+                               ge=0, le=10000)
+
+
+class RLStop(Strict):
+    env_steps: int | None = describe("Stop after this many sampled environment steps.", 100000, ge=1)
+    target_return: float | None = describe(
+        "Stop once the greedy evaluation return (`evaluation_episodes`, checked every iteration) reaches "
+        "this; the env steps it took are the summary's `rl.steps_to_target`.", None)
+    iterations: int | None = describe("Stop after this many training iterations.", None, ge=1)
+
+
+class RLMethod(Strict):
+    name: Literal["rl"] = describe(
+        "Reinforcement learning with RLlib (`model` is the policy network; no `data`).", "rl")
+    env: str = describe("Environment: a Gymnasium id (`CartPole-v1`) or `module:Class` of a gymnasium.Env.")
+    env_kwargs: dict[str, Any] = describe("Keyword arguments of the environment's constructor.", {})
+    algorithm: Literal["ppo"] = describe("RLlib algorithm.", "ppo")
+    env_runners: int = describe("Sampling actors (0 = sample in the driver process).", 1, ge=0, le=1024)
+    lr: float = describe("Learning rate.", 3e-4, gt=0.0, le=1.0)
+    gamma: float = describe("Discount factor.", 0.99, gt=0.0, le=1.0)
+    gae_lambda: float = describe("GAE lambda.", 0.95, ge=0.0, le=1.0)
+    clip: float = describe("PPO clip parameter of the probability ratio.", 0.2, gt=0.0, le=10.0)
+    entropy_coeff: float = describe("Weight of the entropy bonus.", 0.0, ge=0.0, le=10.0)
+    train_batch: int = describe("Environment steps sampled per training iteration (all learners).", 4000,
+                                ge=1, le=1 << 24)
+    minibatch: int = describe("Steps per SGD minibatch.", 128, ge=1, le=1 << 24)
+    epochs: int = describe("SGD passes over each train batch.", 10, ge=1, le=1000)
+    stop: RLStop = describe("When training stops (whichever comes first).", default_factory=RLStop)
+    evaluation_episodes: int = describe(
+        "Greedy episodes that score the policy at the start and at the end.", 10, ge=1, le=100000)
+    demos: str | None = describe(
+        "Pretrain by behaviour cloning on these demonstrations (Parquet in RLlib's columns: obs, new_obs, "
+        "actions, rewards, terminateds), e.g. written by `ftray rl collect`.", None)
+    bc_iterations: int = describe("Behaviour-cloning updates (one `bc_batch` each).", 100, ge=1, le=1000000)
+    bc_lr: float = describe("Behaviour-cloning learning rate.", 1e-3, gt=0.0, le=1.0)
+    bc_batch: int = describe("Demonstration steps per behaviour-cloning update.", 256, ge=1, le=1 << 24)
+    init_checkpoint: str | None = describe(
+        "Start from an earlier RLlib checkpoint: an ftray rl run folder, an algorithm checkpoint, or its "
+        "module folder (the environment may differ; the spaces must match).", None)
+
+
+MethodSpec = Annotated[Union[FullMethod, TransferMethod, LoraMethod, AttentionMethod, DistillMethod,
+                             IncrementalMethod, MetaMethod, RLMethod],
                        Field(discriminator="name")]
 
 
@@ -242,14 +389,45 @@ class TrainSpec(Strict):
     grad_accum_steps: int = describe("Micro-batches accumulated into one optimizer step.", 1, ge=1)
     precision: Literal["fp32", "bf16", "fp16"] = describe(
         "Compute precision (bf16/fp16 through autocast; fp16 needs a GPU).", "fp32")
+    compile: bool = describe("torch.compile the model: faster GPU steps after a compile warm-up.", False)
     early_stopping: EarlyStopping = describe("Stop when a validation metric stops improving.",
                                              default_factory=EarlyStopping)
 
 
 class ScalingSpec(Strict):
-    num_workers: int = describe("Data-parallel training workers.", 1, ge=1, le=1024)
+    num_workers: int = describe(
+        "Data-parallel training workers; `[min, max]` trains elastically (needs `run.max_failures` > 0).",
+        1, ge=1, le=1024)
+    min_workers: int | None = describe(
+        "Elastic training: the fewest workers to go on with after losing nodes (`num_workers: [min, max]` "
+        "sets it; None = fixed size).", None, ge=1, le=1024)
     use_gpu: bool = describe("Give each worker one GPU.", False)
     cpus_per_worker: float = describe("CPUs reserved (and torch threads) per worker.", 1.0, gt=0.0, le=256)
+    strategy: Literal["ddp", "fsdp"] = describe(
+        "ddp: a model replica per worker; fsdp: FSDP2 shards weights, gradients and optimizer state "
+        "over the workers (for models that do not fit one device).", "ddp")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _elastic_range(cls, raw: Any) -> Any:
+        # `num_workers: [min, max]` is stored as min_workers plus num_workers (the max), so that
+        # num_workers stays the one int every other part of ftray reads.
+        if isinstance(raw, dict) and isinstance(raw.get("num_workers"), (list, tuple)) \
+                and len(raw["num_workers"]) == 2 and "min_workers" not in raw:
+            low, high = raw["num_workers"]
+            raw = {**raw, "num_workers": high, "min_workers": low}
+        return raw
+
+    @model_validator(mode="after")
+    def _elastic_order(self) -> "ScalingSpec":
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(f"num_workers: the range [{self.min_workers}, {self.num_workers}] has min > max")
+        return self
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the worker count may change during the run (nodes lost or added)."""
+        return self.min_workers is not None and self.min_workers < self.num_workers
 
 
 class RunSpec(Strict):
@@ -266,13 +444,60 @@ class RunSpec(Strict):
 Distribution = Literal["choice", "grid", "uniform", "loguniform", "randint", "quniform"]
 
 
-class SchedulerSpec(Strict):
-    name: Literal["fifo", "asha", "median", "hyperband"] = describe(
-        "Trial scheduler: run all to the end, or stop hopeless trials early (ASHA, median rule, HyperBand).",
-        "fifo")
+class FifoScheduler(Strict):
+    name: Literal["fifo"] = describe("Run every trial to the end.", "fifo")
+
+
+class AshaScheduler(Strict):
+    name: Literal["asha"] = describe("Asynchronous successive halving: stop the worse trials at each rung.", "asha")
     grace_period: int = describe("Epochs every trial runs before it can be stopped.", 1, ge=1)
-    reduction_factor: float = describe("ASHA/HyperBand: keep 1/reduction_factor of trials per rung.", 3.0,
-                                       gt=1.0)
+    reduction_factor: float = describe("Keep 1/reduction_factor of the trials at each rung.", 3.0, gt=1.0)
+
+
+class MedianScheduler(Strict):
+    name: Literal["median"] = describe("Stop a trial whose best result is below the median of the others'.",
+                                       "median")
+    grace_period: int = describe("Epochs every trial runs before it can be stopped.", 1, ge=1)
+
+
+class HyperbandScheduler(Strict):
+    name: Literal["hyperband"] = describe("HyperBand: successive halving over several brackets.", "hyperband")
+    reduction_factor: float = describe("Keep 1/reduction_factor of the trials at each rung.", 3.0, gt=1.0)
+
+
+# What PBT/PB2 may change in a running trial: values the training loop reads from the spec at every
+# step (optimizer hyperparameters, penalties). Structure (layers, units, dropout) is baked into the
+# checkpointed model, so such keys are only sampled at the start and copied along with a checkpoint.
+PBT_MUTABLE = ("train.lr", "train.l1", "train.grad_clip", "train.optimizer.weight_decay",
+               "train.optimizer.momentum")
+
+
+class PBTScheduler(Strict):
+    name: Literal["pbt"] = describe(
+        "Population Based Training: every `perturbation_interval` epochs the worse trials continue from "
+        "a better trial's checkpoint with mutated hyperparameters (needs `tune.trial: packed`).", "pbt")
+    perturbation_interval: int = describe("Epochs between exploit/explore steps.", 1, ge=1)
+    quantile_fraction: float = describe("Share of trials that copy (bottom) and are copied (top).", 0.25,
+                                        gt=0.0, le=0.5)
+    resample_probability: float = describe(
+        "Chance that a mutated value is drawn afresh from `space` instead of scaled by 0.8 or 1.2.", 0.25,
+        ge=0.0, le=1.0)
+    synch: bool = describe("Wait for every trial at each perturbation point (exploits even when trials run "
+                           "one after another on a small machine).", False)
+
+
+class PB2Scheduler(Strict):
+    name: Literal["pb2"] = describe(
+        "PB2: PBT whose new hyperparameters come from a Gaussian-process bandit over the `space` bounds "
+        "(uniform/loguniform dimensions; needs `tune.trial: packed`).", "pb2")
+    perturbation_interval: int = describe("Epochs between exploit/explore steps.", 1, ge=1)
+    quantile_fraction: float = describe("Share of trials that copy (bottom) and are copied (top).", 0.25,
+                                        gt=0.0, le=0.5)
+    synch: bool = describe("Wait for every trial at each perturbation point.", False)
+
+
+SchedulerSpec = Annotated[Union[FifoScheduler, AshaScheduler, MedianScheduler, HyperbandScheduler,
+                                PBTScheduler, PB2Scheduler], Field(discriminator="name")]
 
 
 class EnsembleSpec(Strict):
@@ -293,7 +518,16 @@ class TuneSpec(Strict):
     searcher: Literal["random", "grid", "optuna", "hyperopt"] = describe(
         "How trials are chosen: random sampling, the grid, or Ray Tune's Optuna / HyperOpt integration.",
         "random")
-    scheduler: SchedulerSpec = describe("Early stopping of trials.", default_factory=SchedulerSpec)
+    scheduler: SchedulerSpec = describe("Early stopping of trials, or PBT/PB2.", default_factory=FifoScheduler)
+    trial: Literal["train", "packed"] = describe(
+        "Trial shape: a Ray Train run per trial (`scaling` applies), or `packed`: one process per trial "
+        "training in place, reporting a Tune checkpoint each epoch (what PBT/PB2 need), with "
+        "`gpu_fraction` of a GPU when `scaling.use_gpu`.", "train")
+    gpu_fraction: float = describe("Packed trials with `scaling.use_gpu`: share of one GPU per trial.", 1.0,
+                                   gt=0.0, le=1.0)
+    group_by: str | None = describe(
+        "A data column: run the sweep once per value of it (per-task search) and write the best spec "
+        "per value.", None)
     ensemble: EnsembleSpec | None = describe("Combine the top trials into one exported model.", None)
 
     @model_validator(mode="after")
@@ -318,11 +552,33 @@ class TuneSpec(Strict):
             raise ValueError("space: name at least one spec key to search")
         return self
 
+    def check_population_based(self) -> None:
+        """PBT/PB2 need packed trials, their own sampling, a population and a key they may mutate."""
+        s = self.scheduler
+        if s.name not in ("pbt", "pb2"):
+            return
+        if self.trial != "packed":
+            raise ValueError(f"tune.scheduler.name: {s.name} exploits trial checkpoints, which only packed "
+                             f"trials report; set tune.trial: packed")
+        if self.searcher != "random":
+            raise ValueError(f"tune.searcher: {s.name} picks new values itself; use searcher: random")
+        if self.num_samples < 2:
+            raise ValueError(f"tune.num_samples: {s.name} needs a population of at least 2 trials")
+        mutable = [k for k in self.space if k in PBT_MUTABLE]
+        if not mutable:
+            raise ValueError(f"tune.space: {s.name} needs at least one key it can change during training: "
+                             f"{', '.join(PBT_MUTABLE)}")
+        for key in mutable if s.name == "pb2" else ():
+            (kind, _), = self.space[key].items()
+            if kind not in ("uniform", "loguniform"):
+                raise ValueError(f"tune.space.{key}: pb2 searches continuous bounds; give uniform or "
+                                 f"loguniform, not {kind}")
+
 
 class JobSpec(Strict):
     """A whole job: what to fine-tune (model, data), how (method, train) and where (scaling, run)."""
     model: ModelSpec = describe("What to fine-tune.")
-    data: DataSpec = describe("Training and validation data.")
+    data: DataSpec | None = describe("Training and validation data (every method except rl).", None)
     method: MethodSpec = describe("How to fine-tune.", default_factory=FullMethod)
     train: TrainSpec = describe("Training hyperparameters.", default_factory=TrainSpec)
     scaling: ScalingSpec = describe("How many workers and which devices.", default_factory=ScalingSpec)
@@ -331,11 +587,26 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if isinstance(self.method, RLMethod):
+            return self._rl_consistent()
+        if self.data is None:
+            raise ValueError("data: required (only method.name: rl runs without data)")
         if isinstance(self.model, MLPModel) and not self.data.features:
             raise ValueError("data.features: an mlp model needs at least one feature column")
         d = self.data
         if isinstance(self.model, HFModel) and not (d.text or (d.prompt and d.response)):
             raise ValueError("data.text: an hf model needs a text column (or data.prompt and data.response)")
+        if isinstance(self.model, MultimodalModel):
+            columns = {"image": ("data.image", d.image), "text": ("data.text", d.text),
+                       "tabular": ("data.features", d.features)}
+            for modality in self.model.modalities:
+                key, column = columns[modality]
+                if not column:
+                    raise ValueError(f"{key}: the multimodal model's {modality} encoder needs its column")
+            if d.task == "causal_lm":
+                raise ValueError("data.task: causal_lm needs model.name: hf")
+        elif d.image:
+            raise ValueError("data.image: image columns are for model.name: multimodal")
         if (d.prompt is None) != (d.response is None):
             raise ValueError("data.prompt: give both data.prompt and data.response, or neither")
         if d.prompt and d.task != "causal_lm":
@@ -347,15 +618,32 @@ class JobSpec(Strict):
                              "large to store; run the teacher in the workers (precompute: false)")
         if isinstance(self.method, (LoraMethod, AttentionMethod)) and not isinstance(self.model, HFModel):
             raise ValueError(f"method.name: {self.method.name} needs model.name: hf")
+        if isinstance(self.method, IncrementalMethod) and not self.model.init_from:
+            raise ValueError("method.name: incremental continues an earlier run: set model.init_from")
+        if isinstance(self.method, MetaMethod):
+            if not isinstance(self.model, MLPModel) or d.task == "causal_lm":
+                raise ValueError("method.name: meta needs model.name: mlp and a classification or regression task")
+            if self.train.grad_accum_steps != 1:
+                raise ValueError("train.grad_accum_steps: meta takes one step per meta-batch (set 1)")
         if self.data.task == "causal_lm" and isinstance(self.model, MLPModel):
             raise ValueError("data.task: causal_lm needs model.name: hf")
         if self.data.task != "causal_lm" and not self.data.label:
             raise ValueError(f"data.label: a {self.data.task} task needs a label column")
+        if self.scaling.strategy == "fsdp" and (self.train.l1 or self.train.precision == "fp16"):
+            raise ValueError("scaling.strategy: fsdp supports neither train.l1 nor fp16 (use bf16)")
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("train.precision: fp16 needs scaling.use_gpu: true (use bf16 on CPU)")
         metrics = {"train_loss", "val_loss", TASK_METRICS[self.data.task]}
         if self.tune and self.tune.ensemble and self.data.task == "causal_lm":
             raise ValueError("tune.ensemble: ensembles are for classification and regression tasks")
+        if self.tune:
+            self.tune.check_population_based()
+        if self.tune and self.tune.trial == "packed" and self.scaling.num_workers != 1:
+            raise ValueError(f"scaling.num_workers: a packed trial trains in one process; got "
+                             f"{self.scaling.num_workers} (use tune.trial: train for data-parallel trials)")
+        if self.tune and self.tune.group_by and self.tune.group_by in (d.label, *d.features):
+            raise ValueError(f"tune.group_by: {self.tune.group_by!r} is the label or a feature; name the "
+                             f"column that tells the tasks apart")
         if self.tune and self.tune.metric not in metrics:
             raise ValueError(f"tune.metric: {self.tune.metric!r} is not reported for a {self.data.task} task; "
                              f"choose one of {sorted(metrics)}")
@@ -371,6 +659,51 @@ class JobSpec(Strict):
             raise ValueError(
                 f"train.batch_size: {self.train.batch_size} is not divisible by num_workers x "
                 f"grad_accum_steps = {per_step}")
+        if self.scaling.elastic:
+            if not self.run.max_failures:
+                raise ValueError("scaling.num_workers: an elastic range needs run.max_failures > 0 (losing a "
+                                 "node is a failure the run restarts from)")
+            for workers in range(self.scaling.min_workers, self.scaling.num_workers + 1):
+                if self.train.batch_size % (workers * self.train.grad_accum_steps):
+                    raise ValueError(f"train.batch_size: {self.train.batch_size} is not divisible by {workers} "
+                                     f"workers x grad_accum_steps, a size the elastic range allows")
+        return self
+
+    def micro_batch_for(self, workers: int) -> int:
+        """Examples in one worker's forward pass when `workers` workers train (elastic runs)."""
+        return self.train.batch_size // (workers * self.train.grad_accum_steps)
+
+    def _rl_consistent(self):
+        m = self.method
+        if self.data is not None:
+            raise ValueError("data: method rl learns from its environment; remove the data section "
+                             "(demonstrations go in method.demos)")
+        if not isinstance(self.model, MLPModel):
+            raise ValueError("model.name: method rl needs model.name: mlp (the policy network)")
+        if self.model.dropout:
+            # PPO's probability ratio compares the sampling policy with the trained one: both must be
+            # the same deterministic network.
+            raise ValueError("model.dropout: method rl needs 0 (PPO's ratio needs a deterministic policy)")
+        if self.train.model_fields_set:
+            raise ValueError("train: method rl takes its hyperparameters from method (lr, gamma, gae_lambda, "
+                             "clip, entropy_coeff, train_batch, minibatch, epochs)")
+        starts = [k for k, v in (("method.demos", m.demos), ("method.init_checkpoint", m.init_checkpoint),
+                                 ("model.init_from", self.model.init_from)) if v]
+        if len(starts) > 1:
+            raise ValueError(f"{starts[1]}: give one pretrained start, not {' and '.join(starts)}")
+        if m.minibatch > m.train_batch:
+            raise ValueError(f"method.minibatch: {m.minibatch} is larger than method.train_batch {m.train_batch}")
+        if m.train_batch % self.scaling.num_workers:
+            raise ValueError(f"method.train_batch: {m.train_batch} is not divisible by the "
+                             f"{self.scaling.num_workers} learners (scaling.num_workers)")
+        if not (m.stop.env_steps or m.stop.target_return is not None or m.stop.iterations):
+            raise ValueError("method.stop: give at least one of env_steps, target_return, iterations")
+        if self.tune:
+            if self.tune.metric != "episode_return_mean" or self.tune.mode != "max":
+                raise ValueError("tune.metric: an rl sweep maximises episode_return_mean "
+                                 "(tune.metric: episode_return_mean, tune.mode: max)")
+            if self.tune.ensemble:
+                raise ValueError("tune.ensemble: ensembles are for classification and regression tasks")
         return self
 
     @property
@@ -540,23 +873,30 @@ def with_absolute_paths(spec: JobSpec) -> JobSpec:
     """Ray workers do not share the driver's working directory: pin every local path."""
     model = spec.model.model_copy(update={"init_from": _absolute(spec.model.init_from, "model.init_from")})
     method = spec.method
-    for key in ("teacher", "adapter_from"):
+    for key in ("teacher", "adapter_from", "replay_path", "old_val_path", "demos", "init_checkpoint"):
         if getattr(method, key, None):
             method = method.model_copy(update={key: _absolute(getattr(method, key), f"method.{key}")})
     if isinstance(model, HFModel):
         model = model.model_copy(update={"path": _absolute(model.path, "model.path", local_only_if_exists=True)})
+    if isinstance(model, MultimodalModel) and model.text.path:
+        text = model.text.model_copy(update={"path": _absolute(model.text.path, "model.text.path",
+                                                               local_only_if_exists=True)})
+        model = model.model_copy(update={"text": text})
     return spec.model_copy(update={
         "model": model,
         "method": method,
-        "data": spec.data.model_copy(update={"path": _absolute(spec.data.path, "data.path"),
-                                             "val_path": _absolute(spec.data.val_path, "data.val_path")}),
+        "data": spec.data and spec.data.model_copy(update={
+            "path": _absolute(spec.data.path, "data.path"),
+            "val_path": _absolute(spec.data.val_path, "data.val_path")}),
         "run": spec.run.model_copy(update={"storage_path": _absolute(spec.run.storage_path,
                                                                      "run.storage_path")}),
     })
 
 
 PATH_KEYS = (("data", "path"), ("data", "val_path"), ("model", "path"), ("model", "init_from"),
-             ("method", "teacher"), ("method", "adapter_from"), ("run", "storage_path"))
+             ("method", "teacher"), ("method", "adapter_from"), ("method", "replay_path"),
+             ("method", "old_val_path"), ("method", "demos"), ("method", "init_checkpoint"),
+             ("run", "storage_path"))
 
 
 def pin_paths(raw: dict, spec: JobSpec) -> dict:
@@ -565,6 +905,9 @@ def pin_paths(raw: dict, spec: JobSpec) -> dict:
     for section, key in PATH_KEYS:
         if isinstance(out.get(section), dict) and out[section].get(key) is not None:
             out[section][key] = pinned[section][key]
+    text = out["model"].get("text") if isinstance(out.get("model"), dict) else None
+    if isinstance(text, dict) and text.get("path") is not None:  # a multimodal model's text encoder
+        text["path"] = pinned["model"]["text"]["path"]
     if isinstance(out.get("run"), dict) and "storage_path" not in out["run"]:
         out["run"]["storage_path"] = pinned["run"]["storage_path"]
     return out

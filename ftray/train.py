@@ -11,21 +11,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import tempfile
 import time
 import traceback
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
+import psutil
 import pyarrow.fs as pafs
 import ray
 import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from ftray import checkpoint, data, storage_check
+from ftray import checkpoint, data, parallel, storage_check
 from ftray.methods import get_method
-from ftray.models import ModelInfo, check_model_source
+from ftray.models import ModelInfo
 from ftray.numerics import all_sum, improved, l1_penalty, make_optimizer, make_scheduler
 from ftray.redact import redact
 from ftray.spec import TASK_METRICS, JobSpec, SpecError
@@ -33,61 +37,169 @@ from ftray.spec import TASK_METRICS, JobSpec, SpecError
 WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 # Test hook for fault injection: the worker raises after reporting this epoch's checkpoint.
 FAIL_AFTER_EPOCH_ENV = "FTRAY_FAIL_AFTER_EPOCH"
+# Fault injection for tests/test_faults.py (see FaultHooks), read from the driver's environment.
+KILL_AT_STEPS_ENV = "FTRAY_KILL_AT_STEPS"  # "7,15,23": SIGKILL the last rank right after these steps
+KILL_IN_CHECKPOINT_ENV = "FTRAY_KILL_IN_CHECKPOINT"  # an epoch: rank 0 dies halfway through its checkpoint
+STEP_LOG_ENV = "FTRAY_STEP_LOG"  # a file: rank 0 appends one JSON line per optimizer step
+
+
+@dataclass(frozen=True)
+class FaultHooks:
+    """Real faults injected into a run's workers, each firing once. Attempts of a run are counted
+    by its resumptions from checkpoints: the i-th of `kill_at_steps` fires in attempt i (so an
+    attempt must write a checkpoint before its kill, or the next one counts as the same attempt),
+    the checkpoint-write kill in the first attempt. `step_log` records every optimizer step, to prove none was skipped or repeated."""
+    kill_at_steps: tuple[int, ...] = ()
+    kill_in_checkpoint: int | None = None
+    step_log: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "FaultHooks":
+        steps, epoch = os.environ.get(KILL_AT_STEPS_ENV, ""), os.environ.get(KILL_IN_CHECKPOINT_ENV)
+        return cls(tuple(int(s) for s in steps.split(",") if s.strip()), int(epoch) if epoch else None,
+                   os.environ.get(STEP_LOG_ENV) or None)
+
+    def after_step(self, progress: dict, epoch: int, rank: int, world: int) -> None:
+        attempt = len(progress["resumes"])
+        if self.step_log and rank == 0:
+            with open(self.step_log, "a") as f:
+                f.write(json.dumps({"attempt": attempt, "epoch": epoch, "step": progress["step"],
+                                    "workers": world}) + "\n")
+        if rank == world - 1 and attempt < len(self.kill_at_steps) and \
+                progress["step"] == self.kill_at_steps[attempt]:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def kill_in_write(self, progress: dict) -> bool:
+        return self.kill_in_checkpoint == progress["epoch"] and not progress["resumes"]
 
 
 # ==================================================================================== the worker
+@dataclass
+class Worker:
+    """Where the one training loop (`fit`) runs: a Ray Train worker, or a packed Tune trial
+    (`ftray.sweep`), which trains in its own process so that PBT can exploit its checkpoints."""
+    rank: int
+    world: int
+    device: torch.device
+    train_data: Any  # anything with Ray Data's `iter_torch_batches`: a Train shard or a Dataset
+    val_data: Any
+    resume: Any  # the checkpoint to continue from (Train's or Tune's), or None
+    report: Callable[[dict, str | None], None]  # (epoch metrics, checkpoint folder or None)
+    # (model, spec, device) -> the module to train: `parallel.wrap` (DDP/FSDP2, compile) in Train.
+    wrap: Callable = lambda model, spec, device: model
+    # PBT/PB2 restart a trial from another trial's checkpoint with mutated hyperparameters: the
+    # trial's spec, not the checkpoint's optimizer state, then decides lr, weight decay, momentum.
+    adopt_hyperparameters: bool = False
+
+
+@dataclass
+class Loop:
+    """The running loop as a method's hooks see it (`run_epoch`, `validate`, `extra_summary`)."""
+    spec: JobSpec
+    model: torch.nn.Module  # the model itself, not its DDP/FSDP wrapper
+    optimizer: torch.optim.Optimizer
+    worker: Worker
+    autocast: Any
+    step: Callable[[], None]  # one optimizer step on the gradients in `.grad` (clip, schedule, count)
+
+    def data(self, name: str):
+        """This worker's part of the dataset `name`: `train`, `val`, or one a method's `datasets` added."""
+        if name in ("train", "val"):
+            return self.worker.train_data if name == "train" else self.worker.val_data
+        return ray.train.get_dataset_shard(name)
+
+    def evaluate(self, model, name: str = "val") -> dict:
+        """Loss and task metric of `model` on dataset `name`, over all workers."""
+        return evaluate(model, self.data(name), self.spec, self.worker.device, self.autocast)
+
+
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker: the same code for 1 or N workers, CPU or GPU."""
     import ray.train.torch
 
+    ctx = ray.train.get_context()
+
+    def report(metrics: dict, folder: str | None) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
+
+    fit(config, Worker(rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=ray.train.torch.get_device(),
+                       train_data=ray.train.get_dataset_shard("train"), val_data=ray.train.get_dataset_shard("val"),
+                       resume=resume_checkpoint(JobSpec.model_validate(config["spec"]), ray.train.get_checkpoint()),
+                       report=report, wrap=parallel.wrap))
+
+
+def resume_checkpoint(spec: JobSpec, registered):
+    """The checkpoint a (re)started worker group continues from: the newest complete one in the run
+    folder, which is Ray Train's latest registered one (`registered`) or newer. Newer happens when a
+    worker dies right after reporting: its checkpoint is uploaded, but the controller had not yet
+    collected the report, so Ray never registered it and would repeat that epoch."""
+    fs, run_dir, _ = storage(spec)
+    newest = latest_checkpoint(fs, run_dir)
+    return ray.train.Checkpoint(newest, filesystem=fs) if newest else registered
+
+
+def fit(config: dict, worker: Worker) -> None:
+    """The training loop: set up (or resume), then per epoch train, validate, report, checkpoint."""
     spec = JobSpec.model_validate(config["spec"])
     info = ModelInfo(**config["info"])
     torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world, device = worker.rank, worker.world, worker.device
 
     # Set up: the model from the latest checkpoint if there is one, else from the spec. Every rank
     # uses the same seed and draws random numbers in lockstep, so rank 0's RNG state (the one the
     # checkpoint keeps) is every rank's state: resumption stays exact with N workers.
     torch.manual_seed(spec.run.seed)
     method = get_method(spec)
-    resume = ray.train.get_checkpoint()
+    resume = worker.resume
     progress = {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0, "history": [], "resumes": []}
     trainer_state = None
     if resume:
-        with resume.as_directory() as d:
+        with resume.as_directory() as d, parallel.build_place(spec, device):
             model = method.build(info, Path(d))
             trainer_state = checkpoint.load_trainer_state(Path(d))
             progress = checkpoint.load_progress(Path(d))
         progress["resumes"].append({"epoch": progress["epoch"], "step": progress["step"]})
     else:
-        model = method.build(info, None)
+        with parallel.build_place(spec, device):
+            model = method.build(info, None)
     method.prepare(model)
+    for part in model.frozen_parts():  # the model spec's own freezing holds under every method
+        part.requires_grad_(False)
     progress["params"] = {"total": sum(p.numel() for p in model.parameters()),
                           "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    ddp_model = ray.train.torch.prepare_model(model)
+    ddp_model = worker.wrap(model, spec, device)
     method.attach(device)
     optimizer = make_optimizer(spec, method.param_groups(model))
     rows_per_worker = config["train_rows"] // world
-    micro_per_epoch = math.ceil(rows_per_worker / spec.micro_batch_size)
+    # An elastic run splits the same global batch over the workers it has now.
+    micro_batch = spec.micro_batch_for(world) if spec.scaling.elastic else spec.micro_batch_size
+    micro_per_epoch = math.ceil(rows_per_worker / micro_batch)
     steps_per_epoch = math.ceil(micro_per_epoch / spec.train.grad_accum_steps)
     scheduler = make_scheduler(spec, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if spec.train.precision == "fp16" else None
     if trainer_state:
-        optimizer.load_state_dict(trainer_state["optimizer"])
+        parallel.load_optimizer_state(ddp_model, optimizer, trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         if scaler and trainer_state["scaler"]:
             scaler.load_state_dict(trainer_state["scaler"])
         checkpoint.set_rng_state(trainer_state["rng"])
+        if worker.adopt_hyperparameters:
+            adopt_hyperparameters(optimizer, scheduler, make_optimizer(spec, method.param_groups(model)))
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if spec.train.precision == "bf16"
                                else torch.float16) if spec.train.precision != "fp32" else nullcontext())
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    train_shard, val_shard = worker.train_data, worker.val_data
     accum = spec.train.grad_accum_steps
+    faults = config.get("faults") or FaultHooks()
+
+    def step() -> None:
+        _optimizer_step(spec, model, optimizer, scheduler, scaler)
+        progress["step"] += 1
+        faults.after_step(progress, epoch, rank, world)
+
+    loop = Loop(spec, model, optimizer, worker, autocast, step)
     if "extra" not in progress:
-        progress["extra"] = method.extra_summary(lambda m: evaluate(m, val_shard, spec, device, autocast))
+        progress["extra"] = method.extra_summary(loop)
     fail_after = config.get("fail_after_epoch")
 
     # Fit: one pass over this worker's shard per epoch, then validation, report and checkpoint.
@@ -95,15 +207,20 @@ def train_loop(config: dict) -> None:
         started = time.perf_counter()
         ddp_model.train()
         method.train_mode(model)
-        loss_sum, seen, micro = 0.0, 0, 0
-        batches = train_shard.iter_torch_batches(
-            batch_size=spec.micro_batch_size, device=device,
+        for part in model.frozen_parts():
+            part.eval()
+        loss_sum, seen, micro, tokens = 0.0, 0, 0, 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        own = method.run_epoch(loop, epoch)  # a method with its own epoch (meta-learning), or None
+        batches = [] if own else train_shard.iter_torch_batches(
+            batch_size=micro_batch, device=device,
             local_shuffle_buffer_size=spec.data.shuffle_buffer or None,
             local_shuffle_seed=spec.run.seed * 100003 + epoch if spec.data.shuffle_buffer else None)
         for batch in batches:
             micro += 1
             sync = micro % accum == 0
-            with (nullcontext() if sync or world == 1 else ddp_model.no_sync()), autocast:
+            with parallel.grad_sync(ddp_model, sync), autocast:
                 loss, _ = method.loss(ddp_model, batch)
                 total = loss / accum
                 if spec.train.l1:
@@ -111,20 +228,33 @@ def train_loop(config: dict) -> None:
             (scaler.scale(total) if scaler else total).backward()
             n = len(next(iter(batch.values())))
             loss_sum, seen = loss_sum + loss.detach() * n, seen + n
+            tokens += batch["input_ids"].numel() if "input_ids" in batch else 0
             if sync:
                 _optimizer_step(spec, model, optimizer, scheduler, scaler)
                 progress["step"] += 1
+                faults.after_step(progress, epoch, rank, world)
+                if "first_step_s" not in progress:  # time from `ftray run` to the first update
+                    progress["first_step_s"] = _seconds_since(config.get("started_at"), device)
         if micro % accum:  # the epoch ended inside an accumulation window
             _optimizer_step(spec, model, optimizer, scheduler, scaler)
             progress["step"] += 1
-        loss_total, seen_total = all_sum([float(loss_sum), seen], device)
-        metrics = {"epoch": epoch, "step": progress["step"], "train_loss": loss_total / max(1, seen_total)}
-        metrics.update(evaluate(ddp_model, val_shard, spec, device, autocast))
+            faults.after_step(progress, epoch, rank, world)
+        if own:
+            loss_sum, seen = own
+        loss_total, seen_total, tokens_total = all_sum([float(loss_sum), seen, tokens], device)
+        train_time = time.perf_counter() - started  # all_sum waited for the last step's kernels
+        metrics = {"epoch": epoch, "step": progress["step"], "workers": world,
+                   "train_loss": loss_total / max(1, seen_total)}
+        metrics.update(method.validate(loop, ddp_model))
         if spec.train.schedule.name == "plateau":
             scheduler.step(metrics["val_loss"])
         elapsed = time.perf_counter() - started
         metrics.update(lr=optimizer.param_groups[0]["lr"], epoch_time_s=elapsed,
-                       samples_per_s=seen_total / elapsed)
+                       samples_per_s=seen_total / elapsed, train_time_s=train_time)
+        if tokens_total:  # padding included; with `data.packing` there is none
+            metrics["tokens_per_s"] = tokens_total / train_time
+        if device.type == "cuda":
+            metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
 
         es = spec.train.early_stopping
         if improved(metrics[es.metric], progress["best"], es.mode, es.min_delta):
@@ -135,18 +265,47 @@ def train_loop(config: dict) -> None:
         metrics["early_stopped"] = stop
         progress["epoch"] = epoch
         progress["history"].append(metrics)
+        progress["extra"] = method.epoch_summary(progress["extra"], metrics)
 
         # Report: every rank reports (a barrier); rank 0 brings the checkpoint.
+        # Under FSDP every rank takes part in gathering the full state; rank 0 writes it.
+        whole, optimizer_state = parallel.full_states(ddp_model if parallel.is_sharded(ddp_model) else model,
+                                                      optimizer, lambda: method.build(info, None))
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
             if rank == 0:
-                checkpoint.save(Path(tmp), model, optimizer, scheduler, scaler, progress)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
+                checkpoint.save(Path(tmp), whole, optimizer_state, scheduler, scaler, progress,
+                                kill_midway=faults.kill_in_write(progress))
+            worker.report(metrics, tmp if rank == 0 else None)
         if fail_after == epoch:
             raise RuntimeError(f"injected failure after epoch {epoch} ({FAIL_AFTER_EPOCH_ENV})")
         if stop:
             break
+
+
+def adopt_hyperparameters(optimizer, scheduler, fresh) -> None:
+    """Give a resumed optimizer the hyperparameters of `fresh` (the same optimizer built from the
+    current spec), keeping its state (moments) and the schedule's progress: the LR keeps its
+    position in the schedule, rescaled to the new peak."""
+    if type(fresh) is not type(optimizer):
+        raise ValueError("PBT/PB2 cannot change the optimizer of a running trial")
+    for group, new in zip(optimizer.param_groups, fresh.param_groups):
+        scale = new["lr"] / group.get("initial_lr", group["lr"])
+        group.update({k: v for k, v in new.items() if k not in ("params", "lr", "initial_lr")})
+        group["lr"] *= scale
+        if "initial_lr" in group:
+            group["initial_lr"] = new["lr"]
+    if hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+
+
+def _seconds_since(started_at: float | None, device) -> float | None:
+    """Wall seconds from `started_at` (the driver process's start) to the end of the device's
+    queued work; None when the caller gave no start time."""
+    if started_at is None:
+        return None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return round(time.time() - started_at, 3)
 
 
 def _optimizer_step(spec, model, optimizer, scheduler, scaler) -> None:
@@ -284,11 +443,12 @@ def start_ray(spec: JobSpec, address: str | None, cpus: int | None = None) -> st
 def prepare(spec: JobSpec, address: str | None = None) -> data.DataPlan:
     """All checks that need no Ray: data, model source, devices. Raises SpecError."""
     plan = data.inspect(spec)
-    check_model_source(spec, plan.info)
+    method = get_method(spec)
+    method.check_source(plan.info)
     if spec.model.name == "hf":
         from ftray.models.hf import resolve_source
         data.check_lengths(spec, plan, resolve_source(spec))
-    get_method(spec).check(plan.info)
+    method.check(plan.info)
     check_devices(spec, address)
     storage_check.check_storage(spec, address)
     return plan
@@ -307,17 +467,19 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
     ray_mode = start_ray(spec, address)
     t_ray = time.perf_counter()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets, rows = data.ray_datasets(spec, plan)
+    datasets, rows = get_method(spec).datasets(plan, *data.ray_datasets(spec, plan))
     local_tb = run_dir if isinstance(fs, pafs.LocalFileSystem) else tempfile.mkdtemp(prefix="ftray-tb-")
     callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", TASK_METRICS[spec.data.task])
     fail_after = os.environ.get(FAIL_AFTER_EPOCH_ENV)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "info": plan.info.to_dict(),
-                           "train_rows": rows["train"],
-                           "fail_after_epoch": int(fail_after) if fail_after else None},
+                           "train_rows": rows["train"], "started_at": psutil.Process().create_time(),
+                           "fail_after_epoch": int(fail_after) if fail_after else None,
+                           "faults": FaultHooks.from_env()},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
+            num_workers=((spec.scaling.min_workers, spec.scaling.num_workers) if spec.scaling.elastic
+                         else spec.scaling.num_workers), use_gpu=spec.scaling.use_gpu,
             resources_per_worker={"CPU": spec.scaling.cpus_per_worker,
                                   **({"GPU": 1} if spec.scaling.use_gpu else {})}),
         run_config=ray.train.RunConfig(
@@ -360,7 +522,7 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
                  "classes": plan.info.classes},
         "ray": {"mode": ray_mode, "num_workers": spec.scaling.num_workers, "use_gpu": spec.scaling.use_gpu},
         "timings": {"total_s": round(time.perf_counter() - t0, 3), "ray_start_s": round(t_ray - t0, 3),
-                    "fit_s": round(t_fit - t_ray, 3)},
+                    "fit_s": round(t_fit - t_ray, 3), "first_step_s": progress.get("first_step_s")},
         "spec": spec.model_dump(mode="json"),
     }
     summary = redact(summary)  # no token from the environment in the run folder
@@ -390,10 +552,9 @@ def latest_checkpoint(fs: pafs.FileSystem, run_dir: str) -> str | None:
     best, best_epoch = None, -1
     for entry in fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True)):
         if entry.type == pafs.FileType.Directory and Path(entry.path).name.startswith("checkpoint_"):
-            try:
-                epoch = _read_json(fs, f"{entry.path}/{checkpoint.PROGRESS}")["epoch"]
-            except (OSError, ValueError, KeyError):
-                continue  # a checkpoint whose write was cut off
+            if not checkpoint.is_complete(fs, entry.path):
+                continue  # a checkpoint whose write or upload was cut off
+            epoch = _read_json(fs, f"{entry.path}/{checkpoint.PROGRESS}")["epoch"]
             if epoch > best_epoch:
                 best, best_epoch = entry.path, epoch
     return best

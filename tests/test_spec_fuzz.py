@@ -229,8 +229,13 @@ def base_for(path: str, context: tuple) -> dict:
     if names.get("model") == "hf" or names.get("method") in ("lora", "attention"):
         raw["model"] = {"name": "hf", "path": "org/model"}
         raw["data"] = {"path": "d.jsonl", "text": "text"}
+    if names.get("model") == "multimodal":  # its tabular encoder reads the base's features
+        raw["model"] = {"name": "multimodal", "modalities": ["tabular"]}
     if names.get("method") == "distill":
         raw["method"]["teacher"] = "teacher_run"
+    if names.get("method") == "rl":  # learns from an environment: no data, hyperparameters in method
+        raw["method"]["env"] = "CartPole-v1"
+        del raw["data"], raw["train"]
     return raw
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ftray.checkpoint import MODEL_DIR
-from ftray.models import build_model, load_exported
+from ftray.models import build_model, check_model_source, load_exported
 from ftray.models.base import FtModel
 
 
@@ -41,12 +41,35 @@ class Method:
             return load_exported(str(checkpoint_dir / MODEL_DIR))
         return build_model(self.spec, info)
 
+    def check_source(self, info) -> None:
+        """Driver-side check that the starting weights load (default: the model builder's check)."""
+        check_model_source(self.spec, info)
+
+    def datasets(self, plan, datasets: dict, rows: dict) -> tuple[dict, dict]:
+        """Driver-side, once Ray runs: the Ray Datasets the workers read (by name) and their row
+        counts (`rows["train"]` sizes an epoch). Default: the data's `train` and `val` as they are."""
+        return datasets, rows
+
     def attach(self, device) -> None:
         """Called once in the worker after the model is placed: load what the loss needs."""
 
-    def extra_summary(self, evaluate) -> dict:
-        """Extra `summary.json` entries, computed once per run with `evaluate(model) -> metrics`."""
+    def extra_summary(self, loop) -> dict:
+        """Extra `summary.json` entries, computed once per run before training; `loop` is the
+        worker's `ftray.train.Loop` (`loop.evaluate(model) -> metrics`)."""
         return {}
+
+    def run_epoch(self, loop, epoch: int) -> tuple[float, int] | None:
+        """A method's own training epoch (meta-learning): train through `loop.step()` and return
+        (loss sum, examples) of this worker. None (default) runs the shared supervised epoch."""
+        return None
+
+    def validate(self, loop, model) -> dict:
+        """This epoch's validation metrics (default: loss and task metric on the validation data)."""
+        return loop.evaluate(model)
+
+    def epoch_summary(self, extra: dict, metrics: dict) -> dict:
+        """The extra summary entries after an epoch that reported `metrics` (default: unchanged)."""
+        return extra
 
     def prepare(self, model: FtModel) -> None:
         """Set `requires_grad` on the model's parameters (default: everything trains)."""

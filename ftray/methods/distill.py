@@ -64,6 +64,6 @@ class Distill(Method):
             soft = kd_loss(out, teacher, m.temperature)
         return m.alpha * task_loss(task, out, batch) + (1 - m.alpha) * soft, out
 
-    def extra_summary(self, evaluate):
+    def extra_summary(self, loop):
         params = sum(p.numel() for p in self.teacher.parameters())
-        return {"teacher": {"metrics": evaluate(self.teacher), "params": {"total": params, "trainable": 0}}}
+        return {"teacher": {"metrics": loop.evaluate(self.teacher), "params": {"total": params, "trainable": 0}}}

@@ -16,9 +16,11 @@ from ftray.models.base import EXPORT_CONFIG, FtModel, ModelInfo
 from ftray.models.ensemble import Ensemble
 from ftray.models.hf import HFClassifier
 from ftray.models.mlp import MLP
+from ftray.models.multimodal import Multimodal
 from ftray.spec import JobSpec, SpecError
 
-MODELS: dict[str, type[FtModel]] = {"mlp": MLP, "hf": HFClassifier, "ensemble": Ensemble}
+MODELS: dict[str, type[FtModel]] = {"mlp": MLP, "hf": HFClassifier, "multimodal": Multimodal,
+                                    "ensemble": Ensemble}
 
 
 def build_model(spec: JobSpec, info: ModelInfo) -> FtModel:

@@ -16,6 +16,7 @@ class ModelInfo:
     task: str
     in_features: int = 0
     classes: list = field(default_factory=list)  # label values in head order (classification)
+    image_shape: list = field(default_factory=list)  # (channels, height, width) of a multimodal image
 
     @property
     def num_outputs(self) -> int:
@@ -49,6 +50,10 @@ class FtModel(nn.Module):
     def head(self) -> nn.Module:
         """The task head: the part that maps backbone features to outputs."""
         raise NotImplementedError
+
+    def frozen_parts(self) -> list[nn.Module]:
+        """Parts the model spec itself keeps frozen under every method (multimodal `freeze`)."""
+        return []
 
     def new_head(self) -> None:
         """Replace the head by a freshly initialised one of the same shape."""

@@ -24,20 +24,24 @@ def resolve_source(spec) -> str:
     if spec.model.init_from:
         from ftray.models import exported_model_dir
         return str(exported_model_dir(spec.model.init_from, "model.init_from"))
-    path = spec.model.path
+    return resolve_path(spec.model.path, "model.path")
+
+
+def resolve_path(path: str, key: str) -> str:
+    """A `package:NAME/SUBDIR` folder, a local folder, or a hub id; SpecError naming `key`."""
     if path.startswith("package:"):
         pkg, _, sub = path.removeprefix("package:").partition("/")
         found = importlib.util.find_spec(pkg) if pkg else None
         if found is None or not found.submodule_search_locations:
-            raise SpecError(f"model.path: {path!r}: no installed Python package {pkg!r}")
+            raise SpecError(f"{key}: {path!r}: no installed Python package {pkg!r}")
         folder = Path(list(found.submodule_search_locations)[0]) / sub
         if not folder.is_dir():
-            raise SpecError(f"model.path: {path!r}: package {pkg!r} has no folder {sub!r}")
+            raise SpecError(f"{key}: {path!r}: package {pkg!r} has no folder {sub!r}")
         return str(folder)
     local = Path(path).expanduser()
     if local.exists() or path.startswith((".", "/", "~")):
         if not local.is_dir():
-            raise SpecError(f"model.path: {path!r}: no such model folder")
+            raise SpecError(f"{key}: {path!r}: no such model folder")
         return str(local.resolve())
     return path  # a hub id
 

@@ -11,6 +11,11 @@
   for instruction tuning of a small decoder.
 - topics.jsonl: short sentences about four topics, `text` and a string `label`, built from
   templates with many word choices so that the classifier has to read the content words.
+- digit_questions*.parquet: an 8x8 digit `image` (nested lists) with a yes/no `question` about it
+  (even/odd, small/big) and the `answer`. Every image comes once with a question answered yes and
+  once with one answered no, and each question is yes for half the digits: the image alone or the
+  question alone says nothing about the answer, both together say everything. Train and
+  validation rows use disjoint images.
 """
 
 import json
@@ -103,9 +108,67 @@ def instructions(rows: int = 800) -> None:
             f.write(json.dumps({"prompt": pair[0], "response": pair[1]}) + "\n")
 
 
+# Phrasings of the four properties a question asks about (a digit is even or odd, small (0-4) or big).
+QUESTIONS = {
+    "even": ["is it even?", "is this digit even?", "an even number?", "is the number divisible by two?"],
+    "odd": ["is it odd?", "is this digit odd?", "an odd number?", "does the number leave a remainder?"],
+    "small": ["is it below five?", "is this digit small?", "is the number at most four?",
+              "a digit less than five?"],
+    "big": ["is it five or more?", "is this digit big?", "is the number at least five?",
+            "a digit greater than four?"],
+}
+
+
+def digit_questions(val_share: float = 0.2, seed: int = 4) -> None:
+    """Multimodal yes/no questions about digit images (see the module docstring)."""
+    d = load_digits()
+    images = (d.images / 16.0).astype(np.float32)
+    rng = random.Random(seed)
+    order = list(range(len(images)))
+    rng.shuffle(order)
+    n_val = round(len(order) * val_share)
+    for name, keep in (("digit_questions", order[n_val:]), ("digit_questions_val", order[:n_val])):
+        rows = {"image": [], "question": [], "answer": []}
+        for i in keep:
+            digit = int(d.target[i])
+            truths = {"even": digit % 2 == 0, "odd": digit % 2 == 1, "small": digit < 5, "big": digit >= 5}
+            pair = rng.choice([("even", "odd"), ("small", "big")])
+            for prop in pair:  # one of the two is true: one yes and one no per image
+                rows["image"].append(images[i].tolist())
+                rows["question"].append(rng.choice(QUESTIONS[prop]))
+                rows["answer"].append("yes" if truths[prop] else "no")
+        pq.write_table(pa.table({"image": pa.array(rows["image"], type=pa.list_(pa.list_(pa.float32()))),
+                                 "question": rows["question"], "answer": rows["answer"]}),
+                       OUT / f"{name}.parquet")
+
+
+def digits_old_task() -> None:
+    """Incremental learning: the rows jobs/pretrain_digits.yaml trained on (replayed later) and the
+    rows it held out (the old task's validation set), split exactly as that run splits them."""
+    from ftray.data import split_table
+    train, val = split_table(pq.read_table(OUT / "digits_0_4.parquet"), 0.2, 0)  # its val_fraction, seed
+    pq.write_table(train, OUT / "digits_0_4_replay.parquet")
+    pq.write_table(val, OUT / "digits_0_4_val.parquet")
+
+
+def sine_tasks(tasks: int = 1000, rows: int = 30, seed: int = 0) -> None:
+    """Meta-learning: y = A sin(x - phase) with A in [0.1, 5], phase in [0, pi], x in [-5, 5];
+    one `task` per (A, phase), `rows` points each."""
+    rng = np.random.default_rng(seed)
+    amp, phase = rng.uniform(0.1, 5.0, tasks), rng.uniform(0.0, np.pi, tasks)
+    x = rng.uniform(-5.0, 5.0, (tasks, rows))
+    y = amp[:, None] * np.sin(x - phase[:, None])
+    pq.write_table(pa.table({"task": pa.array(np.repeat(np.arange(tasks), rows).astype(np.int64)),
+                             "x": pa.array(x.reshape(-1).astype(np.float32)),
+                             "y": pa.array(y.reshape(-1).astype(np.float32))}), OUT / "sine_tasks.parquet")
+
+
 if __name__ == "__main__":
     digits()
     topics()
     topics("topics_noisy", rows=640, seed=2, noise=0.4)  # distillation: the student's noisy labels
     topics("topics_val", rows=200, seed=3)  # distillation: clean held-out sentences
     instructions()
+    digit_questions()
+    digits_old_task()
+    sine_tasks()

