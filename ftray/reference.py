@@ -54,12 +54,12 @@ def _section(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
             names = [v.model_fields["name"].default for v in variants if "name" in v.model_fields]
             kind = "one of: " + ", ".join(f"`{n}`" for n in names) if len(variants) > 1 else "section"
             lines.append(f"| `{prefix}{name}` | {kind} | {_default(field)} | {field.description} |")
-            nested += [(v, f"{prefix}{name}.") for v in variants]
+            nested += [(v, f"{prefix}{name}.", len(variants) > 1) for v in variants]
         else:
             lines.append(f"| `{prefix}{name}` | {_type(field.annotation)} | {_default(field)} | "
                          f"{field.description} |")
-    for variant, sub in nested:
-        title = variant.model_fields["name"].default if "name" in variant.model_fields else None
+    for variant, sub, is_choice in nested:  # a choice's sections are titled by its `name`
+        title = variant.model_fields["name"].default if is_choice else None
         lines += ["", f"### `{sub.rstrip('.')}`" + (f" (name: `{title}`)" if title else ""), "",
                   "| key | type | default | meaning |", "|---|---|---|---|"]
         _section(variant, sub, lines)

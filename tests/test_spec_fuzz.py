@@ -233,6 +233,12 @@ def base_for(path: str, context: tuple) -> dict:
         raw["model"] = {"name": "multimodal", "modalities": ["tabular"]}
     if names.get("method") == "distill":
         raw["method"]["teacher"] = "teacher_run"
+    if names.get("method") == "incremental":  # continues an earlier run, replaying its data
+        raw["model"]["init_from"] = "old_run"
+        raw["method"].update(replay_path="old.parquet", old_val_path="old_val.parquet")
+    if names.get("tune.scheduler") in ("pbt", "pb2"):  # population training: packed, mutable trials
+        raw["tune"] = {"space": {"train.lr": {"loguniform": [0.001, 0.1]}}, "trial": "packed",
+                       "num_samples": 2, "searcher": "random", "scheduler": {"name": names["tune.scheduler"]}}
     if names.get("method") == "rl":  # learns from an environment: no data, hyperparameters in method
         raw["method"]["env"] = "CartPole-v1"
         del raw["data"], raw["train"]
