@@ -10,7 +10,9 @@ It runs in a subprocess because `ray.init` can be called only once per process.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -64,6 +66,9 @@ finally:
 """
 
 
+# Slow: minutes on a small machine, and Ray's elastic restart sometimes asks again for the lost
+# node's worker and waits (see the README's reliability section).
+@pytest.mark.slow
 def test_node_lost_during_an_elastic_run(tmp_path):
     pq.write_table(blobs(2400), tmp_path / "blobs.parquet")
     spec = write_spec(tmp_path / "spec.yaml", mlp_spec(
@@ -72,13 +77,19 @@ def test_node_lost_during_an_elastic_run(tmp_path):
         scaling={"num_workers": [1, 2], "cpus_per_worker": 2}))
     out = tmp_path / "result.json"
     ray_tmp = tempfile.mkdtemp(prefix="fte", dir="/tmp")  # this cluster's own address file
+    log = tmp_path / "cluster.log"
+    # Its own session: on a timeout the script and every raylet it started end together.
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(spec), str(out), str(free_port()), str(free_port())],
+                            cwd=REPO, env=client_env(RAY_TMPDIR=ray_tmp, OMP_NUM_THREADS="1"),
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        r = subprocess.run([sys.executable, "-c", SCRIPT, str(spec), str(out), str(free_port()), str(free_port())],
-                           cwd=REPO, env=client_env(RAY_TMPDIR=ray_tmp, OMP_NUM_THREADS="1"),
-                           capture_output=True, text=True, timeout=420)
+        code = proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        code = proc.wait()
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert r.returncode == 0 and out.exists(), r.stdout[-3000:] + r.stderr[-5000:]
+    assert code == 0 and out.exists(), log.read_text()[-6000:]
     result = json.loads(out.read_text())
     summary = json.loads((Path(result["run_dir"]) / "summary.json").read_text())
     assert result["status"] == 0, summary["error"]
