@@ -74,28 +74,30 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from ftray import train
     spec = load_spec(args.spec, args.overrides)
     plan = _runner(spec).prepare(spec, args.address)
     status, run_dir = _runner(spec).run(spec, args.address, plan)
-    train.stop_ray()
-    if status:
-        print("ftray: run failed; finished checkpoints are kept, re-run to resume", file=sys.stderr)
-    print(run_dir, flush=True)
-    return status
+    return _finish(status, run_dir, "run failed; finished checkpoints are kept, re-run to resume")
 
 
 def cmd_sweep(args) -> int:
     from ftray.spec import load_spec_and_raw
     spec, raw = load_spec_and_raw(args.spec, args.overrides)
-    if spec.method.name != "rl":
-        from ftray.sweep import cmd_sweep as sweep
-        return sweep(args)
-    from ftray import rl, train
-    status, folder = rl.run_sweep(raw, spec, args.spec, args.address)
+    if spec.method.name == "rl":
+        from ftray.rl import run_sweep
+    else:
+        from ftray.sweep import run_sweep
+    status, folder = run_sweep(raw, spec, args.spec, args.address)
+    return _finish(status, folder, "every trial failed; see trials.csv and the trial folders")
+
+
+def _finish(status: int, folder: str, failure: str) -> int:
+    """Stop the Ray this process started (so its forwarded logs end first), then print the folder
+    as the last stdout line."""
+    from ftray import train
     train.stop_ray()
     if status:
-        print("ftray: every trial failed; see trials.csv and the trial folders", file=sys.stderr)
+        print(f"ftray: {failure}", file=sys.stderr)
     print(folder, flush=True)
     return status
 

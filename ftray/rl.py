@@ -619,7 +619,7 @@ def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None)
         raise SpecError(f"{source}: tune: a sweep needs a tune section (space, metric, mode, ...)")
     t0 = time.perf_counter()
     sweep.check_space(raw, spec, source)
-    plan = prepare(spec, address)
+    prepare(spec, address)  # every check a run makes, before Ray starts
     sweep_dir = str(Path(spec.run.storage_path) / spec.run.name)
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     t = spec.tune
@@ -645,10 +645,8 @@ def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None)
     if s.name == "asha":
         scheduler = ASHAScheduler(max_t=spec.method.stop.iterations or 10 ** 6, grace_period=s.grace_period,
                                   reduction_factor=s.reduction_factor)
-    elif s.name == "fifo":
+    else:  # fifo: the spec allows no other scheduler for rl
         scheduler = FIFOScheduler()
-    else:
-        raise SpecError(f"{source}: tune.scheduler.name: {s.name} is not supported for method rl (fifo, asha)")
     tune_dir = f"{sweep_dir}/{sweep.TUNE_DIR}"
     trainable = tune.with_resources(trial, {"CPU": 1})
     if tune.Tuner.can_restore(tune_dir):

@@ -285,7 +285,8 @@ class RLMethod(Strict):
     epochs: int = describe("SGD passes over each train batch.", 10, ge=1, le=1000)
     stop: RLStop = describe("When training stops (whichever comes first).", default_factory=RLStop)
     evaluation_episodes: int = describe(
-        "Greedy episodes that score the policy at the start and at the end.", 10, ge=1, le=100000)
+        "Greedy episodes that score the policy: at the start, after every iteration (for "
+        "`stop.target_return`) and at the end.", 10, ge=1, le=100000)
     demos: str | None = describe(
         "Pretrain by behaviour cloning on these demonstrations (Parquet in RLlib's columns: obs, new_obs, "
         "actions, rewards, terminateds), e.g. written by `ftray rl collect`.", None)
@@ -472,28 +473,28 @@ PBT_MUTABLE = ("train.lr", "train.l1", "train.grad_clip", "train.optimizer.weigh
                "train.optimizer.momentum")
 
 
-class PBTScheduler(Strict):
-    name: Literal["pbt"] = describe(
-        "Population Based Training: every `perturbation_interval` epochs the worse trials continue from "
-        "a better trial's checkpoint with mutated hyperparameters (needs `tune.trial: packed`).", "pbt")
+class _Population(Strict):
+    """What PBT and PB2 share: when and from whom a trial copies a better trial's checkpoint."""
     perturbation_interval: int = describe("Epochs between exploit/explore steps.", 1, ge=1)
     quantile_fraction: float = describe("Share of trials that copy (bottom) and are copied (top).", 0.25,
                                         gt=0.0, le=0.5)
-    resample_probability: float = describe(
-        "Chance that a mutated value is drawn afresh from `space` instead of scaled by 0.8 or 1.2.", 0.25,
-        ge=0.0, le=1.0)
     synch: bool = describe("Wait for every trial at each perturbation point (exploits even when trials run "
                            "one after another on a small machine).", False)
 
 
-class PB2Scheduler(Strict):
+class PBTScheduler(_Population):
+    name: Literal["pbt"] = describe(
+        "Population Based Training: every `perturbation_interval` epochs the worse trials continue from "
+        "a better trial's checkpoint with mutated hyperparameters (needs `tune.trial: packed`).", "pbt")
+    resample_probability: float = describe(
+        "Chance that a mutated value is drawn afresh from `space` instead of scaled by 0.8 or 1.2.", 0.25,
+        ge=0.0, le=1.0)
+
+
+class PB2Scheduler(_Population):
     name: Literal["pb2"] = describe(
         "PB2: PBT whose new hyperparameters come from a Gaussian-process bandit over the `space` bounds "
         "(uniform/loguniform dimensions; needs `tune.trial: packed`).", "pb2")
-    perturbation_interval: int = describe("Epochs between exploit/explore steps.", 1, ge=1)
-    quantile_fraction: float = describe("Share of trials that copy (bottom) and are copied (top).", 0.25,
-                                        gt=0.0, le=0.5)
-    synch: bool = describe("Wait for every trial at each perturbation point.", False)
 
 
 SchedulerSpec = Annotated[Union[FifoScheduler, AshaScheduler, MedianScheduler, HyperbandScheduler,
@@ -603,8 +604,6 @@ class JobSpec(Strict):
                 key, column = columns[modality]
                 if not column:
                     raise ValueError(f"{key}: the multimodal model's {modality} encoder needs its column")
-            if d.task == "causal_lm":
-                raise ValueError("data.task: causal_lm needs model.name: hf")
         elif d.image:
             raise ValueError("data.image: image columns are for model.name: multimodal")
         if (d.prompt is None) != (d.response is None):
@@ -625,7 +624,7 @@ class JobSpec(Strict):
                 raise ValueError("method.name: meta needs model.name: mlp and a classification or regression task")
             if self.train.grad_accum_steps != 1:
                 raise ValueError("train.grad_accum_steps: meta takes one step per meta-batch (set 1)")
-        if self.data.task == "causal_lm" and isinstance(self.model, MLPModel):
+        if self.data.task == "causal_lm" and not isinstance(self.model, HFModel):
             raise ValueError("data.task: causal_lm needs model.name: hf")
         if self.data.task != "causal_lm" and not self.data.label:
             raise ValueError(f"data.label: a {self.data.task} task needs a label column")
@@ -704,12 +703,18 @@ class JobSpec(Strict):
                                  "(tune.metric: episode_return_mean, tune.mode: max)")
             if self.tune.ensemble:
                 raise ValueError("tune.ensemble: ensembles are for classification and regression tasks")
+            if self.tune.scheduler.name not in ("fifo", "asha"):
+                raise ValueError(f"tune.scheduler.name: {self.tune.scheduler.name} is not supported for "
+                                 "method rl (fifo, asha)")
+            if self.tune.trial != "train" or self.tune.group_by:
+                raise ValueError("tune.trial: an rl sweep runs one RLlib algorithm per trial (no packed "
+                                 "trials, no group_by)")
         return self
 
     @property
     def micro_batch_size(self) -> int:
         """Examples in one worker's forward pass."""
-        return self.train.batch_size // (self.scaling.num_workers * self.train.grad_accum_steps)
+        return self.micro_batch_for(self.scaling.num_workers)
 
 
 TASK_METRICS = {"classification": "val_accuracy", "regression": "val_mse", "causal_lm": "val_perplexity"}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -138,7 +137,8 @@ def packed_trial(raw: dict, sweep_dir: str, source: str):
         plan = data.inspect(tspec)
         ray.data.DataContext.get_current().enable_progress_bars = False
         datasets, rows = data.ray_datasets(tspec, plan)
-        # Materialized once: epochs (and PBT restarts of this process) do not re-run Ray Data.
+        # Materialized once per trial start: its epochs do not re-run Ray Data (a PBT exploit restarts the
+        # trial function, and with it this read).
         train_ds, val_ds = datasets["train"].materialize(), datasets["val"].materialize()
 
         def report(metrics: dict, folder: str | None) -> None:
@@ -463,13 +463,3 @@ def plot(results, table, keys: list[str], metric: str, sweep_dir: str) -> None:
     fig.savefig(f"{sweep_dir}/params.png", dpi=100)
     plt.close(fig)
 
-
-def cmd_sweep(args) -> int:
-    from ftray.spec import load_spec_and_raw
-    spec, raw = load_spec_and_raw(args.spec, args.overrides)
-    status, folder = run_sweep(raw, spec, args.spec, args.address)
-    train.stop_ray()
-    if status:
-        print("ftray: every trial failed; see trials.csv and the trial folders", file=sys.stderr)
-    print(folder, flush=True)
-    return status
