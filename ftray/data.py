@@ -121,8 +121,7 @@ def feature_matrix(table: pa.Table, features: list[str], where: str) -> np.ndarr
         if col.null_count:
             raise SpecError(f"{where}: row {_first_bad_row(col.is_null().to_numpy(zero_copy_only=False))}: "
                             f"feature {name!r} is empty")
-        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or \
-                pa.types.is_fixed_size_list(col.type):
+        if _is_list(col.type):
             lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
             if len(set(lengths.tolist())) > 1:
                 bad = _first_bad_row(lengths != lengths[0])

@@ -4,8 +4,8 @@
 `prepare_model`). `fsdp` shards parameters, gradients and optimizer state with PyTorch's FSDP2
 (`fully_shard` on every backbone block, then on the whole model), for models whose weights and
 optimizer state do not fit one device. Both keep the one checkpoint format: under FSDP every rank
-takes part in gathering full (CPU) state dicts, and rank 0 writes them, so a checkpoint made with
-N sharded workers resumes on any number of workers, with either strategy.
+takes part in gathering full (CPU) state dicts, and rank 0 writes them: a checkpoint holds whole
+weights and optimizer state, never shards.
 """
 
 from __future__ import annotations

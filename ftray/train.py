@@ -172,7 +172,7 @@ def fit(config: dict, worker: Worker) -> None:
     optimizer = make_optimizer(spec, method.param_groups(model))
     rows_per_worker = config["train_rows"] // world
     # An elastic run splits the same global batch over the workers it has now.
-    micro_batch = spec.micro_batch_for(world) if spec.scaling.elastic else spec.micro_batch_size
+    micro_batch = spec.micro_batch_for(world)
     micro_per_epoch = math.ceil(rows_per_worker / micro_batch)
     steps_per_epoch = math.ceil(micro_per_epoch / spec.train.grad_accum_steps)
     scheduler = make_scheduler(spec, optimizer, steps_per_epoch)
@@ -188,7 +188,7 @@ def fit(config: dict, worker: Worker) -> None:
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if spec.train.precision == "bf16"
                                else torch.float16) if spec.train.precision != "fp32" else nullcontext())
-    train_shard, val_shard = worker.train_data, worker.val_data
+    train_shard = worker.train_data
     accum = spec.train.grad_accum_steps
     faults = config.get("faults") or FaultHooks()
 
@@ -196,6 +196,8 @@ def fit(config: dict, worker: Worker) -> None:
         _optimizer_step(spec, model, optimizer, scheduler, scaler)
         progress["step"] += 1
         faults.after_step(progress, epoch, rank, world)
+        if "first_step_s" not in progress:  # time from `ftray run` to the first update
+            progress["first_step_s"] = _seconds_since(config.get("started_at"), device)
 
     loop = Loop(spec, model, optimizer, worker, autocast, step)
     if "extra" not in progress:
@@ -230,15 +232,9 @@ def fit(config: dict, worker: Worker) -> None:
             loss_sum, seen = loss_sum + loss.detach() * n, seen + n
             tokens += batch["input_ids"].numel() if "input_ids" in batch else 0
             if sync:
-                _optimizer_step(spec, model, optimizer, scheduler, scaler)
-                progress["step"] += 1
-                faults.after_step(progress, epoch, rank, world)
-                if "first_step_s" not in progress:  # time from `ftray run` to the first update
-                    progress["first_step_s"] = _seconds_since(config.get("started_at"), device)
+                step()
         if micro % accum:  # the epoch ended inside an accumulation window
-            _optimizer_step(spec, model, optimizer, scheduler, scaler)
-            progress["step"] += 1
-            faults.after_step(progress, epoch, rank, world)
+            step()
         if own:
             loss_sum, seen = own
         loss_total, seen_total, tokens_total = all_sum([float(loss_sum), seen, tokens], device)
@@ -269,8 +265,7 @@ def fit(config: dict, worker: Worker) -> None:
 
         # Report: every rank reports (a barrier); rank 0 brings the checkpoint.
         # Under FSDP every rank takes part in gathering the full state; rank 0 writes it.
-        whole, optimizer_state = parallel.full_states(ddp_model if parallel.is_sharded(ddp_model) else model,
-                                                      optimizer, lambda: method.build(info, None))
+        whole, optimizer_state = parallel.full_states(model, optimizer, lambda: method.build(info, None))
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 checkpoint.save(Path(tmp), whole, optimizer_state, scheduler, scaler, progress,

@@ -125,7 +125,7 @@ class Meta(Method):
                 meta_grad = {n: g[n].mean(0) for n in start}
             self._set_mean_grad(model, meta_grad, loop.worker.world)
             loop.step()
-            loss_sum, seen = loss_sum + float(query.sum()), seen + len(tasks)
+            loss_sum, seen = loss_sum + query.sum().detach(), seen + len(tasks)  # no per-step host sync
         return loss_sum, seen
 
     @staticmethod
