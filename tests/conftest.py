@@ -113,3 +113,29 @@ def texts(n: int, seed: int = 0) -> list[dict]:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if anything tries to start or join Ray (bad input must stop before it)."""
+    from ftray import train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray must not start on bad input")
+    monkeypatch.setattr(train, "start_ray", refuse)
+
+
+def cli_summary(capsys, *argv: str) -> dict:
+    """Run `ftray ARGV`, which must succeed, and read the summary.json of the folder that its last
+    stdout line names."""
+    from ftray import cli
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert code == 0, f"exit {code}: {err[-3000:]}"
+    return json.loads((Path(out.strip().splitlines()[-1]) / "summary.json").read_text())
+
+
+def job_summary(capsys, command: str, job: str, storage: Path, *overrides: str) -> dict:
+    """`ftray COMMAND jobs/JOB` with its runs under `storage` (see `cli_summary`)."""
+    return cli_summary(capsys, command, str(REPO / "jobs" / job), "--set", f"run.storage_path={storage}",
+                       *overrides)

@@ -91,3 +91,26 @@ def shared_head(request) -> LocalHead:
                 _HEAD = None
         request.addfinalizer(stop)
     return _HEAD
+
+
+def cluster_script(body: str) -> str:
+    """A Python script (run as `python -c SCRIPT SPEC OUT DASHBOARD_PORT GCS_PORT`) that starts a
+    local cluster of a 1-CPU head and two 2-CPU worker nodes (`nodes`) with `ray.cluster_utils`,
+    runs `body` (which sees `cluster`, `nodes`, `spec_path`, `out`), and always shuts it down."""
+    import textwrap
+    return (
+        "import json, sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from ray.cluster_utils import Cluster\n"
+        "spec_path, out = sys.argv[1], sys.argv[2]\n"
+        "cluster = Cluster(initialize_head=True, head_node_args={\n"
+        "    'num_cpus': 1, 'include_dashboard': True, 'dashboard_host': '127.0.0.1',\n"
+        "    'dashboard_port': int(sys.argv[3]), 'gcs_server_port': int(sys.argv[4])})\n"
+        "nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]\n"
+        "cluster.wait_for_nodes()\n"
+        "try:\n"
+        + textwrap.indent(textwrap.dedent(body).strip("\n"), "    ") + "\n"
+        "finally:\n"
+        "    import ray\n"
+        "    ray.shutdown()\n"
+        "    cluster.shutdown()\n")

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ftray import cli, train
+from ftray import cli
 from ftray.models.base import ModelInfo
 from ftray.models.mlp import MLP, WEIGHTS
 from ftray.spec import MLPModel, SpecError, load_spec
@@ -401,12 +401,6 @@ CASES: dict[str, Case] = {
 
 
 # ---------------------------------------------------------------------------------- the tests
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Fail the test if anything tries to start or join Ray."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("Ray must not start on bad input")
-    monkeypatch.setattr(train, "start_ray", refuse)
 
 
 def locates(message: str, argv: list[str]) -> bool:

@@ -24,46 +24,31 @@ import pytest
 from ftray import cli
 from ftray.spec import JobSpec
 from tests.conftest import REPO, blobs, mlp_spec, write_spec
-from tests.ray_head import client_env, free_port
+from tests.ray_head import client_env, cluster_script, free_port
 
 EPOCHS, STEPS_PER_EPOCH = 6, 60  # 1920 training rows, global batch 32
 
-SCRIPT = r"""
-import json, sys, threading, time
-from pathlib import Path
-from ray.cluster_utils import Cluster
-
-spec_path, out = sys.argv[1], sys.argv[2]
-cluster = Cluster(initialize_head=True, head_node_args={
-    "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-    "dashboard_port": int(sys.argv[3]), "gcs_server_port": int(sys.argv[4])})
-nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
-cluster.wait_for_nodes()
+SCRIPT = cluster_script(r"""
 removed = {}
-try:
-    import pyarrow.fs as pafs
-    from ftray import checkpoint, train
-    from ftray.spec import load_spec
+import pyarrow.fs as pafs
+from ftray import checkpoint, train
+from ftray.spec import load_spec
 
-    spec = load_spec(spec_path)
-    run_dir = Path(train.storage(spec)[1])
+spec = load_spec(spec_path)
+run_dir = Path(train.storage(spec)[1])
 
-    def remove_a_node_after_the_first_checkpoint():
-        while not any(checkpoint.is_complete(pafs.LocalFileSystem(), str(c)) for c in run_dir.glob("checkpoint_*")):
-            time.sleep(0.1)
-        removed["epochs_done"] = max(checkpoint.load_progress(c)["epoch"] for c in run_dir.glob("checkpoint_*")
-                                     if checkpoint.is_complete(pafs.LocalFileSystem(), str(c)))
-        cluster.remove_node(nodes[1])
+def remove_a_node_after_the_first_checkpoint():
+    while not any(checkpoint.is_complete(pafs.LocalFileSystem(), str(c)) for c in run_dir.glob("checkpoint_*")):
+        time.sleep(0.1)
+    removed["epochs_done"] = max(checkpoint.load_progress(c)["epoch"] for c in run_dir.glob("checkpoint_*")
+                                 if checkpoint.is_complete(pafs.LocalFileSystem(), str(c)))
+    cluster.remove_node(nodes[1])
 
-    threading.Thread(target=remove_a_node_after_the_first_checkpoint, daemon=True).start()
-    plan = train.prepare(spec, cluster.address)
-    status, run_dir = train.run(spec, cluster.address, plan)
-    json.dump({"status": status, "run_dir": run_dir, "removed": removed}, open(out, "w"))
-finally:
-    import ray
-    ray.shutdown()
-    cluster.shutdown()
-"""
+threading.Thread(target=remove_a_node_after_the_first_checkpoint, daemon=True).start()
+plan = train.prepare(spec, cluster.address)
+status, run_dir = train.run(spec, cluster.address, plan)
+json.dump({"status": status, "run_dir": run_dir, "removed": removed}, open(out, "w"))
+""")
 
 
 # Slow: minutes on a small machine, and Ray's elastic restart sometimes asks again for the lost
@@ -120,7 +105,7 @@ def test_elastic_ranges_are_checked_before_ray(tmp_path, blobs_parquet, capsys, 
     assert err.startswith(f"ftray: error: {spec}: ") and expected in err, err
 
 
-def test_an_elastic_range_reaches_ray_train_as_min_max():
+def test_an_elastic_range_is_a_min_and_a_max_worker_count():
     spec = JobSpec.model_validate(mlp_spec("d.parquet", "runs", scaling={"num_workers": [2, 4]},
                                            train={"batch_size": 24}, run={"max_failures": 1}))
     assert (spec.scaling.min_workers, spec.scaling.num_workers, spec.scaling.elastic) == (2, 4, True)

@@ -20,41 +20,27 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from tests.conftest import REPO, blobs, mlp_spec, write_spec
-from tests.ray_head import client_env, free_port
+from tests.ray_head import client_env, cluster_script, free_port
 
-SCRIPT = r"""
-import json, sys
-from ray.cluster_utils import Cluster
+SCRIPT = cluster_script(r"""
+import ray
+from ray.util.state import list_actors
+from ftray import train
+from ftray.spec import load_spec
+from ftray.storage_check import alive_node_ips
 
-spec_path, out = sys.argv[1], sys.argv[2]
-cluster = Cluster(initialize_head=True, head_node_args={
-    "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-    "dashboard_port": int(sys.argv[3]), "gcs_server_port": int(sys.argv[4])})
-workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
-cluster.wait_for_nodes()
-try:
-    import ray
-    from ray.util.state import list_actors
-    from ftray import train
-    from ftray.spec import load_spec
-    from ftray.storage_check import alive_node_ips
-
-    spec = load_spec(spec_path)
-    plan = train.prepare(spec, cluster.address)  # joins an existing cluster: the storage check runs
-    status, run_dir = train.run(spec, cluster.address, plan)
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True,
-                         raise_on_missing_output=False)
-    json.dump({"status": status, "run_dir": run_dir,
-               "head": cluster.head_node.node_id,
-               "worker_nodes": [w.node_id for w in workers],
-               "train_worker_nodes": [a.node_id for a in actors],
-               "alive_nodes": len([n for n in ray.nodes() if n["Alive"]]),
-               "node_ips": alive_node_ips(cluster.address)}, open(out, "w"))
-finally:
-    import ray
-    ray.shutdown()
-    cluster.shutdown()
-"""
+spec = load_spec(spec_path)
+plan = train.prepare(spec, cluster.address)  # joins an existing cluster: the storage check runs
+status, run_dir = train.run(spec, cluster.address, plan)
+actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True,
+                     raise_on_missing_output=False)
+json.dump({"status": status, "run_dir": run_dir,
+           "head": cluster.head_node.node_id,
+           "worker_nodes": [w.node_id for w in nodes],
+           "train_worker_nodes": [a.node_id for a in actors],
+           "alive_nodes": len([n for n in ray.nodes() if n["Alive"]]),
+           "node_ips": alive_node_ips(cluster.address)}, open(out, "w"))
+""")
 
 
 def test_two_workers_run_on_two_nodes(tmp_path):

@@ -14,7 +14,7 @@ import torch
 
 from ftray import cli, sweep, train
 from ftray.spec import SpecError, load_spec
-from tests.conftest import REPO, blobs, mlp_spec, write_spec
+from tests.conftest import REPO, blobs, job_summary, mlp_spec, write_spec
 
 PBT_SPACE = {"train.lr": {"loguniform": [0.001, 0.3]}, "train.optimizer.momentum": {"uniform": [0.0, 0.9]}}
 
@@ -45,8 +45,7 @@ def pbt_spec(tmp_path, data_path, name="pbt", scheduler=None, **tune):
     ({"scheduler": {"name": "pbt2"}}, "tune.scheduler: unknown name 'pbt2'"),
     ({"group_by": "label"}, "tune.group_by: 'label' is the label or a feature"),
 ])
-def test_bad_pbt_and_group_sections(tmp_path, blobs_parquet, monkeypatch, capsys, change, expected):
-    monkeypatch.setattr(train, "start_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray started")))
+def test_bad_pbt_and_group_sections(tmp_path, blobs_parquet, no_ray, capsys, change, expected):
     path = pbt_spec(tmp_path, blobs_parquet, **change)
     assert cli.main(["sweep", str(path)]) == 2
     err = capsys.readouterr().err
@@ -63,8 +62,7 @@ def test_packed_trials_train_in_one_process(tmp_path, blobs_parquet):
     ("task_id", None, "tune.group_by: data.path: "),  # no such column
     ("task", [0] * 120, "has 1 distinct value(s)"),
 ])
-def test_bad_group_by_column(tmp_path, monkeypatch, capsys, group_by, rows, expected):
-    monkeypatch.setattr(train, "start_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray started")))
+def test_bad_group_by_column(tmp_path, no_ray, capsys, group_by, rows, expected):
     table = blobs(120).append_column("task", pa.array(rows or [i % 2 for i in range(120)]))
     pq.write_table(table, tmp_path / "d.parquet")
     path = pbt_spec(tmp_path, tmp_path / "d.parquet", scheduler={"name": "fifo"}, group_by=group_by)
@@ -148,18 +146,11 @@ def test_group_by_sweeps_each_task(ray_session, tmp_path, capsys):
     assert summary["status"] == "succeeded" and [t["task"] for t in summary["tasks"]] == ["a b", "c"]
 
 
-def _sweep_job(job: str, tmp_path: Path, capsys, *overrides: str) -> dict:
-    code = cli.main(["sweep", str(REPO / "jobs" / job), "--set", f"run.storage_path={tmp_path}", *overrides])
-    out, err = capsys.readouterr()
-    assert code == 0, f"exit {code}: {err[-3000:]}"
-    return json.loads((Path(out.strip().splitlines()[-1]) / "summary.json").read_text())
-
-
 def test_pbt_job(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)  # job files name their data relative to the repository root
-    s = _sweep_job("pbt.yaml", tmp_path, capsys, "--set", "train.epochs=3", "--set", "tune.num_samples=2",
-                   "--set", "tune.scheduler.perturbation_interval=1", "--set", "tune.scheduler.quantile_fraction=0.5",
-                   "--set", "tune.scheduler.synch=true")
+    s = job_summary(capsys, "sweep", "pbt.yaml", tmp_path, "--set", "train.epochs=3", "--set", "tune.num_samples=2",
+                    "--set", "tune.scheduler.perturbation_interval=1", "--set", "tune.scheduler.quantile_fraction=0.5",
+                    "--set", "tune.scheduler.synch=true")
     assert s["status"] == "succeeded" and s["trials"] == 2 and s["pbt"]["exploits"] >= 1
     # 3 epochs of SGD on 10 digit classes: learning, well above chance (0.1), not converged (CI saw 0.42).
     assert s["best"]["metrics"]["val_accuracy"] > 0.25
@@ -167,8 +158,8 @@ def test_pbt_job(ray_session, tmp_path, capsys, monkeypatch):
 
 def test_ensemble_job(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    s = _sweep_job("ensemble.yaml", tmp_path, capsys, "--set", "train.epochs=1", "--set", "tune.num_samples=3",
-                   "--set", "tune.ensemble.top_k=3")
+    s = job_summary(capsys, "sweep", "ensemble.yaml", tmp_path, "--set", "train.epochs=1", "--set", "tune.num_samples=3",
+                    "--set", "tune.ensemble.top_k=3")
     ens = s["ensemble"]
     assert len(ens["members"]) == 3 and ens["best_single"]["val_accuracy"] == pytest.approx(
         s["best"]["metrics"]["val_accuracy"], abs=1e-6)

@@ -3,19 +3,18 @@ before Ray starts, and jobs/incremental.yaml forgets less than the same run with
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ftray import cli, train
+from ftray import cli
 from ftray.methods import get_method
 from ftray.models import ModelInfo, load_exported
 from ftray.models.mlp import MLP
 from ftray.spec import JobSpec, MLPModel
-from tests.conftest import REPO, blobs, mlp_spec, write_spec
+from tests.conftest import REPO, blobs, job_summary, mlp_spec, write_spec
 
 OLD = ModelInfo("classification", 8, [0, 1, 2])
 NEW = ModelInfo("classification", 8, [0, 1, 2, 3, 4])
@@ -78,11 +77,6 @@ def test_forgetting_is_how_much_the_old_metric_got_worse(world):
                                                 "forgetting": 0.1})
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("Ray must not start on bad input")
-    monkeypatch.setattr(train, "start_ray", refuse)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -110,20 +104,13 @@ def test_bad_input_exits_2_before_ray(world, capsys, no_ray, change, message):
         assert "Traceback" not in err
 
 
-def _run(tmp_path: Path, capsys, job: str, *overrides: str) -> dict:
-    code = cli.main(["run", str(REPO / "jobs" / job), "--set", f"run.storage_path={tmp_path}", *overrides])
-    out, err = capsys.readouterr()
-    assert code == 0, f"exit {code}: {err[-3000:]}"
-    return json.loads((Path(out.strip().splitlines()[-1]) / "summary.json").read_text())
-
-
 def test_incremental_job_forgets_less_than_plain_fine_tuning(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)  # the job names its data relative to the repository root
-    pre = _run(tmp_path, capsys, "pretrain_digits.yaml", "--set", "train.epochs=3")
+    pre = job_summary(capsys, "run", "pretrain_digits.yaml", tmp_path, "--set", "train.epochs=3")
     start = ("--set", f"model.init_from={tmp_path}/pretrain_digits", "--set", "train.epochs=2")
-    s = _run(tmp_path, capsys, "incremental.yaml", *start)
-    plain = _run(tmp_path, capsys, "incremental.yaml", *start, "--set", "method.replay_ratio=0",
-                 "--set", "method.ewc_lambda=0", "--set", "run.name=plain")
+    s = job_summary(capsys, "run", "incremental.yaml", tmp_path, *start)
+    plain = job_summary(capsys, "run", "incremental.yaml", tmp_path, *start, "--set", "method.replay_ratio=0",
+                        "--set", "method.ewc_lambda=0", "--set", "run.name=plain")
     c, p = s["continual"], plain["continual"]
     assert s["data"]["classes"] == list(range(10))
     assert c["old_before"] == pytest.approx(p["old_before"]) and c["old_before"] > 0.9

@@ -3,7 +3,6 @@ and jobs/meta.yaml (on two workers) meta-learns a start that beats the jointly t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ftray import cli, data, train
+from ftray import cli, data
 from ftray.methods import get_method
 from ftray.methods.meta import task_tables
 from ftray.models import ModelInfo
 from ftray.spec import JobSpec
-from tests.conftest import REPO, write_spec
+from tests.conftest import REPO, job_summary, write_spec
 
 INFO = ModelInfo("regression", 1)
 
@@ -61,11 +60,6 @@ def test_adaptation_fits_the_support_rows(tmp_path):
     assert all(torch.equal(start[n], p) for n, p in model.named_parameters())  # the start is untouched
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("Ray must not start on bad input")
-    monkeypatch.setattr(train, "start_ray", refuse)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -91,11 +85,7 @@ def test_meta_takes_one_step_per_meta_batch(tmp_path, capsys):
 
 def test_meta_job_on_two_workers_beats_the_joint_baseline(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    code = cli.main(["run", str(REPO / "jobs" / "meta.yaml"), "--set", f"run.storage_path={tmp_path}",
-                     "--set", "train.epochs=4", "--set", "scaling.num_workers=2"])
-    out, err = capsys.readouterr()
-    assert code == 0, err[-3000:]
-    s = json.loads((Path(out.strip().splitlines()[-1]) / "summary.json").read_text())
+    s = job_summary(capsys, "run", "meta.yaml", tmp_path, "--set", "train.epochs=4", "--set", "scaling.num_workers=2")
     f = s["fewshot"]
     assert (f["metric"], f["shots"], f["steps"]) == ("val_mse", 10, 5)
     assert f["meta"] == pytest.approx(s["metrics"]["val_mse"])

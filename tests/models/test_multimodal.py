@@ -3,7 +3,6 @@ and `jobs/multimodal.yaml` end to end (fused accuracy against each single-modali
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ftray import cli, data, train
+from ftray import cli, data
 from ftray.models import build_model, load_exported
 from ftray.spec import JobSpec, load_spec
-from tests.conftest import REPO, write_spec
+from tests.conftest import REPO, cli_summary, write_spec
 
 # ------------------------------------------------------------------------------------- helpers
 
@@ -104,10 +103,7 @@ def test_hf_text_encoder_reads_tokens(tmp_path, parquet_file, tiny_bert):
 
 # ------------------------------------------------------------------------------ through Ray Train
 def run_cli(spec_path: Path, capsys, *overrides: str) -> dict:
-    code = cli.main(["run", str(spec_path), *(a for o in overrides for a in ("--set", o))])
-    out, err = capsys.readouterr()
-    assert code == 0, f"exit {code}: {err[-3000:]}"
-    return json.loads((Path(out.strip().splitlines()[-1]) / "summary.json").read_text())
+    return cli_summary(capsys, "run", str(spec_path), *(a for o in overrides for a in ("--set", o)))
 
 
 def test_frozen_encoders_keep_their_weights(ray_session, tmp_path, parquet_file, tiny_bert, capsys):
@@ -211,11 +207,6 @@ CASES = {
 }
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("Ray must not start on bad input")
-    monkeypatch.setattr(train, "start_ray", refuse)
 
 
 @pytest.mark.parametrize("name", list(CASES))
