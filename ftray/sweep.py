@@ -71,7 +71,9 @@ def param_space(spec: JobSpec) -> dict:
 def searcher(spec: JobSpec):
     t = spec.tune  # metric and mode reach the searcher through TuneConfig
     if t.searcher in ("random", "grid"):
-        return None  # Tune's BasicVariantGenerator
+        # Seeded, so a sweep samples the same trials every time it runs.
+        from ray.tune.search import BasicVariantGenerator
+        return BasicVariantGenerator(random_state=spec.run.seed)
     try:
         if t.searcher == "optuna":
             from ray.tune.search.optuna import OptunaSearch
@@ -431,6 +433,7 @@ def build_ensemble(finished: list, spec: JobSpec, sweep_dir: str) -> dict:
     Ensemble(members, how, members[0].info, stacker).export(Path(sweep_dir) / "ensemble")
     return {"members": ids, "combine": how if task == "classification" else "average",
             "metric": {name: value}, "best_single": {name: score(outputs[0])},
+            "member_metrics": [{name: score(o)} for o in outputs],
             "model": f"{sweep_dir}/ensemble"}
 
 
