@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md, in batches that fit one device call each.
-#   bash benchmarks/gpu.sh SET RESULTS_FILE        SET: single | single-compile | multi
+#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: single | single-compile | multi | multi-more | multi4
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
 # the offline bundle made by ../shared/gpu/offline-wheels.sh .whl (installed first when .whl exists).
 set -euo pipefail
@@ -23,10 +23,15 @@ case $set_name in
     b ftray --size 1b --method full --compile
     b plain --size 1b --steps 40 --batch 8 --compile
     b ftray --size 1b --method lora ;;
-  multi)            # 1 and 2 GPUs (per-GPU throughput), DDP and FSDP2
+  multi)            # 1 and 2 GPUs (per-GPU throughput, 8 sequences per GPU), DDP
     b prepare --size 1b --steps 30 --batch 16
     b ftray --size 1b --method full --gpus 1 --batch-override 8
-    b ftray --size 1b --method full --gpus 2
+    b ftray --size 1b --method full --gpus 2 ;;
+  multi-more)       # after `multi`: plain DDP on 2 GPUs, FSDP2 on 2 GPUs
     b plain --size 1b --steps 40 --batch 16 --gpus 2
     b ftray --size 1b --method full --gpus 2 --strategy fsdp ;;
+  multi4)           # 1 and 4 GPUs
+    b prepare --size 1b --steps 30 --batch 32
+    b ftray --size 1b --method full --gpus 1 --batch-override 8
+    b ftray --size 1b --method full --gpus 4 ;;
 esac

@@ -130,6 +130,7 @@ def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu
             "tokens_per_s": last["tokens_per_s"], "tokens_per_s_per_gpu": last["tokens_per_s"] / gpus,
             "mfu": mfu(last["tokens_per_s"], cfg, seq, gpus, gpu_name()),
             "peak_memory_gib": last.get("peak_memory_gib"), "first_step_s": s["timings"]["first_step_s"],
+            "startup": {k: s["timings"].get(k) for k in ("ray_start_s", "worker_started_s", "model_ready_s")},
             "wall_s": round(time.time() - started, 1), "params": s["params"],
             "epochs": [round(h["tokens_per_s"]) for h in s["history"]]}
 

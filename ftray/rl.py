@@ -479,7 +479,10 @@ def fit(spec: JobSpec, plan: RLPlan, run_dir: Path, on_iteration: Callable[[dict
             if on_iteration:
                 on_iteration(metrics, ckpt)
         if latest_checkpoint(run_dir) is None:  # the start met the target: its policy is the result
-            save_checkpoint(algo, run_dir, progress, spec.run.keep_checkpoints)
+            ckpt = save_checkpoint(algo, run_dir, progress, spec.run.keep_checkpoints)
+            if on_iteration:  # a sweep's trial reports once: the start's evaluation return
+                on_iteration({"iteration": 0, "env_steps": 0, METRIC: progress["pretrained_return"],
+                              "eval_return": progress["pretrained_return"]}, ckpt)
         progress["final_return"] = evaluate(policy_from_algo(algo, spec, plan), spec)
         return progress
     finally:
@@ -659,4 +662,36 @@ def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None)
                                         max_concurrent_trials=t.max_concurrent, search_alg=sweep.searcher(spec),
                                         scheduler=scheduler))
     results = tuner.fit()
-    return sweep.write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0), sweep_dir
+
+    def close_trial(result) -> None:
+        """A trial the scheduler stopped (or that crashed) wrote no summary: write it from its last
+        checkpoint, so every trial folder reads the same."""
+        trial_id = (result.metrics or {}).get("trial_id")
+        run_dir = Path(sweep_dir) / "trials" / str(trial_id)
+        if not trial_id or (run_dir / "summary.json").is_file():
+            return
+        tspec = sweep.trial_spec(raw, result.config or {}, sweep_dir, trial_id, source)
+        ckpt = latest_checkpoint(run_dir)
+        progress = json.loads((ckpt / PROGRESS).read_text()) if ckpt else {}
+        summary = write_outputs(tspec, prepare(tspec, address, devices=False), run_dir, progress,
+                                str(result.error) if result.error else None)
+        if not result.error:  # ASHA also ends a trial that reached its last iteration, before it wrote this
+            history = progress.get("history") or [{}]
+            summary["metrics"] = {METRIC: history[-1].get(METRIC)}
+            if not ran_its_budget(result, spec):
+                summary.update(status="stopped", error="stopped early by the sweep's scheduler")
+        (run_dir / "summary.json").write_text(json.dumps(redact(summary), indent=2))
+
+    return sweep.write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0,
+                               ended_on_its_own=ran_its_budget, close_trial=close_trial), sweep_dir
+
+
+def ran_its_budget(result, spec: JobSpec) -> bool:
+    """An rl trial met one of its own stop conditions (its values of `method.stop`); one that did
+    not was stopped by the sweep's scheduler."""
+    m, values, s = result.metrics or {}, result.config or {}, spec.method.stop
+    iterations, env_steps, target = (values.get(f"method.stop.{k}", getattr(s, k))
+                                     for k in ("iterations", "env_steps", "target_return"))
+    return bool((iterations and m.get("iteration", 0) >= iterations)
+                or (env_steps and m.get("env_steps", 0) >= env_steps)
+                or (target is not None and m.get("eval_return") is not None and m["eval_return"] >= target))

@@ -20,6 +20,7 @@ import math
 import re
 import time
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -73,7 +74,8 @@ def searcher(spec: JobSpec):
     if t.searcher in ("random", "grid"):
         # Seeded, so a sweep samples the same trials every time it runs.
         from ray.tune.search import BasicVariantGenerator
-        return BasicVariantGenerator(random_state=spec.run.seed)
+        # Its own limit: TuneConfig.max_concurrent_trials does not reach a generator passed in.
+        return BasicVariantGenerator(random_state=spec.run.seed, max_concurrent=t.max_concurrent)
     try:
         if t.searcher == "optuna":
             from ray.tune.search.optuna import OptunaSearch
@@ -297,7 +299,19 @@ def checkpoint_path(result) -> str | None:
     return result.checkpoint.path if result.checkpoint else None
 
 
-def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, seconds: float) -> int:
+def ran_its_budget(result, spec: JobSpec) -> bool:
+    """A supervised trial trained every epoch of its own `train.epochs` (or stopped on its own
+    early-stopping rule); one that did not was stopped by the sweep's scheduler."""
+    m = result.metrics or {}
+    return m.get("training_iteration", 0) >= int((result.config or {}).get("train.epochs", spec.train.epochs)) \
+        or bool(m.get("early_stopped"))
+
+
+def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, seconds: float,
+                  ended_on_its_own: Callable = ran_its_budget, close_trial: Callable | None = None) -> int:
+    """Write the sweep folder. `ended_on_its_own(result, spec)` tells a trial the scheduler stopped
+    from one that ended by its own rule; `close_trial(result)` writes the summary of a trial that
+    did not write one (default: `close_trial_folder`, for supervised trials)."""
     t = spec.tune
     keys = list(t.space)
     rows = []
@@ -305,19 +319,22 @@ def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, seconds: fl
         m = result.metrics or {}
         rows.append({**{k: (result.config or {}).get(k) for k in keys},
                      t.metric: m.get(t.metric), "iterations": m.get("training_iteration", 0),
-                     "status": "error" if result.error else "done",
+                     "status": "error" if result.error else "done" if ended_on_its_own(result, spec) else "stopped",
                      "trial_id": m.get("trial_id"), "run": str(Path(sweep_dir) / "trials" / str(m.get("trial_id")))})
     for result in results:
-        close_trial_folder(result, sweep_dir, spec.train.epochs)
+        if close_trial:
+            close_trial(result)
+        else:
+            close_trial_folder(result, sweep_dir, spec.train.epochs)
     import pandas as pd
     table = pd.DataFrame(rows)
     table.to_csv(f"{sweep_dir}/trials.csv", index=False)
     ok = [r for r in results if not r.error and r.metrics and r.metrics.get(t.metric) is not None]
     summary = {"status": "succeeded" if ok else "failed", "metric": t.metric, "mode": t.mode,
                "trials": len(rows), "errors": len(results) - len(ok),
-               # Trials a scheduler (ASHA, median, HyperBand) ended before train.epochs, and the epochs
-               # all trials trained together: what early stopping saved.
-               "stopped_early": sum(1 for r in rows if r["status"] == "done" and r["iterations"] < spec.train.epochs),
+               # Trials a scheduler (ASHA, median, HyperBand) ended before their budget, and the
+               # iterations (epochs) all trials trained together: what early stopping saved.
+               "stopped_early": sum(1 for r in rows if r["status"] == "stopped"),
                "trial_epochs": int(sum(r["iterations"] or 0 for r in rows)),
                "timings": {"total_s": round(seconds, 3)},
                "best": None, "spec": spec.model_dump(mode="json")}
@@ -332,7 +349,8 @@ def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, seconds: fl
             f"# Best trial {trial_id} of sweep {spec.run.name} ({t.metric} = {best.metrics[t.metric]}).\n"
             f"#   ftray run {sweep_dir}/best.yaml\n" + yaml.safe_dump(best_raw, sort_keys=False))
         summary["best"] = {"config": values, "trial_id": trial_id,
-                           "metrics": {k: v for k, v in best.metrics.items() if k.startswith("val_")},
+                           "metrics": {k: v for k, v in best.metrics.items()
+                                       if k.startswith("val_") or k in (t.metric, "eval_return", "env_steps")},
                            "checkpoint": checkpoint_path(best),
                            "run": f"{sweep_dir}/trials/{trial_id}"}
         if t.ensemble:

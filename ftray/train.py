@@ -152,6 +152,8 @@ def fit(config: dict, worker: Worker) -> None:
     method = get_method(spec)
     resume = worker.resume
     progress = {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0, "history": [], "resumes": []}
+    # Where the time to the first step goes (seconds since `ftray run` started), for a fresh start.
+    startup = {"worker_started_s": _seconds_since(config.get("started_at"), device)}
     trainer_state = None
     if resume:
         with resume.as_directory() as d, parallel.build_place(spec, device):
@@ -170,6 +172,7 @@ def fit(config: dict, worker: Worker) -> None:
     ddp_model = worker.wrap(model, spec, device)
     method.attach(device)
     optimizer = make_optimizer(spec, method.param_groups(model))
+    startup["model_ready_s"] = _seconds_since(config.get("started_at"), device)
     rows_per_worker = config["train_rows"] // world
     # An elastic run splits the same global batch over the workers it has now.
     micro_batch = spec.micro_batch_for(world)
@@ -198,6 +201,7 @@ def fit(config: dict, worker: Worker) -> None:
         faults.after_step(progress, epoch, rank, world)
         if "first_step_s" not in progress:  # time from `ftray run` to the first update
             progress["first_step_s"] = _seconds_since(config.get("started_at"), device)
+            progress["startup"] = startup
 
     loop = Loop(spec, model, optimizer, worker, autocast, step)
     if "extra" not in progress:
@@ -517,7 +521,8 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
                  "classes": plan.info.classes},
         "ray": {"mode": ray_mode, "num_workers": spec.scaling.num_workers, "use_gpu": spec.scaling.use_gpu},
         "timings": {"total_s": round(time.perf_counter() - t0, 3), "ray_start_s": round(t_ray - t0, 3),
-                    "fit_s": round(t_fit - t_ray, 3), "first_step_s": progress.get("first_step_s")},
+                    "fit_s": round(t_fit - t_ray, 3), "first_step_s": progress.get("first_step_s"),
+                    **(progress.get("startup") or {})},
         "spec": spec.model_dump(mode="json"),
     }
     summary = redact(summary)  # no token from the environment in the run folder

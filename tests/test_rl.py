@@ -212,3 +212,27 @@ def test_job_rl_finetune_then_rl_transfer(ray_session, tmp_path, capsys, monkeyp
     t = json.loads((Path(out.strip().splitlines()[-1]) / "summary.json").read_text())
     assert t["rl"]["start"] == "checkpoint" and t["status"] == "succeeded"
     assert t["spec"]["method"]["env_kwargs"] == {"pole_length": 1.0, "force_mag": 5.0}
+
+
+def test_sweep_of_rl_trials_writes_the_sweep_folder(ray_session, tmp_path, capsys):
+    spec = rl_spec(tmp_path, name="rl_sweep", stop={"iterations": 3})
+    spec["tune"] = {"metric": "episode_return_mean", "mode": "max", "num_samples": 3, "max_concurrent": 1,
+                    "searcher": "random", "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 3},
+                    "space": {"method.lr": {"loguniform": [0.0001, 0.01]}, "model.units": {"choice": [8, 16]}}}
+    code, out, err = run_cli(["sweep", str(write_spec(tmp_path / "sweep.yaml", spec))], capsys)
+    assert code == 0, err[-2000:]
+    folder = tmp_path / "rl_sweep"
+    s = json.loads((folder / "summary.json").read_text())
+    best = s["best"]["metrics"]
+    assert s["trials"] == 3 and s["errors"] == 0 and best["episode_return_mean"] > 0 and best["env_steps"] > 0
+    assert (folder / "best.yaml").is_file() and (folder / "curves.png").stat().st_size > 0
+    import pandas as pd
+    rows = pd.read_csv(folder / "trials.csv").to_dict("records")
+    # A trial ASHA stopped ran fewer than its 3 iterations and says so; the others ran all 3.
+    for row in rows:
+        trial = json.loads((folder / "trials" / row["trial_id"] / "summary.json").read_text())
+        assert (row["status"] == "stopped") == (row["iterations"] < 3), row
+        assert trial["status"] == ("stopped" if row["status"] == "stopped" else "succeeded"), trial["status"]
+        assert trial["rl"]["iterations"] == row["iterations"] and trial["history"]
+    assert s["stopped_early"] == sum(r["status"] == "stopped" for r in rows)
+    assert s["trial_epochs"] == sum(r["iterations"] for r in rows)
