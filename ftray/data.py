@@ -469,6 +469,9 @@ def validation_table(spec: JobSpec, plan: DataPlan) -> pa.Table:
     return split_table(plan.train_table, spec.data.val_fraction, spec.run.seed)[1]
 
 
+MATERIALIZE_BYTES = 1 << 30  # input tables up to this size are transformed once, not every epoch
+
+
 def ray_datasets(spec: JobSpec, plan: DataPlan) -> tuple[dict, dict]:
     """The `train` and `val` Ray Datasets, rows already turned into tensors, and their row counts."""
     import ray.data
@@ -487,6 +490,11 @@ def ray_datasets(spec: JobSpec, plan: DataPlan) -> tuple[dict, dict]:
         datasets["train"] = datasets["train"].map_batches(
             TeacherLogits, fn_constructor_args=(spec.method.teacher,), batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=1))
+    if sum(t.nbytes for _, t in plan.tables) <= MATERIALIZE_BYTES:
+        # Small data (inspect already held it in this process): transform it once into the object
+        # store, so each epoch streams ready blocks instead of re-running the read and transform
+        # tasks (seconds of task start-up per epoch on a small machine).
+        datasets = {name: ds.materialize() for name, ds in datasets.items()}
     return datasets, rows
 
 

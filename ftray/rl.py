@@ -31,6 +31,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.rl_module import RLModule, RLModuleSpec
@@ -134,6 +135,28 @@ class FtrayPolicy(TorchRLModule, ValueFunctionAPI):
 
     def compute_values(self, batch, embeddings=None):
         return self.value({"x": batch[Columns.OBS].float()})
+
+
+class WarmCriticLearner(PPOTorchLearner):
+    """PPO's learner with two optimizers, one per network: the policy's learning rate is 0 for the
+    first `critic_warmup_steps` env steps (a schedule on RLlib's lifetime step counter), the value
+    network's is `lr` from the start."""
+
+    def configure_optimizers_for_module(self, module_id, config=None):
+        module = self._module[module_id]
+        warm = config.learner_config_dict.get("critic_warmup_steps", 0)
+        policy_lr = [[0, 0.0], [warm, 0.0], [warm + 1, config.lr]] if warm else config.lr
+        for name, part, lr in (("policy", module.pi, policy_lr), ("value", module.value, config.lr)):
+            params = self.get_parameters(part)
+            self.register_optimizer(module_id=module_id, optimizer_name=name, optimizer=torch.optim.Adam(params),
+                                    params=params, lr_or_lr_schedule=lr)
+
+
+def critic_warmup_steps(spec: JobSpec, plan: "RLPlan") -> int:
+    m = spec.method
+    if m.critic_warmup_steps is not None:
+        return m.critic_warmup_steps
+    return 2 * m.train_batch if plan.start != "scratch" else 0
 
 
 def module_spec(spec: JobSpec, obs_space=None, act_space=None) -> RLModuleSpec:
@@ -339,7 +362,9 @@ def ppo_config(spec: JobSpec, plan: RLPlan):
             .env_runners(num_env_runners=m.env_runners)
             .training(lr=m.lr, gamma=m.gamma, lambda_=m.gae_lambda, clip_param=m.clip,
                       entropy_coeff=m.entropy_coeff, num_epochs=m.epochs, minibatch_size=m.minibatch,
-                      train_batch_size_per_learner=m.train_batch // max(1, _learners(spec))))
+                      train_batch_size_per_learner=m.train_batch // max(1, _learners(spec)),
+                      learner_class=WarmCriticLearner,
+                      learner_config_dict={"critic_warmup_steps": critic_warmup_steps(spec, plan)}))
 
 
 def behaviour_cloning(spec: JobSpec, plan: RLPlan, out: Path) -> dict:

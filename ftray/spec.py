@@ -283,6 +283,10 @@ class RLMethod(Strict):
                                 ge=1, le=1 << 24)
     minibatch: int = describe("Steps per SGD minibatch.", 128, ge=1, le=1 << 24)
     epochs: int = describe("SGD passes over each train batch.", 10, ge=1, le=1000)
+    critic_warmup_steps: int | None = describe(
+        "Env steps at the start during which only the value network learns (the policy's learning "
+        "rate is 0), so a pretrained policy is not pushed by a value network that knows nothing yet. "
+        "Default: two `train_batch`es with a pretrained start, 0 from scratch.", None, ge=0, le=1 << 40)
     stop: RLStop = describe("When training stops (whichever comes first).", default_factory=RLStop)
     evaluation_episodes: int = describe(
         "Greedy episodes that score the policy: at the start, after every iteration (for "

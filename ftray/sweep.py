@@ -146,7 +146,7 @@ def packed_trial(raw: dict, sweep_dir: str, source: str):
         train_ds, val_ds = datasets["train"].materialize(), datasets["val"].materialize()
 
         def report(metrics: dict, folder: str | None) -> None:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
 
         # Tune sets CUDA_VISIBLE_DEVICES to the trial's (possibly shared) GPU.
         device = torch.device("cuda" if tspec.scaling.use_gpu and torch.cuda.is_available() else "cpu")

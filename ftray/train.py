@@ -209,6 +209,12 @@ def fit(config: dict, worker: Worker) -> None:
     fail_after = config.get("fail_after_epoch")
 
     # Fit: one pass over this worker's shard per epoch, then validation, report and checkpoint.
+    history = progress["history"]
+    if history and (progress["epoch"] >= spec.train.epochs or history[-1].get("early_stopped")):
+        # Resumed with nothing left to train (killed after its last checkpoint, before its summary):
+        # report the last epoch again, so whoever waits on this run (a Tune trial) gets its metrics.
+        worker.report(history[-1], None)
+        return
     for epoch in range(progress["epoch"] + 1, spec.train.epochs + 1):
         started = time.perf_counter()
         ddp_model.train()
@@ -491,7 +497,9 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
     error = None
     try:
         result = trainer.fit()
-        ckpt_path = result.checkpoint.path if result.checkpoint else None
+        # The newest complete checkpoint in the folder: the one the workers resumed from, which
+        # can be newer than Ray's registered one (see `resume_checkpoint`).
+        ckpt_path = latest_checkpoint(fs, run_dir) or (result.checkpoint.path if result.checkpoint else None)
     except Exception as e:  # noqa: BLE001 - the run failed; record it, keep the checkpoints
         error = "".join(traceback.format_exception_only(type(e), e)).strip()
         ckpt_path = latest_checkpoint(fs, run_dir)

@@ -236,3 +236,17 @@ def test_sweep_of_rl_trials_writes_the_sweep_folder(ray_session, tmp_path, capsy
         assert trial["rl"]["iterations"] == row["iterations"] and trial["history"]
     assert s["stopped_early"] == sum(r["status"] == "stopped" for r in rows)
     assert s["trial_epochs"] == sum(r["iterations"] for r in rows)
+
+
+def test_critic_warmup_holds_the_policy_then_lets_it_learn(ray_session, tmp_path, capsys):
+    """During `critic_warmup_steps` only the value network learns: the pretrained policy comes out
+    of an iteration unchanged; without warm-up the same iteration moves it."""
+    sup = balancing_export(tmp_path / "supervised")
+    start = MLP.load(sup / "model").state_dict()
+    for warm, held in ((1000, True), (0, False)):
+        spec = rl_spec(tmp_path, f"warm{warm}", critic_warmup_steps=warm, lr=0.01)
+        spec["model"] = {"name": "mlp", "layers": 0, "init_from": str(sup)}
+        code, out, err = run_cli(["run", str(write_spec(tmp_path / f"warm{warm}.yaml", spec))], capsys)
+        assert code == 0, err[-3000:]
+        after = MLP.load(Path(out.strip().splitlines()[-1]) / "model").state_dict()
+        assert all(torch.equal(after[k], start[k]) for k in start) == held, (warm, after, start)

@@ -60,6 +60,14 @@ def test_run_writes_a_complete_run_folder(ray_session, tmp_path, blobs_parquet, 
     acc = (model({"x": x}).argmax(-1).numpy() == val["label"].to_numpy()).mean()
     assert acc == pytest.approx(s["metrics"]["val_accuracy"])
 
+    # Killed after its last checkpoint, before its summary: the re-run trains nothing and writes
+    # the same summary from that checkpoint (what a restored Tune trial relies on).
+    (run_dir / "summary.json").unlink()
+    code, out, _ = run_cli(capsys, spec)
+    again = summary(run_dir)
+    assert code == 0 and again["status"] == "succeeded" and again["history"] == s["history"]
+    assert again["metrics"] == s["metrics"] and again["steps_done"] == s["steps_done"]
+
 
 def test_resume_after_a_failure_matches_an_uninterrupted_run(ray_session, tmp_path, blobs_parquet,
                                                              capsys, monkeypatch):
