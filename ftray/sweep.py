@@ -140,10 +140,10 @@ def packed_trial(raw: dict, sweep_dir: str, source: str):
         tspec = trial_spec(raw, values, sweep_dir, tune.get_context().get_trial_id(), source)
         plan = data.inspect(tspec)
         ray.data.DataContext.get_current().enable_progress_bars = False
+        # Small data comes back materialized (see `data.ray_datasets`): the trial's epochs do not
+        # re-run Ray Data. A PBT exploit restarts the trial function, and with it this read.
         datasets, rows = data.ray_datasets(tspec, plan)
-        # Materialized once per trial start: its epochs do not re-run Ray Data (a PBT exploit restarts the
-        # trial function, and with it this read).
-        train_ds, val_ds = datasets["train"].materialize(), datasets["val"].materialize()
+        train_ds, val_ds = datasets["train"], datasets["val"]
 
         def report(metrics: dict, folder: str | None) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)

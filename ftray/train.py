@@ -496,13 +496,12 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
     )
     error = None
     try:
-        result = trainer.fit()
-        # The newest complete checkpoint in the folder: the one the workers resumed from, which
-        # can be newer than Ray's registered one (see `resume_checkpoint`).
-        ckpt_path = latest_checkpoint(fs, run_dir) or (result.checkpoint.path if result.checkpoint else None)
+        trainer.fit()
     except Exception as e:  # noqa: BLE001 - the run failed; record it, keep the checkpoints
         error = "".join(traceback.format_exception_only(type(e), e)).strip()
-        ckpt_path = latest_checkpoint(fs, run_dir)
+    # The newest complete checkpoint in the folder, succeeded or failed: the one the workers went on
+    # from, which can be newer than Ray's registered one (see `resume_checkpoint`).
+    ckpt_path = latest_checkpoint(fs, run_dir)
     t_fit = time.perf_counter()
 
     progress = _read_json(fs, f"{ckpt_path}/{checkpoint.PROGRESS}") if ckpt_path else {}
