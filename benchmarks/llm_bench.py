@@ -130,7 +130,7 @@ def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu
             "tokens_per_s": last["tokens_per_s"], "tokens_per_s_per_gpu": last["tokens_per_s"] / gpus,
             "mfu": mfu(last["tokens_per_s"], cfg, seq, gpus, gpu_name()),
             "peak_memory_gib": last.get("peak_memory_gib"), "first_step_s": s["timings"]["first_step_s"],
-            "startup": {k: s["timings"].get(k) for k in ("ray_start_s", "worker_started_s", "model_ready_s")},
+            "startup": {k: s["timings"].get(k) for k in ("checked_s", "ray_start_s", "data_ready_s", "worker_started_s", "model_ready_s")},
             "wall_s": round(time.time() - started, 1), "params": s["params"],
             "epochs": [round(h["tokens_per_s"]) for h in s["history"]]}
 
@@ -157,13 +157,13 @@ def plain_worker(args) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=not cpu)
     seq, micro = SEQ[args.size], args.batch // world
+    # Full packed rows, no attention mask: as ftray feeds packed rows (causal attention kernel).
     ids = torch.randint(1000, cfg["vocab_size"] - 1, (args.steps, micro, seq), device=device)
-    mask = torch.ones(micro, seq, dtype=torch.long, device=device)
     dtype = torch.float32 if cpu else torch.bfloat16
 
     def step(x):
         with torch.autocast(device.type, dtype=dtype, enabled=not cpu):
-            logits = ddp(input_ids=x, attention_mask=mask).logits
+            logits = ddp(input_ids=x).logits
         logits = logits[:, :-1].float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
         loss.backward()

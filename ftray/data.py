@@ -395,6 +395,12 @@ class TokenizedRows:
             out["attention_mask"][i, :len(ids)] = 1
             if lab is not None:
                 out["labels"][i, :len(lab)] = lab
+        if spec.data.packing:
+            # Packed rows are full but for each batch's last, which is padded on the right. Under
+            # causal attention no real token sees padding after it, and padding has no labels: the
+            # mask changes nothing the loss reads. Without it the model needs no host sync to trim
+            # padding and attention runs its causal (flash) kernel.
+            del out["attention_mask"]
         if spec.data.task != "causal_lm":
             out.update(labels(batch, spec.data.label, spec.data.task, self.class_index))
         return out

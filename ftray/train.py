@@ -465,7 +465,9 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
 
     `callbacks` are more Ray Train callbacks (a sweep trial passes Tune's TuneReportCallback)."""
     t0 = time.perf_counter()
+    started_at = psutil.Process().create_time()  # the start of `ftray run` (this process)
     plan = plan or prepare(spec, address)
+    checked_s = round(time.time() - started_at, 3)
     fs, run_dir, storage_path = storage(spec)
     fs.create_dir(run_dir, recursive=True)
 
@@ -473,13 +475,14 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
     t_ray = time.perf_counter()
     ray.data.DataContext.get_current().enable_progress_bars = False
     datasets, rows = get_method(spec).datasets(plan, *data.ray_datasets(spec, plan))
+    data_ready_s = round(time.time() - started_at, 3)
     local_tb = run_dir if isinstance(fs, pafs.LocalFileSystem) else tempfile.mkdtemp(prefix="ftray-tb-")
     callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", TASK_METRICS[spec.data.task])
     fail_after = os.environ.get(FAIL_AFTER_EPOCH_ENV)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "info": plan.info.to_dict(),
-                           "train_rows": rows["train"], "started_at": psutil.Process().create_time(),
+                           "train_rows": rows["train"], "started_at": started_at,
                            "fail_after_epoch": int(fail_after) if fail_after else None,
                            "faults": FaultHooks.from_env()},
         scaling_config=ray.train.ScalingConfig(
@@ -529,7 +532,7 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
         "ray": {"mode": ray_mode, "num_workers": spec.scaling.num_workers, "use_gpu": spec.scaling.use_gpu},
         "timings": {"total_s": round(time.perf_counter() - t0, 3), "ray_start_s": round(t_ray - t0, 3),
                     "fit_s": round(t_fit - t_ray, 3), "first_step_s": progress.get("first_step_s"),
-                    **(progress.get("startup") or {})},
+                    "checked_s": checked_s, "data_ready_s": data_ready_s, **(progress.get("startup") or {})},
         "spec": spec.model_dump(mode="json"),
     }
     summary = redact(summary)  # no token from the environment in the run folder

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from transformers import AutoTokenizer
 
 from ftray import data
 from ftray.spec import JobSpec, SpecError
@@ -182,5 +183,24 @@ def test_packing_fills_rows(tmp_path, tiny_gpt):
     packed = data.TokenizedRows(sft_spec(tmp_path, tiny_gpt, packing=True), {}, str(tiny_gpt))(batch)
     plain = data.TokenizedRows(sft_spec(tmp_path, tiny_gpt), {}, str(tiny_gpt))(batch)
     assert len(packed["input_ids"]) < len(plain["input_ids"]) == 20
-    assert packed["attention_mask"][:-1].all()  # every row but the last is full
     assert (packed["labels"] != -100).sum() == (plain["labels"] != -100).sum()
+    pad = packed["input_ids"] == AutoTokenizer.from_pretrained(tiny_gpt).pad_token_id
+    assert not pad[:-1].any() and pad[-1].any()  # every row but the last is full
+
+
+def test_packed_rows_lose_nothing_without_an_attention_mask(tmp_path, tiny_gpt):
+    """Packed rows carry no mask (no host sync, causal attention kernel); the padded last row's
+    loss must equal the loss computed with the mask."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from ftray.methods.base import task_loss
+    rows = pa.Table.from_pylist([{"prompt": f"q{i}", "response": f"a{i}"} for i in range(20)])
+    packed = data.TokenizedRows(sft_spec(tmp_path, tiny_gpt, packing=True), {}, str(tiny_gpt))(rows)
+    assert "attention_mask" not in packed
+    batch = {k: torch.from_numpy(v) for k, v in packed.items()}
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt).eval()
+    real = (batch["input_ids"] != AutoTokenizer.from_pretrained(tiny_gpt).pad_token_id).long()
+    with torch.no_grad():
+        unmasked = task_loss("causal_lm", model(input_ids=batch["input_ids"]).logits, batch)
+        masked = task_loss("causal_lm", model(input_ids=batch["input_ids"], attention_mask=real).logits, batch)
+    assert torch.allclose(unmasked, masked, atol=1e-5)

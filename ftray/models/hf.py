@@ -61,7 +61,9 @@ class HFClassifier(FtModel):
         self.hf, self.info, self.source = hf_model, info, source
 
     def forward(self, batch: dict) -> torch.Tensor:
-        mask = batch["attention_mask"]
+        mask = batch.get("attention_mask")
+        if mask is None:  # packed language-model rows: see `ftray.data.TokenizedRows`
+            return self.hf(input_ids=batch["input_ids"]).logits
         width = int(mask.sum(dim=1).max())  # rows are padded to max_length: cut the common padding
         logits = self.hf(input_ids=batch["input_ids"][:, :width], attention_mask=mask[:, :width]).logits
         return logits.squeeze(-1) if self.info.task == "regression" else logits
