@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md, in batches that fit one device call each.
-#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: single | single-compile | multi | multi-fsdp | multi4
+#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: single | single-more | multi | multi-fsdp | multi4
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
 # the offline bundle made by ../shared/gpu/offline-wheels.sh .whl (installed first when .whl exists).
 set -euo pipefail
@@ -13,15 +13,15 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 b() { timeout "${BENCH_TIMEOUT:-900}" python3 benchmarks/llm_bench.py "$@" --results "$results" || echo "FAILED: $*"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 case $set_name in
-  single)           # one GPU: ftray vs plain DDP step (eager and compiled), LoRA, time to first step
+  single)           # one GPU: ftray vs plain DDP step, eager and compiled; time to first step
     b prepare --size 1b --steps 30 --batch 8
     b ftray --size 1b --method full
     b plain --size 1b --steps 40 --batch 8
-    b plain --size 1b --steps 40 --batch 8 --compile
-    b ftray --size 1b --method lora ;;
-  single-compile)   # after `single` (its data): ftray with torch.compile, LoRA with checkpointing
+    b plain --size 1b --steps 40 --batch 8 --compile ;;
+  single-more)      # one GPU: LoRA against full, ftray with torch.compile, LoRA with checkpointing
+    b prepare --size 1b --steps 30 --batch 8
+    b ftray --size 1b --method lora
     b ftray --size 1b --method full --compile
-    b ftray --size 1b --method lora --compile
     b ftray --size 1b --method lora --gradient-checkpointing ;;
   multi)            # 1 and 2 GPUs (per-GPU throughput, 8 sequences per GPU), ftray and plain DDP
     b prepare --size 1b --steps 30 --batch 16
