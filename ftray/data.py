@@ -481,27 +481,41 @@ MATERIALIZE_BYTES = 1 << 30  # input tables up to this size are transformed once
 def ray_datasets(spec: JobSpec, plan: DataPlan) -> tuple[dict, dict]:
     """The `train` and `val` Ray Datasets, rows already turned into tensors, and their row counts."""
     import ray.data
+    train_table, val_table = ((plan.tables[0][1], plan.tables[1][1]) if plan.val else
+                              split_table(plan.train_table, spec.data.val_fraction, spec.run.seed))
+    rows = {"train": train_table.num_rows, "val": val_table.num_rows}
+    udf = row_transform(spec, plan)
+    precompute = getattr(spec.method, "precompute", False)
+    small = sum(t.nbytes for _, t in plan.tables) <= MATERIALIZE_BYTES
+    if small and not precompute:
+        # Small data (`inspect` already holds it in this process): transform it here, once, into
+        # the object store. Each epoch then streams ready blocks, and no Ray Data task has to
+        # start (and import the tokenizer) before the first step: seconds on any machine.
+        return {"train": _transformed_here(train_table, udf), "val": _transformed_here(val_table, udf)}, rows
     if plan.val:  # separate files: each is read by Ray Data tasks, in parallel across the cluster
         cols = needed_columns(spec)
         train, val = _read(plan.train).select_columns(cols), _read(plan.val).select_columns(cols)
-        rows = {"train": plan.tables[0][1].num_rows, "val": plan.tables[1][1].num_rows}
     else:  # a seeded split of the table `inspect` already read (a Ray shuffle costs far more)
-        train_part, val_part = split_table(plan.train_table, spec.data.val_fraction, spec.run.seed)
-        train, val = ray.data.from_arrow(train_part), ray.data.from_arrow(val_part)
-        rows = {"train": train_part.num_rows, "val": val_part.num_rows}
-    udf = row_transform(spec, plan)
+        train, val = ray.data.from_arrow(train_table), ray.data.from_arrow(val_table)
     datasets = {name: ds.map_batches(udf, batch_format="pyarrow") for name, ds in
                 (("train", train), ("val", val))}
-    if getattr(spec.method, "precompute", False):
+    if precompute:
         datasets["train"] = datasets["train"].map_batches(
             TeacherLogits, fn_constructor_args=(spec.method.teacher,), batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=1))
-    if sum(t.nbytes for _, t in plan.tables) <= MATERIALIZE_BYTES:
-        # Small data (inspect already held it in this process): transform it once into the object
-        # store, so each epoch streams ready blocks instead of re-running the read and transform
-        # tasks (seconds of task start-up per epoch on a small machine).
-        datasets = {name: ds.materialize() for name, ds in datasets.items()}
+        if small:  # the teacher's outputs once, not every epoch
+            datasets = {name: ds.materialize() for name, ds in datasets.items()}
     return datasets, rows
+
+
+def _transformed_here(table: pa.Table, udf, block_rows: int = 1024):
+    """`udf` applied in this process to `table`, block by block (as `map_batches` would batch it),
+    as a materialized Ray Dataset."""
+    import ray.data
+    from ray.data.block import BlockAccessor
+    blocks = [BlockAccessor.batch_to_block(udf(table.slice(i, block_rows)))
+              for i in range(0, table.num_rows, block_rows)]
+    return ray.data.from_arrow(blocks)
 
 
 class TeacherLogits:

@@ -394,7 +394,9 @@ class TrainSpec(Strict):
     grad_accum_steps: int = describe("Micro-batches accumulated into one optimizer step.", 1, ge=1)
     precision: Literal["fp32", "bf16", "fp16"] = describe(
         "Compute precision (bf16/fp16 through autocast; fp16 needs a GPU).", "fp32")
-    compile: bool = describe("torch.compile the model: faster GPU steps after a compile warm-up.", False)
+    compile: bool = describe("torch.compile the model: faster GPU steps after a compile warm-up. Each "
+                             "epoch's last, incomplete training batch is then left out (its shape would "
+                             "compile the model again).", False)
     early_stopping: EarlyStopping = describe("Stop when a validation metric stops improving.",
                                              default_factory=EarlyStopping)
 

@@ -226,7 +226,7 @@ def fit(config: dict, worker: Worker) -> None:
             torch.cuda.reset_peak_memory_stats(device)
         own = method.run_epoch(loop, epoch)  # a method with its own epoch (meta-learning), or None
         batches = [] if own else train_shard.iter_torch_batches(
-            batch_size=micro_batch, device=device,
+            batch_size=micro_batch, device=device, drop_last=spec.train.compile,
             local_shuffle_buffer_size=spec.data.shuffle_buffer or None,
             local_shuffle_seed=spec.run.seed * 100003 + epoch if spec.data.shuffle_buffer else None)
         for batch in batches:
