@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md, in batches that fit one device call each.
-#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: single | single-more | compile | multi | multi-fsdp | multi4
+#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: single | single-more | compile | fsdp1 | multi | multi-fsdp | multi4
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
 # the offline bundle made by ../shared/gpu/offline-wheels.sh .whl (installed first when .whl exists).
 set -euo pipefail
@@ -27,6 +27,10 @@ case $set_name in
     b prepare --size 1b --steps 30 --batch 8
     b ftray --size 1b --method full --compile
     b plain --size 1b --steps 40 --batch 8 --compile ;;
+  fsdp1)            # one GPU under FSDP2 (bf16 compute copies, fp32 master weights), eager and compiled
+    b prepare --size 1b --steps 30 --batch 8
+    b ftray --size 1b --method full --strategy fsdp
+    b ftray --size 1b --method full --strategy fsdp --compile ;;
   multi)            # 1 and 2 GPUs (per-GPU throughput, 8 sequences per GPU), ftray and plain DDP
     b prepare --size 1b --steps 30 --batch 16
     b ftray --size 1b --method full --gpus 1 --batch-override 8
