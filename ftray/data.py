@@ -475,7 +475,8 @@ def validation_table(spec: JobSpec, plan: DataPlan) -> pa.Table:
     return split_table(plan.train_table, spec.data.val_fraction, spec.run.seed)[1]
 
 
-MATERIALIZE_BYTES = 1 << 30  # input tables up to this size are transformed once, not every epoch
+TRANSFORM_HERE_BYTES = 64 << 20  # input tables up to this size are transformed in the driver
+MATERIALIZE_BYTES = 1 << 30  # up to this size, by Ray Data tasks once, not every epoch
 
 
 def ray_datasets(spec: JobSpec, plan: DataPlan) -> tuple[dict, dict]:
@@ -486,8 +487,8 @@ def ray_datasets(spec: JobSpec, plan: DataPlan) -> tuple[dict, dict]:
     rows = {"train": train_table.num_rows, "val": val_table.num_rows}
     udf = row_transform(spec, plan)
     precompute = getattr(spec.method, "precompute", False)
-    small = sum(t.nbytes for _, t in plan.tables) <= MATERIALIZE_BYTES
-    if small and not precompute:
+    size = sum(t.nbytes for _, t in plan.tables)
+    if size <= TRANSFORM_HERE_BYTES and not precompute:
         # Small data (`inspect` already holds it in this process): transform it here, once, into
         # the object store. Each epoch then streams ready blocks, and no Ray Data task has to
         # start (and import the tokenizer) before the first step: seconds on any machine.
@@ -503,8 +504,11 @@ def ray_datasets(spec: JobSpec, plan: DataPlan) -> tuple[dict, dict]:
         datasets["train"] = datasets["train"].map_batches(
             TeacherLogits, fn_constructor_args=(spec.method.teacher,), batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=1))
-        if small:  # the teacher's outputs once, not every epoch
-            datasets = {name: ds.materialize() for name, ds in datasets.items()}
+    if size <= MATERIALIZE_BYTES:
+        # Mid-sized data: transformed by parallel Ray Data tasks (tokenizing this much in one
+        # process would take minutes), once, so each epoch streams ready blocks instead of
+        # re-running the read and transform tasks.
+        datasets = {name: ds.materialize() for name, ds in datasets.items()}
     return datasets, rows
 
 

@@ -420,18 +420,25 @@ def stop_ray() -> None:
         _started_here = False
 
 
+def worker_start_timeout(spec: JobSpec) -> str:
+    """Seconds Ray Train's controller waits for a worker group's resources (its placement group)
+    before it gives up and sizes the group again (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, when set,
+    wins). A fixed-size run has no other size to try: 600 s, for a busy machine that frees an
+    earlier run's resources slowly. An elastic run keeps Ray's 60 s: after a node is lost, the
+    controller's view of the cluster can be stale and ask for a group the cluster can no longer
+    place, and only this timeout sends it back to size a smaller one."""
+    return os.environ.get(WORKER_START_TIMEOUT_ENV) or ("60" if spec.scaling.elastic else "600")
+
+
 def start_ray(spec: JobSpec, address: str | None, cpus: int | None = None) -> str:
     global _started_here
     if ray.is_initialized():
         return "existing"
     _started_here = True
     address = address or os.environ.get("RAY_ADDRESS")
-    # Ray Train gives a worker group 60 s to start; importing torch in several new processes on a
-    # busy small machine can take longer. Ray propagates this variable from the driver.
-    os.environ.setdefault(WORKER_START_TIMEOUT_ENV, "600")
     env = {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(spec.scaling.cpus_per_worker))),
                         "TOKENIZERS_PARALLELISM": "false",
-                        WORKER_START_TIMEOUT_ENV: os.environ[WORKER_START_TIMEOUT_ENV]}}
+                        WORKER_START_TIMEOUT_ENV: worker_start_timeout(spec)}}
     if address:
         # Inside `ray job submit` the job's own runtime env applies to every worker, and Ray refuses
         # to merge a second one into it: join without ours.

@@ -117,8 +117,11 @@ def test_validation_file_must_match_training_width(tmp_path):
         data.inspect(spec_for(tmp_path / "train.parquet", tmp_path, val_path=str(tmp_path / "val.parquet")))
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
-def test_ray_pipelines_yield_tensors(ray_session, tmp_path, fmt):
+@pytest.mark.parametrize("fmt, here", [("parquet", True), ("jsonl", True), ("parquet", False), ("jsonl", False)])
+def test_ray_pipelines_yield_tensors(ray_session, tmp_path, monkeypatch, fmt, here):
+    """Small data is transformed in the driver, larger data by Ray Data tasks: the same tensors."""
+    if not here:
+        monkeypatch.setattr(data, "TRANSFORM_HERE_BYTES", 0)
     for name, table in (("train", blobs(40, classes=2, width=3, label_offset=5)),
                         ("val", blobs(10, classes=2, width=3, label_offset=5, seed=1))):
         if fmt == "parquet":
@@ -131,6 +134,9 @@ def test_ray_pipelines_yield_tensors(ray_session, tmp_path, fmt):
     assert rows == {"train": 40, "val": 10}
     batch = next(iter(datasets["val"].iter_torch_batches(batch_size=10)))
     assert tuple(batch["x"].shape) == (10, 3) and sorted(set(batch["y"].tolist())) == [0, 1]
+    val = blobs(10, classes=2, width=3, label_offset=5, seed=1)
+    assert np.allclose(np.sort(batch["x"].numpy(), axis=0),
+                       np.sort(np.array(val.column("x").to_pylist(), dtype=np.float32), axis=0))
 
 
 # ------------------------------------------------------------------ instruction tuning (causal LM)

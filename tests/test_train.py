@@ -15,7 +15,7 @@ import torch
 
 from ftray import cli, data, train
 from ftray.models import load_exported
-from ftray.spec import load_spec
+from ftray.spec import JobSpec, load_spec
 from tests.conftest import REPO, blobs, mlp_spec, texts, write_jsonl, write_spec
 
 
@@ -246,3 +246,16 @@ def test_last_stdout_line_names_the_run_folder(tmp_path, blobs_parquet):
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip().splitlines()[-1] == str(tmp_path / "runs" / "cli")
     assert "[ftray] epoch 1/1" in p.stdout
+
+
+def test_elastic_runs_give_up_on_an_unplaceable_worker_group_sooner(tmp_path, monkeypatch):
+    """After a node is lost, the elastic controller may ask for a group the cluster can no longer
+    place: only Ray's worker-group start timeout sends it back to size a smaller one."""
+    def spec(**scaling):
+        return JobSpec.model_validate(mlp_spec(tmp_path / "d.parquet", tmp_path, scaling=scaling,
+                                               run={"max_failures": 1}))
+    monkeypatch.delenv(train.WORKER_START_TIMEOUT_ENV, raising=False)
+    assert train.worker_start_timeout(spec(num_workers=[1, 2])) == "60"
+    assert train.worker_start_timeout(spec(num_workers=2)) == "600"
+    monkeypatch.setenv(train.WORKER_START_TIMEOUT_ENV, "90")  # the user's setting wins
+    assert train.worker_start_timeout(spec(num_workers=[1, 2])) == "90"
