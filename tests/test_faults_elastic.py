@@ -52,9 +52,9 @@ json.dump({"status": status, "run_dir": run_dir, "removed": removed}, open(out, 
 """)
 
 
-# Slow: minutes on a small machine (after the node is lost, Ray's elastic restart can first ask for
-# the lost node's worker again and wait out the 60 s worker-group start timeout).
-@pytest.mark.slow
+# About 2 minutes on 2 cores: after the node is lost, Ray's elastic restart can first ask for the
+# lost node's worker again (its view of the cluster is stale) and wait out the 60 s worker-group
+# start timeout (`train.worker_start_timeout`) before it sizes a group of one.
 def test_node_lost_during_an_elastic_run(tmp_path):
     pq.write_table(blobs(2400), tmp_path / "blobs.parquet")
     spec = write_spec(tmp_path / "spec.yaml", mlp_spec(
