@@ -259,3 +259,20 @@ def test_elastic_runs_give_up_on_an_unplaceable_worker_group_sooner(tmp_path, mo
     assert train.worker_start_timeout(spec(num_workers=2)) == "600"
     monkeypatch.setenv(train.WORKER_START_TIMEOUT_ENV, "90")  # the user's setting wins
     assert train.worker_start_timeout(spec(num_workers=[1, 2])) == "90"
+
+
+def test_compiled_run_drops_the_incomplete_batch_and_exports_plain_weights(ray_session, tmp_path,
+                                                                           blobs_parquet, capsys):
+    """`train.compile`: each epoch's last, incomplete batch is left out (a new shape would compile
+    again), and the export is the plain model (compiling keeps parameter names)."""
+    train_rows = 192  # blobs_parquet: 240 rows, 20% held out
+    spec = write_spec(tmp_path / "job.yaml", mlp_spec(
+        blobs_parquet, tmp_path / "runs", "compiled", train={"epochs": 2, "batch_size": 28, "compile": True}))
+    run_ok(capsys, spec)
+    s = summary(tmp_path / "runs" / "compiled")
+    assert [m["step"] for m in s["history"]] == [train_rows // 28, 2 * (train_rows // 28)]  # 6 full batches, not 7
+    model = load_exported(str(tmp_path / "runs" / "compiled")).eval()
+    _, val = data.split_table(pq.read_table(blobs_parquet), 0.2, seed=0)
+    acc = (model({"x": torch.tensor(data.feature_matrix(val, ["x"], "val"))}).argmax(-1).numpy()
+           == val["label"].to_numpy()).mean()
+    assert acc == pytest.approx(s["metrics"]["val_accuracy"]) and acc > 0.8
