@@ -386,21 +386,21 @@ class TokenizedRows:
             lab = [t for e in examples for t in e[1]]
             examples = [(ids[i:i + limit], lab[i:i + limit]) for i in range(0, len(ids), limit)]
         n = len(examples)
-        out = {"input_ids": np.full((n, limit), tok.pad_token_id, np.int64),
-               "attention_mask": np.zeros((n, limit), np.int64)}
+        out = {"input_ids": np.full((n, limit), tok.pad_token_id, np.int64)}
+        # Packed rows are full but for each batch's last, which is padded on the right. Under causal
+        # attention no real token sees padding after it, and padding has no labels: a mask would
+        # change nothing the loss reads. Without one the model needs no host sync to trim padding
+        # and attention runs its causal (flash) kernel.
+        if not spec.data.packing:
+            out["attention_mask"] = np.zeros((n, limit), np.int64)
         if spec.data.task == "causal_lm":
             out["labels"] = np.full((n, limit), -100, np.int64)
         for i, (ids, lab) in enumerate(examples):
             out["input_ids"][i, :len(ids)] = ids
-            out["attention_mask"][i, :len(ids)] = 1
+            if "attention_mask" in out:
+                out["attention_mask"][i, :len(ids)] = 1
             if lab is not None:
                 out["labels"][i, :len(lab)] = lab
-        if spec.data.packing:
-            # Packed rows are full but for each batch's last, which is padded on the right. Under
-            # causal attention no real token sees padding after it, and padding has no labels: the
-            # mask changes nothing the loss reads. Without it the model needs no host sync to trim
-            # padding and attention runs its causal (flash) kernel.
-            del out["attention_mask"]
         if spec.data.task != "causal_lm":
             out.update(labels(batch, spec.data.label, spec.data.task, self.class_index))
         return out
@@ -468,11 +468,16 @@ def row_transform(spec: JobSpec, plan: DataPlan):
     return TokenizedRows(spec, plan.class_index, resolve_source(spec))
 
 
+def split_tables(spec: JobSpec, plan: DataPlan) -> tuple[pa.Table, pa.Table]:
+    """(training, validation) rows, exactly those the run uses (the two files, or the seeded split)."""
+    if plan.val:
+        return plan.tables[0][1], plan.tables[1][1]
+    return split_table(plan.train_table, spec.data.val_fraction, spec.run.seed)
+
+
 def validation_table(spec: JobSpec, plan: DataPlan) -> pa.Table:
     """The validation rows, exactly those the run validates on (the file, or the seeded split)."""
-    if plan.val:
-        return plan.tables[1][1]
-    return split_table(plan.train_table, spec.data.val_fraction, spec.run.seed)[1]
+    return split_tables(spec, plan)[1]
 
 
 TRANSFORM_HERE_BYTES = 64 << 20  # input tables up to this size are transformed in the driver
@@ -482,8 +487,7 @@ MATERIALIZE_BYTES = 1 << 30  # up to this size, by Ray Data tasks once, not ever
 def ray_datasets(spec: JobSpec, plan: DataPlan) -> tuple[dict, dict]:
     """The `train` and `val` Ray Datasets, rows already turned into tensors, and their row counts."""
     import ray.data
-    train_table, val_table = ((plan.tables[0][1], plan.tables[1][1]) if plan.val else
-                              split_table(plan.train_table, spec.data.val_fraction, spec.run.seed))
+    train_table, val_table = split_tables(spec, plan)
     rows = {"train": train_table.num_rows, "val": val_table.num_rows}
     udf = row_transform(spec, plan)
     precompute = getattr(spec.method, "precompute", False)
