@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md, in batches that fit one device call each.
-#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: single | single-more | compile | fsdp1 | multi | multi-fsdp | multi4
+#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: kernels | kernels-accum | kernels-lora | single | single-more | compile | fsdp1 |
+#                                                  multi | multi-fsdp | multi4
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
 # the offline bundle made by ../shared/gpu/offline-wheels.sh .whl (installed first when .whl exists).
 set -euo pipefail
@@ -13,6 +14,25 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 b() { timeout "${BENCH_TIMEOUT:-900}" python3 benchmarks/llm_bench.py "$@" --results "$results" || echo "FAILED: $*"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 case $set_name in
+  kernels)          # one GPU, Liger kernels: ftray against plain DDP at 16k and 64k tokens per step, LoRA
+    b prepare --size 1b --steps 64 --batch 8
+    b ftray --size 1b --method full --kernels liger
+    b plain --size 1b --steps 40 --batch 8 --kernels liger
+    b ftray --size 1b --method lora --kernels liger
+    b ftray --size 1b --method full --kernels liger --batch-override 32 --accum 4
+    b plain --size 1b --steps 16 --batch 32 --accum 4 --kernels liger ;;
+  kernels-accum)    # one GPU, Liger kernels: 64k tokens per step (4 micro-batches), then 16k again
+    b prepare --size 1b --steps 64 --batch 8
+    b ftray --size 1b --method full --kernels liger --batch-override 32 --accum 4
+    b plain --size 1b --steps 16 --batch 32 --accum 4 --kernels liger
+    b plain --size 1b --steps 40 --batch 8 --kernels liger
+    b ftray --size 1b --method full --kernels liger ;;
+  kernels-lora)     # one GPU: LoRA with and without Liger kernels; the plain 64k-token step; full again
+    b prepare --size 1b --steps 64 --batch 8
+    b ftray --size 1b --method lora --kernels liger
+    b ftray --size 1b --method lora
+    b plain --size 1b --steps 16 --batch 32 --accum 4 --kernels liger
+    b ftray --size 1b --method full --kernels liger --batch-override 32 --accum 4 ;;
   single)           # one GPU: ftray vs plain DDP step, eager and compiled; time to first step
     b prepare --size 1b --steps 30 --batch 8
     b ftray --size 1b --method full

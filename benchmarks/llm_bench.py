@@ -18,6 +18,7 @@ Throughput is the last epoch's (the first one carries compilation and warm-up). 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -104,12 +105,15 @@ def prepare(work: Path, size: str, steps: int, batch: int) -> Path:
 
 # ==================================================================================== ftray path
 def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu: bool,
-              checkpointing: bool, strategy: str, batch: int | None = None) -> dict:
+              checkpointing: bool, strategy: str, batch: int | None = None, kernels: str = "default",
+              accum: int = 1) -> dict:
     spec = work / f"{size}.yaml"
-    name = f"{method}-{gpus}g-{'c' if compile_ else 'e'}-{strategy}{'-gc' if checkpointing else ''}"
+    name = (f"{method}-{gpus}g-{'c' if compile_ else 'e'}-{strategy}{'-gc' if checkpointing else ''}"
+            f"-{kernels}-a{accum}")
     sets = [f"run.name={name}", f"scaling.num_workers={gpus}", f"scaling.use_gpu={str(not cpu).lower()}",
             f"train.compile={str(compile_).lower()}", f"scaling.strategy={strategy}",
-            f"model.gradient_checkpointing={str(checkpointing).lower()}"]
+            f"model.gradient_checkpointing={str(checkpointing).lower()}", f"model.kernels={kernels}",
+            f"train.grad_accum_steps={accum}"]
     if batch:
         sets.append(f"train.batch_size={batch}")
     if method == "lora":
@@ -126,7 +130,8 @@ def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu
     last = s["history"][-1]
     cfg, seq = SIZES[size], SEQ[size]
     return {"path": "ftray", "size": size, "method": method, "gpus": gpus, "compile": compile_,
-            "strategy": strategy, "gradient_checkpointing": checkpointing, "gpu": gpu_name(),
+            "strategy": strategy, "gradient_checkpointing": checkpointing, "kernels": kernels,
+            "accum": accum, "batch": batch or yaml.safe_load(spec.read_text())["train"]["batch_size"], "gpu": gpu_name(),
             "tokens_per_s": last["tokens_per_s"], "tokens_per_s_per_gpu": last["tokens_per_s"] / gpus,
             "mfu": mfu(last["tokens_per_s"], cfg, seq, gpus, gpu_name()),
             "peak_memory_gib": last.get("peak_memory_gib"), "first_step_s": s["timings"]["first_step_s"],
@@ -149,24 +154,34 @@ def plain_worker(args) -> None:
     device = torch.device("cpu") if cpu else torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if not cpu:
         torch.cuda.set_device(device)
+    dist.barrier()  # set up the communicator while GPU memory is still free
     torch.manual_seed(0)
     cfg = dict(SIZES[args.size])
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.float32).to(device)
+    if args.kernels == "liger":
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, fused_linear_cross_entropy=False,
+                                    model=model)
     if args.compile:
         model.compile()
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=not cpu)
-    seq, micro = SEQ[args.size], args.batch // world
+    seq, accum = SEQ[args.size], args.accum
+    micro = args.batch // world // accum
     # Full packed rows, no attention mask: as ftray feeds packed rows (causal attention kernel).
-    ids = torch.randint(1000, cfg["vocab_size"] - 1, (args.steps, micro, seq), device=device)
+    ids = torch.randint(1000, cfg["vocab_size"] - 1, (args.steps, accum, micro, seq), device=device)
     dtype = torch.float32 if cpu else torch.bfloat16
 
-    def step(x):
-        with torch.autocast(device.type, dtype=dtype, enabled=not cpu):
-            logits = ddp(input_ids=x).logits
-        logits = logits[:, :-1].float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-        loss.backward()
+    def step(xs):
+        for i, x in enumerate(xs):
+            sync = i == accum - 1 or world == 1
+            with (contextlib.nullcontext() if sync else ddp.no_sync()):
+                with torch.autocast(device.type, dtype=dtype, enabled=not cpu):
+                    logits = ddp(input_ids=x).logits
+                logits = logits[:, :-1].float()
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+                (loss / accum).backward()
+            del logits  # free this micro-batch's logits before the next forward
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -185,11 +200,12 @@ def plain_worker(args) -> None:
     if not cpu:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t
-    tokens = torch.tensor(float((args.steps - warm) * micro * seq), device=device)
+    tokens = torch.tensor(float((args.steps - warm) * accum * micro * seq), device=device)
     dist.all_reduce(tokens)
     if rank == 0:
         tps = tokens.item() / elapsed
         out = {"path": "plain", "size": args.size, "method": "full", "gpus": world, "compile": args.compile,
+               "kernels": args.kernels, "accum": accum, "batch": args.batch,
                "gpu": gpu_name(), "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / world,
                "mfu": mfu(tps, cfg, seq, world, gpu_name()),
                "peak_memory_gib": None if cpu else torch.cuda.max_memory_allocated(device) / 2**30}
@@ -197,12 +213,14 @@ def plain_worker(args) -> None:
     dist.destroy_process_group()
 
 
-def run_plain(work: Path, size: str, gpus: int, compile_: bool, cpu: bool, steps: int, batch: int) -> dict:
+def run_plain(work: Path, size: str, gpus: int, compile_: bool, cpu: bool, steps: int, batch: int,
+              kernels: str = "default", accum: int = 1) -> dict:
     out = work / "plain.json"
     out.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "--master_port=29517",
            __file__, "plain-worker", "--size", size, "--steps", str(steps), "--batch", str(batch),
-           "--worker-out", str(out)] + (["--compile"] if compile_ else []) + (["--cpu"] if cpu else [])
+           "--worker-out", str(out), "--kernels", kernels, "--accum", str(accum)] + \
+        (["--compile"] if compile_ else []) + (["--cpu"] if cpu else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"plain run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -230,6 +248,9 @@ def main(argv=None) -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp")
+    p.add_argument("--kernels", choices=["default", "liger"], default="default",
+                   help="liger: Liger's fused RMSNorm, rotary and SwiGLU kernels (both paths)")
+    p.add_argument("--accum", type=int, default=1, help="micro-batches accumulated per optimizer step")
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--work", type=Path, default=HERE / "out" / "work")
     p.add_argument("--results", type=Path, default=HERE / "out" / "results.jsonl")
@@ -241,9 +262,10 @@ def main(argv=None) -> None:
         print(prepare(a.work, a.size, a.steps, a.batch))
     elif a.mode == "ftray":
         record(run_ftray(a.work, a.size, a.method, a.gpus, a.compile, a.cpu, a.gradient_checkpointing,
-                         a.strategy, a.batch_override), a.results)
+                         a.strategy, a.batch_override, a.kernels, a.accum), a.results)
     elif a.mode == "plain":
-        record(run_plain(a.work, a.size, a.gpus, a.compile, a.cpu, a.steps, a.batch), a.results)
+        record(run_plain(a.work, a.size, a.gpus, a.compile, a.cpu, a.steps, a.batch, a.kernels, a.accum),
+               a.results)
     else:  # smoke: the tiny model on CPU through both paths (LoRA through ftray), 2 workers each
         prepare(a.work, "tiny", 4, 4)
         record(run_ftray(a.work, "tiny", "lora", 2, False, True, False, "ddp"), a.results)

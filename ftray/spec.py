@@ -61,6 +61,10 @@ class HFModel(Strict):
         "Start from the exported model of an earlier ftray run (its run folder) instead of `path`.", None)
     gradient_checkpointing: bool = describe("Recompute activations in the backward pass to save memory.",
                                             False)
+    kernels: Literal["default", "liger"] = describe(
+        "`liger`: Liger's fused Triton kernels for RMSNorm, rotary embeddings and the gated MLP, on GPUs, "
+        "for the decoder families Liger supports (Llama, Mistral, Qwen, Gemma, ...); needs "
+        "`pip install liger-kernel`. `default`: transformers' own layers.", "default")
     config: dict[str, Any] | None = describe(
         "Build with random weights from this transformers config (with `model_type`); `path` then only "
         "supplies the tokenizer.", None)
@@ -636,6 +640,9 @@ class JobSpec(Strict):
             raise ValueError(f"data.label: a {self.data.task} task needs a label column")
         if self.scaling.strategy == "fsdp" and (self.train.l1 or self.train.precision == "fp16"):
             raise ValueError("scaling.strategy: fsdp supports neither train.l1 nor fp16 (use bf16)")
+        if isinstance(self.model, HFModel) and self.model.kernels == "liger" and not self.scaling.use_gpu:
+            raise ValueError("model.kernels: liger's kernels run on GPUs; set scaling.use_gpu: true "
+                             "(or model.kernels: default)")
         if self.train.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("train.precision: fp16 needs scaling.use_gpu: true (use bf16 on CPU)")
         metrics = {"train_loss", "val_loss", TASK_METRICS[self.data.task]}

@@ -392,6 +392,11 @@ CASES: dict[str, Case] = {
     "lora adapter_from without adapter": C(lambda w, d: hf(w, d, method={"name": "lora",
                                                                          "adapter_from": str(w.export)}),
                                            ("method.adapter_from: ", "holds no exported LoRA adapter")),
+    "liger kernels on CPU": C(lambda w, d: hf(w, d, model={"kernels": "liger"}),
+                              ("model.kernels: liger's kernels run on GPUs",)),
+    # Without the liger-kernel package (CI) the message says so; with it, BERT has no Liger kernels.
+    "liger kernels unavailable": C(lambda w, d: hf(w, d, model={"kernels": "liger"}) + ["--set", "scaling.use_gpu=true"],
+                                   ("model.kernels: liger ",)),
     "hf model folder missing": C(lambda w, d: hf(w, d, model={"path": str(d / "no_model")}),
                                  ("model.path: ", "no such model folder")),
     "hf model with corrupt config.json": C(hf_corrupt_config, ("model.path: cannot load a model from",)),

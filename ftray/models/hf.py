@@ -55,6 +55,25 @@ def load_tokenizer(source: str):
     return tok
 
 
+def check_liger(model_type: str) -> None:
+    """SpecError unless Liger is installed and has kernels for `model_type`."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise SpecError("model.kernels: liger needs the liger-kernel package (pip install liger-kernel)")
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise SpecError(f"model.kernels: liger has no kernels for model type {model_type!r} (it has "
+                        f"{', '.join(sorted(MODEL_TYPE_TO_APPLY_LIGER_FN))}); use model.kernels: default")
+
+
+def apply_liger(hf_model: nn.Module) -> None:
+    """Swap in Liger's kernels for the norms, rotary embeddings and gated MLP, in place: the
+    parameters (and so checkpoints and exports) stay the same. The loss stays ftray's own (no fused
+    linear cross-entropy), so every method and metric sees the logits as before."""
+    from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+    _apply_liger_kernel_to_instance(model=hf_model, rope=True, rms_norm=True, swiglu=True, geglu=True,
+                                    layer_norm=True, cross_entropy=False, fused_linear_cross_entropy=False)
+
+
 class HFClassifier(FtModel):
     def __init__(self, hf_model: nn.Module, info: ModelInfo, source: str):
         super().__init__()
@@ -136,6 +155,8 @@ class HFClassifier(FtModel):
                                      random_config=spec.model.config)
         if new_head:
             model.new_head()
+        if spec.model.kernels == "liger":
+            apply_liger(model.hf)
         if spec.model.gradient_checkpointing:
             model.hf.gradient_checkpointing_enable()
         return model
@@ -147,12 +168,14 @@ class HFClassifier(FtModel):
         try:
             from transformers import AutoConfig
             if spec.model.config:
-                AutoConfig.for_model(**spec.model.config)
+                config = AutoConfig.for_model(**spec.model.config)
             else:
-                AutoConfig.from_pretrained(source)
+                config = AutoConfig.from_pretrained(source)
             load_tokenizer(source)
         except Exception as e:  # noqa: BLE001 - any failure here means the source is unusable
             raise SpecError(f"{key}: cannot load a model from {source!r}: {e}".splitlines()[0]) from None
+        if spec.model.kernels == "liger":
+            check_liger(config.model_type)
 
     # -------------------------------------------------------------------------------- export
     def export(self, out_dir: Path) -> None:

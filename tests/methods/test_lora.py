@@ -54,3 +54,29 @@ def test_adapter_and_merged_exports(tmp_path, tiny_bert):
 def test_bad_targets_and_adapters_are_refused_in_the_driver(tmp_path, tiny_bert, method, expected):
     with pytest.raises(SpecError, match=expected):
         get_method(lora_spec(tmp_path, tiny_bert, **method)).check(INFO)
+
+
+def _cast_flags(model) -> set:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    return {m.cast_input_dtype_enabled for m in model.modules() if isinstance(m, BaseTunerLayer)}
+
+
+def test_adapters_skip_the_fp32_input_copy_under_autocast_with_the_same_outputs(tmp_path, tiny_bert):
+    fp32 = lora_spec(tmp_path, tiny_bert)
+    assert _cast_flags(get_method(fp32).build(INFO, None)) == {True}  # peft's own behaviour, kept in fp32
+    bf16 = JobSpec.model_validate({**fp32.model_dump(), "train": {"precision": "bf16"}})
+    model = get_method(bf16).build(INFO, None).eval()
+    assert _cast_flags(model) == {False}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    ids = torch.randint(5, 100, (3, 16))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        skipped = model(batch)
+        for m in model.modules():
+            if hasattr(m, "cast_input_dtype_enabled"):
+                m.cast_input_dtype_enabled = True
+        cast = model(batch)
+    torch.testing.assert_close(skipped, cast, rtol=0, atol=0)
