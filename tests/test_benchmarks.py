@@ -43,3 +43,14 @@ def test_smoke_runs_both_paths(tmp_path):
         assert r["tokens_per_s"] > 0 and r["gpus"] == 2
     assert 0 < rows[0]["params"]["trainable"] < rows[0]["params"]["total"]
     assert rows[0]["first_step_s"] > 0
+
+
+def test_step_probe_smoke_trains_full_and_lora(tmp_path):
+    results = tmp_path / "probe.jsonl"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "step_probe.py"), "smoke",
+                           "--results", str(results)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["name"] for r in rows] == ["smoke-full", "smoke-lora"], rows
+    for r in rows:
+        assert "error" not in r and r["tokens_per_s"] > 0 and r["loss_last"] > 0
