@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md, in batches that fit one device call each.
-#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: kernels | kernels-accum | kernels-lora | single | single-more | compile | fsdp1 |
+#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: kernels | kernels-accum | kernels-lora | kernels-repeat | single | single-more | compile | fsdp1 |
 #                                                  multi | multi-fsdp | multi4
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
 # the offline bundle made by ../shared/gpu/offline-wheels.sh .whl (installed first when .whl exists).
@@ -33,6 +33,12 @@ case $set_name in
     b ftray --size 1b --method lora
     b plain --size 1b --steps 16 --batch 32 --accum 4 --kernels liger
     b ftray --size 1b --method full --kernels liger --batch-override 32 --accum 4 ;;
+  kernels-repeat)   # one GPU: second runs of the 64k-token plain step and LoRA; full without Liger
+    b prepare --size 1b --steps 64 --batch 8
+    b plain --size 1b --steps 16 --batch 32 --accum 4 --kernels liger
+    b ftray --size 1b --method lora
+    b ftray --size 1b --method full
+    b ftray --size 1b --method lora --kernels liger ;;
   single)           # one GPU: ftray vs plain DDP step, eager and compiled; time to first step
     b prepare --size 1b --steps 30 --batch 8
     b ftray --size 1b --method full
