@@ -164,6 +164,17 @@ def finished_trials(tune_dir: Path) -> set[str]:
     return done
 
 
+def mid_run(trial_dir: Path, epochs: int) -> bool:
+    """Whether the trial's newest checkpoint is of an epoch before its last."""
+    done_epochs = []
+    for ckpt in trial_dir.glob("checkpoint_*"):
+        try:
+            done_epochs.append(json.loads((ckpt / checkpoint.PROGRESS).read_text())["epoch"])
+        except (OSError, ValueError, KeyError):
+            continue  # being written
+    return bool(done_epochs) and max(done_epochs) < epochs
+
+
 def test_sweep_driver_killed_and_rerun(tmp_path):
     pq.write_table(blobs(120, seed=3), tmp_path / "d.parquet")
     spec = sweep_job(tmp_path, tmp_path / "d.parquet")
@@ -173,16 +184,17 @@ def test_sweep_driver_killed_and_rerun(tmp_path):
     try:
         proc = sweep_process(spec, ray_tmp, tmp_path / "first.log")
         started.append(proc)
-        # Kill once a trial is recorded finished and the next one has a checkpoint.
+        # Kill once a trial is recorded finished and the next one has a checkpoint with epochs still
+        # to train (a trial caught after its last epoch has nothing left to resume).
         deadline = time.monotonic() + 400
         while True:
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the sweep made no progress"
             done = finished_trials(folder / "tune")
-            running = [t for t in (folder / "trials").glob("*") if t.name not in done and list(t.glob("checkpoint_*"))]
+            running = [t for t in (folder / "trials").glob("*") if t.name not in done and mid_run(t, epochs=3)]
             if done and running:
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
         proc.wait()
         before = {t: (folder / "trials" / t / "summary.json").read_bytes() for t in done}
