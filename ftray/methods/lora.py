@@ -87,7 +87,8 @@ class Lora(Method):
 def skip_input_casts(peft_model: nn.Module) -> None:
     """Under autocast, stop peft casting each adapter's input to the adapter's fp32: autocast runs
     the adapter's matrix products in bf16/fp16 anyway, so the cast only copied every adapted layer's
-    input to fp32 and back (on a 1.1B Llama, LoRA ran 21% faster without it). Same values."""
+    input to fp32 and back (on a 1.1B Llama those copies were 21% of LoRA's step time). The outputs
+    are the same with `method.dropout: 0` (the default); with dropout, it runs in bf16 instead."""
     from peft.tuners.tuners_utils import BaseTunerLayer
     for module in peft_model.modules():
         if isinstance(module, BaseTunerLayer):
