@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md, in batches that fit one device call each.
-#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: kernels | kernels-accum | kernels-lora | kernels-repeat | single | single-more | compile | fsdp1 |
+#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: fsdp-liger | fsdp-liger-more | kernels | kernels-accum | kernels-lora |
+#                                                  kernels-repeat | single | single-more | compile | fsdp1 |
 #                                                  multi | multi-fsdp | multi4
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
 # the offline bundle made by ../shared/gpu/offline-wheels.sh .whl (installed first when .whl exists).
@@ -14,6 +15,18 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 b() { timeout "${BENCH_TIMEOUT:-900}" python3 benchmarks/llm_bench.py "$@" --results "$results" || echo "FAILED: $*"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 case $set_name in
+  fsdp-liger)       # one GPU, FSDP2 (bf16 compute copies of fp32 weights) + Liger: ftray, plain, Ray Train's floor
+    b prepare --size 1b --steps 64 --batch 8
+    b ftray --size 1b --method full --kernels liger --strategy fsdp
+    b plain --size 1b --steps 40 --batch 8 --kernels liger --strategy fsdp
+    b floor --size 1b
+    b ftray --size 1b --method full --kernels liger --strategy fsdp --batch-override 32 --accum 4 ;;
+  fsdp-liger-more)  # one GPU: the 64k-token plain FSDP2 step, ftray DDP + Liger (first step), second runs
+    b prepare --size 1b --steps 64 --batch 8
+    b plain --size 1b --steps 16 --batch 32 --accum 4 --kernels liger --strategy fsdp
+    b ftray --size 1b --method full --kernels liger
+    b floor --size 1b
+    b ftray --size 1b --method full --kernels liger --strategy fsdp ;;
   kernels)          # one GPU, Liger kernels: ftray against plain DDP at 16k and 64k tokens per step, LoRA
     b prepare --size 1b --steps 64 --batch 8
     b ftray --size 1b --method full --kernels liger

@@ -4,6 +4,7 @@ PyTorch DDP (torchrun), tokens/s, MFU, peak GPU memory and time to the first opt
     python benchmarks/llm_bench.py prepare --size 1b --steps 40            # data, tokenizer, spec
     python benchmarks/llm_bench.py ftray   --size 1b --method full [--gpus N] [--compile]
     python benchmarks/llm_bench.py plain   --size 1b [--gpus N] [--compile]  # torchrun, same step
+    python benchmarks/llm_bench.py floor   --size 1b                         # Ray Train start-up alone
     python benchmarks/llm_bench.py smoke                                     # tiny, CPU, both paths
 
 Each measuring command appends one JSON line to `--results` (default benchmarks/out/results.jsonl)
@@ -164,7 +165,17 @@ def plain_worker(args) -> None:
                                     model=model)
     if args.compile:
         model.compile()
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if args.strategy == "fsdp":
+        # As ftray's `scaling.strategy: fsdp`: FSDP2 on every decoder layer, then the whole model,
+        # gathering bf16 compute copies of the fp32 master weights, reducing gradients in fp32.
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mp = MixedPrecisionPolicy() if cpu else MixedPrecisionPolicy(param_dtype=torch.bfloat16,
+                                                                     reduce_dtype=torch.float32)
+        for layer in model.model.layers:
+            fully_shard(layer, mp_policy=mp)
+        ddp = fully_shard(model, mp_policy=mp)
+    else:
+        ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=not cpu)
     seq, accum = SEQ[args.size], args.accum
     micro = args.batch // world // accum
@@ -175,7 +186,9 @@ def plain_worker(args) -> None:
     def step(xs):
         for i, x in enumerate(xs):
             sync = i == accum - 1 or world == 1
-            with (contextlib.nullcontext() if sync else ddp.no_sync()):
+            if args.strategy == "fsdp":
+                ddp.set_requires_gradient_sync(sync)
+            with (contextlib.nullcontext() if sync or args.strategy == "fsdp" else ddp.no_sync()):
                 with torch.autocast(device.type, dtype=dtype, enabled=not cpu):
                     logits = ddp(input_ids=x).logits
                 logits = logits[:, :-1].float()
@@ -205,25 +218,86 @@ def plain_worker(args) -> None:
     if rank == 0:
         tps = tokens.item() / elapsed
         out = {"path": "plain", "size": args.size, "method": "full", "gpus": world, "compile": args.compile,
+               "strategy": args.strategy,
                "kernels": args.kernels, "accum": accum, "batch": args.batch,
                "gpu": gpu_name(), "tokens_per_s": tps, "tokens_per_s_per_gpu": tps / world,
                "mfu": mfu(tps, cfg, seq, world, gpu_name()),
                "peak_memory_gib": None if cpu else torch.cuda.max_memory_allocated(device) / 2**30}
         Path(args.worker_out).write_text(json.dumps(out))
+    dist.barrier()  # no rank tears down its communicator while another still uses it
     dist.destroy_process_group()
 
 
 def run_plain(work: Path, size: str, gpus: int, compile_: bool, cpu: bool, steps: int, batch: int,
-              kernels: str = "default", accum: int = 1) -> dict:
+              kernels: str = "default", accum: int = 1, strategy: str = "ddp") -> dict:
     out = work / "plain.json"
     out.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "--master_port=29517",
            __file__, "plain-worker", "--size", size, "--steps", str(steps), "--batch", str(batch),
-           "--worker-out", str(out), "--kernels", kernels, "--accum", str(accum)] + \
+           "--worker-out", str(out), "--kernels", kernels, "--accum", str(accum), "--strategy", strategy] + \
         (["--compile"] if compile_ else []) + (["--cpu"] if cpu else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"plain run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+# ==================================================================================== floor
+def floor_run(work: Path, size: str, cpu: bool, worker_out: str) -> None:
+    """The start-up any Ray Train job on this host pays before its first step, ftray or not: this
+    process imports torch and Ray Train, starts Ray, runs a TorchTrainer whose one worker imports
+    transformers, builds the model from its config on its device and takes one forward/backward
+    step. Each figure is seconds since this process started (as ftray's `first_step_s`)."""
+    import psutil
+    started = psutil.Process().create_time()
+    out = {"path": "floor", "size": size, "gpus": 1}
+    import importlib
+    importlib.import_module("torch")  # timed: the driver of any Ray Train job imports it
+    out["torch_imported_s"] = round(time.time() - started, 2)
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    out["ray_train_imported_s"] = round(time.time() - started, 2)
+    ray.init(num_cpus=4, include_dashboard=False)
+    out["ray_started_s"] = round(time.time() - started, 2)
+
+    def loop(config):
+        import torch
+        import torch.nn.functional as F
+        times = {"worker_started_s": time.time() - config["started"]}
+        from transformers import AutoConfig, AutoModelForCausalLM
+        times["transformers_imported_s"] = time.time() - config["started"]
+        device = ray.train.torch.get_device()
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**SIZES[config["size"]]),
+                                                     dtype=torch.float32)
+        times["model_built_s"] = time.time() - config["started"]
+        x = torch.randint(1000, 2000, (1, SEQ[config["size"]]), device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(input_ids=x).logits
+        F.cross_entropy(logits[0, :-1].float(), x[0, 1:]).backward()
+        float(logits[0, 0, 0])  # waits for the step
+        times["first_step_s"] = time.time() - config["started"]
+        return {k: round(v, 2) for k, v in times.items()}
+
+    result = TorchTrainer(
+        loop, train_loop_config={"started": started, "size": size},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=not cpu),
+        run_config=ray.train.RunConfig(name="floor", storage_path=str((work / "floor").resolve()))).fit()
+    ray.shutdown()
+    out.update(result.return_value)  # what the worker's loop returned
+    out["gpu"] = gpu_name()
+    Path(worker_out).write_text(json.dumps(out))
+
+
+def run_floor(work: Path, size: str, cpu: bool) -> dict:
+    """`floor_run` in a fresh process (its times count from that process's start)."""
+    out = work / "floor.json"
+    out.unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, __file__, "floor-run", "--size", size, "--work", str(work),
+                           "--worker-out", str(out)] + (["--cpu"] if cpu else []), capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"floor run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(out.read_text())
 
 
@@ -238,7 +312,7 @@ def record(result: dict, results: Path) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["prepare", "ftray", "plain", "plain-worker", "smoke"])
+    p.add_argument("mode", choices=["prepare", "ftray", "plain", "plain-worker", "floor", "floor-run", "smoke"])
     p.add_argument("--size", choices=list(SIZES), default="1b")
     p.add_argument("--method", choices=["full", "lora"], default="full")
     p.add_argument("--gpus", type=int, default=1)
@@ -258,18 +332,24 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.mode == "plain-worker":
         return plain_worker(a)
+    if a.mode == "floor-run":
+        return floor_run(a.work, a.size, a.cpu, a.worker_out)
     if a.mode == "prepare":
         print(prepare(a.work, a.size, a.steps, a.batch))
     elif a.mode == "ftray":
         record(run_ftray(a.work, a.size, a.method, a.gpus, a.compile, a.cpu, a.gradient_checkpointing,
                          a.strategy, a.batch_override, a.kernels, a.accum), a.results)
     elif a.mode == "plain":
-        record(run_plain(a.work, a.size, a.gpus, a.compile, a.cpu, a.steps, a.batch, a.kernels, a.accum),
-               a.results)
+        record(run_plain(a.work, a.size, a.gpus, a.compile, a.cpu, a.steps, a.batch, a.kernels, a.accum,
+                         a.strategy), a.results)
+    elif a.mode == "floor":
+        record(run_floor(a.work, a.size, a.cpu), a.results)
     else:  # smoke: the tiny model on CPU through both paths (LoRA through ftray), 2 workers each
         prepare(a.work, "tiny", 4, 4)
         record(run_ftray(a.work, "tiny", "lora", 2, False, True, False, "ddp"), a.results)
         record(run_plain(a.work, "tiny", 2, False, True, 4, 4), a.results)
+        record(run_plain(a.work, "tiny", 2, False, True, 4, 4, strategy="fsdp"), a.results)
+        record(run_floor(a.work, "tiny", True), a.results)
 
 
 if __name__ == "__main__":

@@ -38,11 +38,15 @@ def test_smoke_runs_both_paths(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [(r["path"], r["method"]) for r in rows] == [("ftray", "lora"), ("plain", "full")]
-    for r in rows:
+    assert [(r["path"], r.get("method"), r.get("strategy")) for r in rows] == [
+        ("ftray", "lora", "ddp"), ("plain", "full", "ddp"), ("plain", "full", "fsdp"), ("floor", None, None)]
+    for r in rows[:3]:
         assert r["tokens_per_s"] > 0 and r["gpus"] == 2
     assert 0 < rows[0]["params"]["trainable"] < rows[0]["params"]["total"]
     assert rows[0]["first_step_s"] > 0
+    floor = rows[3]  # Ray Train's own start-up, stage by stage: each after the one before
+    stages = ["torch_imported_s", "ray_started_s", "worker_started_s", "model_built_s", "first_step_s"]
+    assert 0 < floor[stages[0]] and all(floor[a] <= floor[b] for a, b in zip(stages, stages[1:])), floor
 
 
 def test_step_probe_smoke_trains_full_and_lora(tmp_path):

@@ -183,6 +183,26 @@ def test_too_long_prompts_stop_before_ray(tmp_path, tiny_gpt, truncation, expect
     data.check_lengths(left, data.inspect(left), str(tiny_gpt))  # keeps the response, cuts the prompt
 
 
+def test_plain_text_that_truncation_always_fits_is_not_tokenized_before_ray(tmp_path, tiny_gpt):
+    """Right/left truncation always fits plain text: the check must not pay for tokenizing it (a
+    tokenizer that does not exist is never loaded), but `none` still tokenizes and names the row."""
+    rows = [{"text": "word " * 40}, {"text": "short"}]
+    (tmp_path / "lm.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def lm_spec(truncation):
+        return JobSpec.model_validate({
+            "model": {"name": "hf", "path": str(tiny_gpt), "max_length": 12},
+            "data": {"path": str(tmp_path / "lm.jsonl"), "task": "causal_lm", "text": "text", "label": None,
+                     "truncation": truncation, "val_fraction": 0.5},
+            "run": {"name": "t", "storage_path": str(tmp_path)}})
+    for truncation in ("right", "left"):
+        spec = lm_spec(truncation)
+        data.check_lengths(spec, data.inspect(spec), str(tmp_path / "no-such-tokenizer"))
+    spec = lm_spec("none")
+    with pytest.raises(SpecError, match="row 0: .* tokens, model.max_length is 12"):
+        data.check_lengths(spec, data.inspect(spec), str(tiny_gpt))
+
+
 def test_packing_fills_rows(tmp_path, tiny_gpt):
     rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(20)]
     batch = pa.Table.from_pylist(rows)
