@@ -324,12 +324,7 @@ def encode(tok, spec: JobSpec, *texts: str) -> tuple[list[int], list[int] | None
     """Token ids (and LM labels, -100 where no loss) of one example under `data.truncation`."""
     d, limit = spec.data, spec.model.max_length
     if not d.prompt:
-        ids = tok(texts[0], add_special_tokens=True)["input_ids"]
-        if len(ids) > limit:
-            if d.truncation == "none":
-                raise ValueError(f"{len(ids)} tokens, model.max_length is {limit} (data.truncation: none)")
-            ids = ids[:limit] if d.truncation == "right" else ids[-limit:]
-        return ids, (list(ids) if d.task == "causal_lm" else None)
+        return _fit_text(tok(texts[0], add_special_tokens=True)["input_ids"], spec)
     prompt, response = texts
     if tok.chat_template:
         turn = [{"role": "user", "content": prompt}]
@@ -357,6 +352,16 @@ def encode(tok, spec: JobSpec, *texts: str) -> tuple[list[int], list[int] | None
     return p + r, [-100] * len(p) + r
 
 
+def _fit_text(ids: list[int], spec: JobSpec) -> tuple[list[int], list[int] | None]:
+    """`encode` of plain text, from its token ids."""
+    d, limit = spec.data, spec.model.max_length
+    if len(ids) > limit:
+        if d.truncation == "none":
+            raise ValueError(f"{len(ids)} tokens, model.max_length is {limit} (data.truncation: none)")
+        ids = ids[:limit] if d.truncation == "right" else ids[-limit:]
+    return ids, (list(ids) if d.task == "causal_lm" else None)
+
+
 # ------------------------------------------------------------------------------- Ray Data side
 class TabularRows:
     """map_batches UDF: feature columns -> float32 `x`, labels -> class ids or float `y`."""
@@ -382,8 +387,12 @@ class TokenizedRows:
     def __call__(self, batch: pa.Table) -> dict:
         from ftray.models.hf import load_tokenizer
         tok, spec, limit = load_tokenizer(self.source), self.spec, self.spec.model.max_length
-        examples = [encode(tok, spec, *row) for row in
-                    zip(*(batch.column(c).to_pylist() for c in text_columns(spec)))]
+        if spec.data.prompt:
+            examples = [encode(tok, spec, *row) for row in
+                        zip(*(batch.column(c).to_pylist() for c in text_columns(spec)))]
+        else:  # one call for the whole batch: the tokenizer encodes it on all cores
+            ids = tok(batch.column(spec.data.text).to_pylist(), add_special_tokens=True)["input_ids"]
+            examples = [_fit_text(row, spec) for row in ids]
         if spec.data.packing:
             ids = [t for e in examples for t in e[0]]
             lab = [t for e in examples for t in e[1]]

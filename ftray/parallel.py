@@ -15,10 +15,12 @@ from contextlib import nullcontext
 import torch
 
 
-def build_place(spec, device):
-    """Where to build the model: straight on the GPU for replicas (initialising a billion weights
-    there takes a fraction of the CPU's time); on the CPU for FSDP, whose shards are made after."""
-    return torch.device(device) if device.type == "cuda" and spec.scaling.strategy == "ddp" else nullcontext()
+def build_place(spec, device, world: int):
+    """Where to build the model: straight on the GPU for replicas, and for FSDP on one worker, whose
+    one shard is the whole model (initialising a billion weights there takes a fraction of the CPU's
+    time); on the CPU for FSDP over several workers, whose shards are made after."""
+    on_gpu = spec.scaling.strategy == "ddp" or world == 1
+    return torch.device(device) if device.type == "cuda" and on_gpu else nullcontext()
 
 
 def wrap(model, spec, device):

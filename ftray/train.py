@@ -156,13 +156,13 @@ def fit(config: dict, worker: Worker) -> None:
     startup = {"worker_started_s": _seconds_since(config.get("started_at"), device)}
     trainer_state = None
     if resume:
-        with resume.as_directory() as d, parallel.build_place(spec, device):
+        with resume.as_directory() as d, parallel.build_place(spec, device, world):
             model = method.build(info, Path(d))
             trainer_state = checkpoint.load_trainer_state(Path(d))
             progress = checkpoint.load_progress(Path(d))
         progress["resumes"].append({"epoch": progress["epoch"], "step": progress["step"]})
     else:
-        with parallel.build_place(spec, device):
+        with parallel.build_place(spec, device, world):
             model = method.build(info, None)
     method.prepare(model)
     for part in model.frozen_parts():  # the model spec's own freezing holds under every method

@@ -203,6 +203,24 @@ def test_plain_text_that_truncation_always_fits_is_not_tokenized_before_ray(tmp_
         data.check_lengths(spec, data.inspect(spec), str(tiny_gpt))
 
 
+def test_batch_tokenized_text_rows_equal_each_example_encoded_alone(tmp_path, tiny_gpt):
+    """TokenizedRows encodes plain text a batch at a time: the rows must be `encode`'s, truncation
+    included."""
+    from ftray.models.hf import load_tokenizer
+    texts = ["word " * 30, "short one", "left cut " * 9]
+    for truncation in ("right", "left"):
+        spec = JobSpec.model_validate({
+            "model": {"name": "hf", "path": str(tiny_gpt), "max_length": 12},
+            "data": {"path": str(tmp_path / "x.jsonl"), "task": "causal_lm", "text": "text", "label": None,
+                     "truncation": truncation},
+            "run": {"name": "t", "storage_path": str(tmp_path)}})
+        out = data.TokenizedRows(spec, {}, str(tiny_gpt))(pa.Table.from_pylist([{"text": t} for t in texts]))
+        tok = load_tokenizer(str(tiny_gpt))
+        for row, text in zip(out["input_ids"], texts):
+            ids, _ = data.encode(tok, spec, text)
+            assert row[:len(ids)].tolist() == ids and (row[len(ids):] == tok.pad_token_id).all()
+
+
 def test_packing_fills_rows(tmp_path, tiny_gpt):
     rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(20)]
     batch = pa.Table.from_pylist(rows)
