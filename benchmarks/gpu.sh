@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md, in batches that fit one device call each.
-#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: fsdp-liger | fsdp-liger-more | kernels | kernels-accum | kernels-lora |
+#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: fsdp-liger | fsdp-liger-more | fsdp-liger-pair | kernels | kernels-accum | kernels-lora |
 #                                                  kernels-repeat | single | single-more | compile | fsdp1 |
 #                                                  multi | multi-fsdp | multi4
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
@@ -27,6 +27,12 @@ case $set_name in
     b ftray --size 1b --method full --kernels liger
     b floor --size 1b
     b ftray --size 1b --method full --kernels liger --strategy fsdp ;;
+  fsdp-liger-pair)  # one GPU: the 64k-token FSDP2 + Liger pair in one call, then the 16k plain step again
+    b prepare --size 1b --steps 64 --batch 8
+    b plain --size 1b --steps 16 --batch 32 --accum 4 --kernels liger --strategy fsdp
+    b ftray --size 1b --method full --kernels liger --strategy fsdp --batch-override 32 --accum 4
+    b plain --size 1b --steps 40 --batch 8 --kernels liger --strategy fsdp
+    b plain --size 1b --steps 16 --batch 32 --accum 4 --kernels liger --strategy fsdp ;;
   kernels)          # one GPU, Liger kernels: ftray against plain DDP at 16k and 64k tokens per step, LoRA
     b prepare --size 1b --steps 64 --batch 8
     b ftray --size 1b --method full --kernels liger
