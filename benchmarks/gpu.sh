@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md, in batches that fit one device call each.
-#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: fsdp-liger | fsdp-liger-more | fsdp-liger-pair | kernels | kernels-accum | kernels-lora |
+#   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: fsdp-liger | fsdp-liger-more | fsdp-liger-pair |
+#                                                  fsdp-liger-again | kernels | kernels-accum | kernels-lora |
 #                                                  kernels-repeat | single | single-more | compile | fsdp1 |
 #                                                  multi | multi-fsdp | multi4
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
@@ -33,6 +34,10 @@ case $set_name in
     b ftray --size 1b --method full --kernels liger --strategy fsdp --batch-override 32 --accum 4
     b plain --size 1b --steps 40 --batch 8 --kernels liger --strategy fsdp
     b plain --size 1b --steps 16 --batch 32 --accum 4 --kernels liger --strategy fsdp ;;
+  fsdp-liger-again) # one GPU: second ftray runs of the FSDP2 + Liger steps (64k, then 16k tokens per step)
+    b prepare --size 1b --steps 64 --batch 8
+    b ftray --size 1b --method full --kernels liger --strategy fsdp --batch-override 32 --accum 4
+    b ftray --size 1b --method full --kernels liger --strategy fsdp ;;
   kernels)          # one GPU, Liger kernels: ftray against plain DDP at 16k and 64k tokens per step, LoRA
     b prepare --size 1b --steps 64 --batch 8
     b ftray --size 1b --method full --kernels liger

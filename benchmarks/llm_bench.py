@@ -121,7 +121,9 @@ def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu
         sets.append("method={name: lora, r: 16, alpha: 32, target_modules: all-linear}")
     if cpu:
         sets.append("train.precision=fp32")
-    shutil.rmtree(work / "runs" / name, ignore_errors=True)
+    # Earlier runs' folders go first: each holds a 1B model's checkpoint with optimizer state
+    # (~13 GB), and a few fill a GPU host's disk. Their figures are in the results file.
+    shutil.rmtree(work / "runs", ignore_errors=True)
     cmd = [sys.executable, "-m", "ftray", "run", str(spec)] + [a for s in sets for a in ("--set", s)]
     started = time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
