@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md, in batches that fit one device call each.
 #   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: fsdp-liger | fsdp-liger-more | fsdp-liger-pair |
-#                                                  fsdp-liger-again | kernels | kernels-accum | kernels-lora |
+#                                                  fsdp-liger-again | fsdp-lora | kernels | kernels-accum | kernels-lora |
 #                                                  kernels-repeat | single | single-more | compile | fsdp1 |
 #                                                  multi | multi-fsdp | multi4
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
@@ -38,6 +38,9 @@ case $set_name in
     b prepare --size 1b --steps 64 --batch 8
     b ftray --size 1b --method full --kernels liger --strategy fsdp --batch-override 32 --accum 4
     b ftray --size 1b --method full --kernels liger --strategy fsdp ;;
+  fsdp-lora)        # one GPU: LoRA under FSDP2 + Liger (bf16 compute copies of the frozen fp32 weights)
+    b prepare --size 1b --steps 64 --batch 8
+    b ftray --size 1b --method lora --kernels liger --strategy fsdp ;;
   kernels)          # one GPU, Liger kernels: ftray against plain DDP at 16k and 64k tokens per step, LoRA
     b prepare --size 1b --steps 64 --batch 8
     b ftray --size 1b --method full --kernels liger
