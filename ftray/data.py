@@ -390,7 +390,7 @@ class TokenizedRows:
         if spec.data.prompt:
             examples = [encode(tok, spec, *row) for row in
                         zip(*(batch.column(c).to_pylist() for c in text_columns(spec)))]
-        else:  # one call for the whole batch: the tokenizer encodes it on all cores
+        else:  # one tokenizer call per batch (its batch path: parallel where TOKENIZERS_PARALLELISM allows)
             ids = tok(batch.column(spec.data.text).to_pylist(), add_special_tokens=True)["input_ids"]
             examples = [_fit_text(row, spec) for row in ids]
         if spec.data.packing:
