@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md, in batches that fit one device call each.
 #   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: fsdp-liger | fsdp-liger-more | fsdp-liger-pair |
-#                                                  fsdp-liger-again | fsdp-lora | kernels | kernels-accum | kernels-lora |
+#                                                  fsdp-liger-again | fsdp-lora | fsdp-plain-accum |
+#                                                  kernels | kernels-accum | kernels-lora |
 #                                                  kernels-repeat | single | single-more | compile | fsdp1 |
 #                                                  multi | multi-fsdp | multi4
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
@@ -38,6 +39,10 @@ case $set_name in
     b prepare --size 1b --steps 64 --batch 8
     b ftray --size 1b --method full --kernels liger --strategy fsdp --batch-override 32 --accum 4
     b ftray --size 1b --method full --kernels liger --strategy fsdp ;;
+  fsdp-plain-accum) # one GPU: the plain 64k-token FSDP2 step, no gradient reduction before the last micro-batch
+    b plain --size 1b --steps 16 --batch 32 --accum 4 --kernels liger --strategy fsdp
+    b plain --size 1b --steps 16 --batch 32 --accum 4 --kernels liger --strategy fsdp
+    b plain --size 1b --steps 40 --batch 8 --kernels liger --strategy fsdp ;;
   fsdp-lora)        # one GPU: LoRA under FSDP2 + Liger (bf16 compute copies of the frozen fp32 weights)
     b prepare --size 1b --steps 64 --batch 8
     b ftray --size 1b --method lora --kernels liger --strategy fsdp ;;

@@ -187,10 +187,10 @@ def plain_worker(args) -> None:
 
     def step(xs):
         for i, x in enumerate(xs):
-            sync = i == accum - 1 or world == 1
-            if args.strategy == "fsdp":
+            sync = i == accum - 1
+            if args.strategy == "fsdp":  # as ftray: even on one GPU, no gradient reduction until the last
                 ddp.set_requires_gradient_sync(sync)
-            with (contextlib.nullcontext() if sync or args.strategy == "fsdp" else ddp.no_sync()):
+            with (contextlib.nullcontext() if sync or world == 1 or args.strategy == "fsdp" else ddp.no_sync()):
                 with torch.autocast(device.type, dtype=dtype, enabled=not cpu):
                     logits = ddp(input_ids=x).logits
                 logits = logits[:, :-1].float()
