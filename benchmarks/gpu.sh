@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md, in batches that fit one device call each.
 #   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: fsdp-liger | fsdp-liger-more | fsdp-liger-pair |
-#                                                  fsdp-liger-again | fsdp-lora | fsdp-plain-accum |
+#                                                  fsdp-liger-again | fsdp-lora | fsdp-plain-accum | first-step-cached |
 #                                                  kernels | kernels-accum | kernels-lora |
 #                                                  kernels-repeat | single | single-more | compile | fsdp1 |
 #                                                  multi | multi-fsdp | multi4
@@ -43,6 +43,13 @@ case $set_name in
     b plain --size 1b --steps 16 --batch 32 --accum 4 --kernels liger --strategy fsdp
     b plain --size 1b --steps 16 --batch 32 --accum 4 --kernels liger --strategy fsdp
     b plain --size 1b --steps 40 --batch 8 --kernels liger --strategy fsdp ;;
+  first-step-cached) # one GPU: the first step with Python's bytecode cache on (our hosts set
+    #                  PYTHONDONTWRITEBYTECODE=1, so every process compiles torch and transformers again)
+    export PYTHONPYCACHEPREFIX=/tmp/pyc; unset PYTHONDONTWRITEBYTECODE
+    python3 -c "import ftray.cli, ftray.train, transformers.models.llama.modeling_llama, liger_kernel.transformers, ray.data, ray.train.torch, sklearn, torch._dynamo"
+    b floor --size 1b
+    b prepare --size 1b --steps 64 --batch 8
+    b ftray --size 1b --method full --kernels liger ;;
   fsdp-lora)        # one GPU: LoRA under FSDP2 + Liger (bf16 compute copies of the frozen fp32 weights)
     b prepare --size 1b --steps 64 --batch 8
     b ftray --size 1b --method lora --kernels liger --strategy fsdp ;;
