@@ -62,6 +62,14 @@ def mfu(tokens_per_s: float, cfg: dict, seq: int, gpus: int, gpu_name: str) -> f
     return tokens_per_s * flops_per_token(cfg, seq) / (peak * gpus) if peak else None
 
 
+def new_model(size: str, device):
+    """The benchmark's model (random weights from its config), fp32, built on `device`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(AutoConfig.for_model(**SIZES[size]), dtype=torch.float32)
+
+
 def gpu_name() -> str:
     import torch
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -149,7 +157,6 @@ def plain_worker(args) -> None:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     cpu = args.cpu
     dist.init_process_group("gloo" if cpu else "nccl")
@@ -159,8 +166,8 @@ def plain_worker(args) -> None:
         torch.cuda.set_device(device)
     dist.barrier()  # set up the communicator while GPU memory is still free
     torch.manual_seed(0)
-    cfg = dict(SIZES[args.size])
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.float32).to(device)
+    cfg = SIZES[args.size]
+    model = new_model(args.size, device)
     if args.kernels == "liger":
         from liger_kernel.transformers import apply_liger_kernel_to_llama
         apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, fused_linear_cross_entropy=False,
@@ -185,12 +192,16 @@ def plain_worker(args) -> None:
     ids = torch.randint(1000, cfg["vocab_size"] - 1, (args.steps, accum, micro, seq), device=device)
     dtype = torch.float32 if cpu else torch.bfloat16
 
+    def grad_sync(last: bool):
+        """As ftray's `parallel.grad_sync`: no gradient reduction before a step's last micro-batch."""
+        if args.strategy == "fsdp":  # even on one GPU, where it would copy the gradients each time
+            ddp.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if last or world == 1 else ddp.no_sync()
+
     def step(xs):
         for i, x in enumerate(xs):
-            sync = i == accum - 1
-            if args.strategy == "fsdp":  # as ftray: even on one GPU, no gradient reduction until the last
-                ddp.set_requires_gradient_sync(sync)
-            with (contextlib.nullcontext() if sync or world == 1 or args.strategy == "fsdp" else ddp.no_sync()):
+            with grad_sync(i == accum - 1):
                 with torch.autocast(device.type, dtype=dtype, enabled=not cpu):
                     logits = ddp(input_ids=x).logits
                 logits = logits[:, :-1].float()
@@ -267,12 +278,11 @@ def floor_run(work: Path, size: str, cpu: bool, worker_out: str) -> None:
         import torch
         import torch.nn.functional as F
         times = {"worker_started_s": time.time() - config["started"]}
-        from transformers import AutoConfig, AutoModelForCausalLM
+        import transformers
+        transformers.AutoConfig, transformers.AutoModelForCausalLM  # load the lazy classes: timed apart
         times["transformers_imported_s"] = time.time() - config["started"]
         device = ray.train.torch.get_device()
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**SIZES[config["size"]]),
-                                                     dtype=torch.float32)
+        model = new_model(config["size"], device)
         times["model_built_s"] = time.time() - config["started"]
         x = torch.randint(1000, 2000, (1, SEQ[config["size"]]), device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

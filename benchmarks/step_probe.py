@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from llm_bench import SEQ, SIZES, mfu  # noqa: E402
+from llm_bench import SEQ, SIZES, mfu, new_model  # noqa: E402
 
 
 def record(row: dict, results: Path) -> None:
@@ -76,7 +76,6 @@ def step(v: dict, results: Path) -> None:
     """Train the model `steps` steps under variant `v`; tokens/s over the steps after `warm`."""
     import torch
     import torch.nn.functional as F
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     cpu = not torch.cuda.is_available()
     device, size = ("cpu", "tiny") if cpu else ("cuda", "1b")
@@ -88,9 +87,8 @@ def step(v: dict, results: Path) -> None:
         torch.backends.cuda.enable_mem_efficient_sdp(False)
         torch.backends.cuda.enable_cudnn_sdp(True)
     torch.manual_seed(0)
-    cfg, seq = dict(SIZES[size]), SEQ[size]
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.float32)
+    cfg, seq = SIZES[size], SEQ[size]
+    model = new_model(size, device)
     liger = v.get("liger", "")
     if liger:
         from liger_kernel.transformers import apply_liger_kernel_to_llama

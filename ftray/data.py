@@ -391,8 +391,8 @@ class TokenizedRows:
             examples = [encode(tok, spec, *row) for row in
                         zip(*(batch.column(c).to_pylist() for c in text_columns(spec)))]
         else:  # one tokenizer call per batch (its batch path: parallel where TOKENIZERS_PARALLELISM allows)
-            ids = tok(batch.column(spec.data.text).to_pylist(), add_special_tokens=True)["input_ids"]
-            examples = [_fit_text(row, spec) for row in ids]
+            encoded = tok(batch.column(spec.data.text).to_pylist(), add_special_tokens=True)["input_ids"]
+            examples = [_fit_text(row, spec) for row in encoded]
         if spec.data.packing:
             ids = [t for e in examples for t in e[0]]
             lab = [t for e in examples for t in e[1]]

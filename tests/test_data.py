@@ -183,22 +183,24 @@ def test_too_long_prompts_stop_before_ray(tmp_path, tiny_gpt, truncation, expect
     data.check_lengths(left, data.inspect(left), str(tiny_gpt))  # keeps the response, cuts the prompt
 
 
+def text_spec(tmp_path, tok_dir, **data_fields):
+    """A causal-LM spec over plain text (`text` column of lm.jsonl), 12 tokens per example."""
+    return JobSpec.model_validate({
+        "model": {"name": "hf", "path": str(tok_dir), "max_length": 12},
+        "data": {"path": str(tmp_path / "lm.jsonl"), "task": "causal_lm", "text": "text", "label": None,
+                 **data_fields},
+        "run": {"name": "t", "storage_path": str(tmp_path)}})
+
+
 def test_plain_text_that_truncation_always_fits_is_not_tokenized_before_ray(tmp_path, tiny_gpt):
     """Right/left truncation always fits plain text: the check must not pay for tokenizing it (a
     tokenizer that does not exist is never loaded), but `none` still tokenizes and names the row."""
     rows = [{"text": "word " * 40}, {"text": "short"}]
     (tmp_path / "lm.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-    def lm_spec(truncation):
-        return JobSpec.model_validate({
-            "model": {"name": "hf", "path": str(tiny_gpt), "max_length": 12},
-            "data": {"path": str(tmp_path / "lm.jsonl"), "task": "causal_lm", "text": "text", "label": None,
-                     "truncation": truncation, "val_fraction": 0.5},
-            "run": {"name": "t", "storage_path": str(tmp_path)}})
     for truncation in ("right", "left"):
-        spec = lm_spec(truncation)
+        spec = text_spec(tmp_path, tiny_gpt, truncation=truncation, val_fraction=0.5)
         data.check_lengths(spec, data.inspect(spec), str(tmp_path / "no-such-tokenizer"))
-    spec = lm_spec("none")
+    spec = text_spec(tmp_path, tiny_gpt, truncation="none", val_fraction=0.5)
     with pytest.raises(SpecError, match="row 0: .* tokens, model.max_length is 12"):
         data.check_lengths(spec, data.inspect(spec), str(tiny_gpt))
 
@@ -208,14 +210,10 @@ def test_batch_tokenized_text_rows_equal_each_example_encoded_alone(tmp_path, ti
     included."""
     from ftray.models.hf import load_tokenizer
     texts = ["word " * 30, "short one", "left cut " * 9]
+    tok = load_tokenizer(str(tiny_gpt))
     for truncation in ("right", "left"):
-        spec = JobSpec.model_validate({
-            "model": {"name": "hf", "path": str(tiny_gpt), "max_length": 12},
-            "data": {"path": str(tmp_path / "x.jsonl"), "task": "causal_lm", "text": "text", "label": None,
-                     "truncation": truncation},
-            "run": {"name": "t", "storage_path": str(tmp_path)}})
+        spec = text_spec(tmp_path, tiny_gpt, truncation=truncation)
         out = data.TokenizedRows(spec, {}, str(tiny_gpt))(pa.Table.from_pylist([{"text": t} for t in texts]))
-        tok = load_tokenizer(str(tiny_gpt))
         for row, text in zip(out["input_ids"], texts):
             ids, _ = data.encode(tok, spec, text)
             assert row[:len(ids)].tolist() == ids and (row[len(ids):] == tok.pad_token_id).all()
