@@ -417,7 +417,8 @@ class ScalingSpec(Strict):
     strategy: Literal["ddp", "fsdp"] = describe(
         "ddp: a model replica per worker; fsdp: FSDP2 shards weights, gradients and optimizer state "
         "over the workers (for models that do not fit one device) and under bf16 computes with bf16 "
-        "copies of the fp32 weights, the fastest setting we measured on one GPU too.", "ddp")
+        "copies of the fp32 weights: the fastest full fine-tuning we measured on one GPU too (LoRA "
+        "runs faster under ddp).", "ddp")
 
     @model_validator(mode="before")
     @classmethod
