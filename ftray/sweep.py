@@ -146,7 +146,13 @@ def packed_trial(raw: dict, sweep_dir: str, source: str):
         train_ds, val_ds = datasets["train"], datasets["val"]
 
         def report(metrics: dict, folder: str | None) -> None:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
+            # `done` on the trial's last epoch makes Tune end the trial before its scheduler sees the
+            # result. Without it, synchronous PBT could pause a trial on its final report (waiting for
+            # the population) and restore it from that checkpoint, where it reports the same last
+            # epoch again, is paused again, and so on: `jobs/pbt.yaml` never ended.
+            done = metrics["epoch"] >= tspec.train.epochs or metrics["early_stopped"]
+            tune.report({**metrics, "done": done},
+                        checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
 
         # Tune sets CUDA_VISIBLE_DEVICES to the trial's (possibly shared) GPU.
         device = torch.device("cuda" if tspec.scaling.use_gpu and torch.cuda.is_available() else "cpu")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,6 +18,8 @@ from ftray import cli, sweep, train
 from ftray.spec import SpecError, load_spec
 from tests.conftest import REPO, blobs, job_summary, mlp_spec, write_spec
 
+# Best validation accuracy of jobs/pbt.yaml cut to 4 epochs (one run on the 2-core machine: 0.925).
+PBT_JOB_4_EPOCHS_MIN_ACCURACY = 0.85
 PBT_SPACE = {"train.lr": {"loguniform": [0.001, 0.3]}, "train.optimizer.momentum": {"uniform": [0.0, 0.9]}}
 
 
@@ -146,14 +150,27 @@ def test_group_by_sweeps_each_task(ray_session, tmp_path, capsys):
     assert summary["status"] == "succeeded" and [t["task"] for t in summary["tasks"]] == ["a b", "c"]
 
 
-def test_pbt_job(ray_session, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(REPO)  # job files name their data relative to the repository root
-    s = job_summary(capsys, "sweep", "pbt.yaml", tmp_path, "--set", "train.epochs=3", "--set", "tune.num_samples=2",
-                    "--set", "tune.scheduler.perturbation_interval=1", "--set", "tune.scheduler.quantile_fraction=0.5",
-                    "--set", "tune.scheduler.synch=true")
-    assert s["status"] == "succeeded" and s["trials"] == 2 and s["pbt"]["exploits"] >= 1
-    # 3 epochs of SGD on 10 digit classes: learning, well above chance (0.1), not converged (CI saw 0.42).
-    assert s["best"]["metrics"]["val_accuracy"] > 0.25
+def test_pbt_job_ends_with_an_exploit_due_on_its_last_epoch(tmp_path):
+    """`jobs/pbt.yaml` as shipped (4 trials, 2 at a time, synchronous PBT every 2 epochs), cut to 4
+    epochs so that a perturbation falls due on the last epoch. Before the fix, the trials paused
+    there were restored from their last checkpoint and paused again without end (the shipped job
+    never finished). A subprocess, so a hang fails this test (the guard is ~10x its normal time)."""
+    storage = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "ftray", "sweep", str(REPO / "jobs" / "pbt.yaml"),
+                        "--set", f"run.storage_path={storage}", "--set", "train.epochs=4"],
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder = Path(r.stdout.strip().splitlines()[-1])
+    s = json.loads((folder / "summary.json").read_text())
+    assert s["status"] == "succeeded" and s["trials"] == 4 and s["stopped_early"] == 0
+    # The epoch-2 perturbation copied the worst trial (quantile 0.25 of 4) from a better one; the one
+    # due at epoch 4 does not happen: a trial's last epoch ends it.
+    assert s["pbt"]["exploits"] == 1
+    for trial in (folder / "trials").iterdir():
+        t = json.loads((trial / "summary.json").read_text())
+        assert t["status"] == "succeeded" and t["epochs_done"] == 4
+    assert s["trial_epochs"] == 16
+    assert s["best"]["metrics"]["val_accuracy"] > PBT_JOB_4_EPOCHS_MIN_ACCURACY, s["best"]
 
 
 def test_ensemble_job(ray_session, tmp_path, capsys, monkeypatch):
