@@ -4,7 +4,7 @@ carries more than the job needs.
 - weights load without unpickling arbitrary code: trainer state through `torch.load(weights_only=True)`,
   exported models as safetensors only;
 - YAML is loaded safely: no Python tag runs, alias bombs and oversized or absurdly nested
-  documents are refused quickly and in bounded memory;
+  documents are refused in bounded memory (and without hanging);
 - secrets from the environment never reach `summary.json` (one real run on the shared Ray);
 - job uploads (`cluster/runtime_env.yaml`) leave out VCS folders, virtualenvs, runs and caches.
 """
@@ -15,7 +15,6 @@ import ast
 import json
 import pickle
 import secrets
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -33,8 +32,10 @@ from ftray.numerics import make_optimizer, make_scheduler
 from ftray.redact import MASK, redact, secret_values
 from ftray.spec import MAX_SPEC_BYTES, JobSpec, MLPModel, SpecError, load_spec
 from tests.conftest import REPO, blobs, mlp_spec, write_spec
+from tests.hang import no_hang
 
 PACKAGE = REPO / "ftray"
+HANG_S = 120  # a refused bomb or nesting takes milliseconds; only a loop gets near this
 
 
 # ----------------------------------------------------------------------- weights without pickles
@@ -184,29 +185,26 @@ def merge_key_bomb() -> str:
 
 
 @pytest.mark.parametrize("make", [billion_laughs, wide_alias_bomb, merge_key_bomb])
-def test_alias_bombs_are_refused_fast_and_small(tmp_path, make):
+def test_alias_bombs_are_refused_in_bounded_memory(tmp_path, make):
     body = make()
     assert len(body.encode()) < MAX_SPEC_BYTES  # it gets past the size check: the loader must stop it
     path = spec_file(tmp_path, body)
     tracemalloc.start()
-    started = time.perf_counter()
     try:
-        with pytest.raises(SpecError, match="aliases"):
+        # Milliseconds in practice; an expanded bomb would take minutes (the guard is for a hang,
+        # the memory bound below is what tells a refused bomb from an expanded one).
+        with no_hang(HANG_S, "load_spec"), pytest.raises(SpecError, match="aliases"):
             load_spec(path)
-        elapsed = time.perf_counter() - started
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert elapsed < 5.0, f"{elapsed:.1f} s"  # milliseconds in practice; a bomb would take minutes
     assert peak < 64 << 20, f"{peak >> 20} MiB"  # a few MiB: the text and its first tokens
 
 
-def test_deep_nesting_is_refused_fast(tmp_path):
+def test_deep_nesting_is_refused_without_hanging(tmp_path):
     body = "model: " + "[" * 400_000 + "]" * 400_000 + "\n"
-    started = time.perf_counter()
-    with pytest.raises(SpecError, match="nested deeper than"):
+    with no_hang(HANG_S, "load_spec"), pytest.raises(SpecError, match="nested deeper than"):
         load_spec(spec_file(tmp_path, body))
-    assert time.perf_counter() - started < 5.0
 
 
 def test_an_oversized_spec_is_refused_without_reading_it(tmp_path):
