@@ -3,6 +3,8 @@ and jobs/meta.yaml (on two workers) meta-learns a start that beats the jointly t
 
 from __future__ import annotations
 
+import itertools
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,11 @@ from ftray import cli, data
 from ftray.methods import get_method
 from ftray.methods.meta import task_tables
 from ftray.models import ModelInfo
+from ftray.numerics import make_optimizer, make_scheduler
 from ftray.spec import JobSpec
+from ftray.train import Loop, Worker, _optimizer_step
 from tests.conftest import REPO, job_summary, write_spec
+from tests.methods.shards import Rows
 
 INFO = ModelInfo("regression", 1)
 
@@ -52,7 +57,7 @@ def test_adaptation_fits_the_support_rows(tmp_path):
     spec = JobSpec.model_validate(spec_of(tmp_path, inner_lr=0.05))
     m = get_method(spec)
     model = m.build(INFO, None)
-    start = {n: p.detach() for n, p in model.named_parameters()}
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}  # a copy: adaptation must not write it
     x, y = torch.linspace(-2, 2, 5).unsqueeze(1), 2 * torch.sin(torch.linspace(-2, 2, 5))
     before = float(m._loss(model, start, x, y))
     after = float(m._loss(model, m._adapt(model, start, x, y, steps=20), x, y))
@@ -60,6 +65,76 @@ def test_adaptation_fits_the_support_rows(tmp_path):
     assert all(torch.equal(start[n], p) for n, p in model.named_parameters())  # the start is untouched
 
 
+
+
+# Two tasks of four rows for a linear model y = w x + b under squared loss: one meta-batch of both.
+TASKS = {"x": [np.array([[-1.0], [0.5], [2.0], [1.0]], np.float32), np.array([[0.0], [-2.0], [1.5], [3.0]], np.float32)],
+         "y": [np.array([1.0, 0.0, -2.0, 3.0], np.float32), np.array([0.5, 2.0, -1.0, 1.0], np.float32)]}
+W0, B0, INNER_LR, INNER_STEPS, META_LR = 0.5, -0.2, 0.1, 3, 0.5
+
+
+def mse_grad(w, b, x, y):
+    r = w * x + b - y  # d/dw mean(r^2) = 2 mean(r x), d/db = 2 mean(r)
+    return 2 * np.mean(r * x), 2 * np.mean(r)
+
+
+def by_hand(algorithm, split):
+    """One meta-step from (W0, B0) with each task's (support, query) rows as `split` says, in float64:
+    INNER_STEPS plain SGD steps on the support rows give the adapted (w_j, b_j); the meta-gradient is
+    Reptile's (w, b) - mean_j (w_j, b_j) or first-order MAML's mean_j of the query-loss gradient at
+    (w_j, b_j); SGD at META_LR applies it. Also the summed query loss at the adapted weights."""
+    adapted, grads, query_loss = [], [], 0.0
+    for x, y, (support, query) in zip(TASKS["x"], TASKS["y"], split):
+        x, y = x[:, 0].astype(np.float64), y.astype(np.float64)
+        w, b = W0, B0
+        for _ in range(INNER_STEPS):
+            gw, gb = mse_grad(w, b, x[support], y[support])
+            w, b = w - INNER_LR * gw, b - INNER_LR * gb
+        adapted.append((w, b))
+        grads.append(mse_grad(w, b, x[query], y[query]))
+        query_loss += np.mean((w * x[query] + b - y[query]) ** 2)
+    if algorithm == "reptile":
+        meta = np.array([W0, B0]) - np.mean(adapted, 0)
+    else:
+        meta = np.mean(grads, 0)
+    return np.array([W0, B0]) - META_LR * meta, query_loss
+
+
+def splits():
+    """Every way to draw 2 support and 2 query rows from each task (the epoch draws them at random)."""
+    halves = [(list(s), [i for i in range(4) if i not in s]) for s in itertools.combinations(range(4), 2)]
+    return itertools.product(halves, repeat=2)
+
+
+@pytest.mark.parametrize("algorithm", ["reptile", "fomaml"])
+def test_one_meta_step_matches_the_hand_computed_one(tmp_path, algorithm):
+    raw = spec_of(tmp_path, algorithm=algorithm, shots=2, inner_steps=INNER_STEPS, inner_lr=INNER_LR)
+    raw["model"] = {"name": "mlp", "layers": 0}
+    raw["data"]["shuffle_buffer"] = 0
+    raw["train"] = {"batch_size": 2, "lr": META_LR, "optimizer": {"name": "sgd"}}
+    spec = JobSpec.model_validate(raw)
+    m = get_method(spec)
+    model = m.build(INFO, None)
+    with torch.no_grad():
+        model.classifier.weight.fill_(W0)
+        model.classifier.bias.fill_(B0)
+    # The training loop's own pieces: the spec's optimizer and the shared step (clip, schedule).
+    optimizer = make_optimizer(spec, m.param_groups(model))
+    scheduler = make_scheduler(spec, optimizer, steps_per_epoch=1)
+    worker = Worker(rank=0, world=1, device=torch.device("cpu"), train_data=Rows(**TASKS), val_data=None,
+                    resume=None, report=lambda metrics, folder: None)
+    loop = Loop(spec, model, optimizer, worker, nullcontext(),
+                step=lambda: _optimizer_step(spec, model, optimizer, scheduler, None))
+    loss_sum, seen = m.run_epoch(loop, epoch=1)
+    got = np.array([float(model.classifier.weight.detach()), float(model.classifier.bias.detach())])
+    assert seen == 2
+    # The rows the epoch drew are its own (seeded) choice: the step must be the hand-computed one for
+    # one of the ways to draw them, and its reported loss the query loss of that same draw.
+    matches = [(theta, loss) for theta, loss in (by_hand(algorithm, s) for s in splits())
+               if np.allclose(theta, got, rtol=1e-5, atol=1e-6)]
+    assert matches, f"{got} is no hand-computed {algorithm} step"
+    assert any(float(loss_sum) == pytest.approx(loss, rel=1e-5) for _, loss in matches)
+    assert not np.allclose(got, [W0, B0], atol=1e-3)  # the start moved
 
 
 @pytest.mark.parametrize("change, message", [
