@@ -4,7 +4,9 @@ before Ray starts, and jobs/incremental.yaml forgets less than the same run with
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -15,6 +17,7 @@ from ftray.models import ModelInfo, load_exported
 from ftray.models.mlp import MLP
 from ftray.spec import JobSpec, MLPModel
 from tests.conftest import REPO, blobs, job_summary, mlp_spec, write_spec
+from tests.methods.shards import Rows
 
 OLD = ModelInfo("classification", 8, [0, 1, 2])
 NEW = ModelInfo("classification", 8, [0, 1, 2, 3, 4])
@@ -50,24 +53,104 @@ def test_the_head_grows_and_keeps_the_old_model(world):
     assert torch.allclose(model({"x": x})[:, :3], old({"x": x}))  # the old classes' logits are unchanged
 
 
-def test_ewc_penalty_is_zero_at_the_old_weights_and_pulls_back_to_them(world):
-    m = get_method(JobSpec.model_validate(spec_of(world, ewc_lambda=10.0)))
-    model = m.build(NEW, None)
+LINEAR_OLD = ModelInfo("classification", 4, [0, 1, 2])
+LINEAR_NEW = ModelInfo("classification", 4, [0, 1, 2, 3, 4])
+
+
+@pytest.fixture
+def linear_world(tmp_path):
+    """An earlier linear softmax classifier (an mlp of no hidden layer) over 4 features, classes 0-2,
+    and 10 old rows whose labels it does not all get right."""
+    torch.manual_seed(3)
+    MLP(MLPModel(layers=0), LINEAR_OLD).export(tmp_path / "old_run" / "model")
+    rng = np.random.default_rng(0)
+    return tmp_path, rng.normal(0, 1.5, (10, 4)).astype(np.float32), np.arange(10) % 3
+
+
+def linear_method(w: Path, info: ModelInfo, ewc_lambda: float):
+    raw = spec_of(w, ewc_lambda=ewc_lambda, fisher_rows=10)
+    raw["model"] = {"name": "mlp", "layers": 0, "init_from": str(w / "old_run")}
+    raw["data"]["classes"] = list(info.classes)
+    raw["train"]["batch_size"] = 4  # the Fisher rows come in batches of 4, 4 and 2
+    m = get_method(JobSpec.model_validate(raw))
+    model = m.build(info, None)
+    m.prepare(model)
     m.attach(torch.device("cpu"))
-    fisher = torch.ones(16, 8)
-    w = model.backbone[0][0].weight
-    m.ewc = [(w, w.detach().clone(), fisher)]
-    batch = {"x": torch.randn(6, 8), "y": torch.tensor([3, 4, 3, 4, 3, 4])}
-    plain = get_method(JobSpec.model_validate(spec_of(world, ewc_lambda=0.0)))
-    plain.ewc = None
-    assert float(m.loss(model, batch)[0].detach()) == pytest.approx(float(plain.loss(model, batch)[0].detach()))
+    return m, model
+
+
+def fisher_terms(m, model, x, y):
+    loop = SimpleNamespace(model=model, worker=SimpleNamespace(device=torch.device("cpu")),
+                           data=lambda name: {"fisher": Rows(x=x, y=y)}[name])
+    m.run_epoch(loop, 1)  # estimates the Fisher once, before the first epoch
+    return {id(p): (p, a, f) for p, a, f in m.ewc}
+
+
+def logistic_fisher(w, b, x, y):
+    """The closed form for a linear softmax model: the gradient of example i's cross-entropy is
+    e_i x_i^T for the weights and e_i for the bias, e_i = softmax(W x_i + b) - onehot(y_i). The
+    empirical Fisher (with the data's labels) averages their squares; the expected one averages
+    over labels drawn from the model's own prediction instead."""
+    z = x @ w.T + b
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    e = p - np.eye(len(b))[y]
+    empirical = ((e[:, :, None] * x[:, None, :]) ** 2).mean(0), (e ** 2).mean(0)
+    # E_{c ~ p_i} (p_i - onehot(c))^2 = p_i (1 - p_i)^2 + (1 - p_i) p_i^2 = p_i (1 - p_i), per output
+    v = p * (1 - p)
+    expected = (v[:, :, None] * x[:, None, :] ** 2).mean(0), v.mean(0)
+    return empirical, expected
+
+
+def test_ewc_fisher_is_the_empirical_fisher_of_the_earlier_model(linear_world):
+    w, x, y = linear_world
+    m, model = linear_method(w, LINEAR_OLD, ewc_lambda=3.0)
+    old = load_exported(str(w / "old_run"))
+    (fw, fb), (ew, eb) = logistic_fisher(old.classifier.weight.detach().double().numpy(),
+                                         old.classifier.bias.detach().double().numpy(), x.astype(np.float64), y)
+    terms = fisher_terms(m, model, x, y)
+    assert set(terms) == {id(model.classifier.weight), id(model.classifier.bias)}
+    for name, f in (("weight", fw), ("bias", fb)):
+        _, anchor, fisher = terms[id(getattr(model.classifier, name))]
+        assert torch.equal(anchor, old.state_dict()[f"classifier.{name}"])
+        np.testing.assert_allclose(fisher.numpy(), f, rtol=1e-5, atol=1e-8)
+    # The two estimates differ here, so the check above tells which one ftray computes.
+    assert np.abs(fw - ew).max() > 0.1 * np.abs(fw).max()
+
+
+def test_ewc_penalty_and_its_pull_are_lambda_f_delta(linear_world):
+    """loss = task loss + lambda/2 * sum F (theta - theta_old)^2, and so its gradient adds
+    lambda * F * (theta - theta_old): weights that mattered for the old task are pulled back
+    hardest. With a grown head, only the old classes' rows are anchored."""
+    w, x, y = linear_world
+    lam = 7.0
+    m, model = linear_method(w, LINEAR_NEW, ewc_lambda=lam)
+    plain, _ = linear_method(w, LINEAR_NEW, ewc_lambda=0.0)
+    terms = fisher_terms(m, model, x, y)
+    fw = terms[id(model.classifier.weight)][2].double().numpy()
+    fb = terms[id(model.classifier.bias)][2].double().numpy()
+    batch = {"x": torch.randn(6, 4), "y": torch.tensor([3, 4, 3, 4, 3, 4])}
+
+    def penalty_and_pull():
+        grads = []
+        for method in (m, plain):
+            loss = method.loss(model, batch)[0]
+            grads.append((float(loss.detach()),
+                          *torch.autograd.grad(loss, [model.classifier.weight, model.classifier.bias])))
+        (with_ewc, gw, gb), (without, pw, pb) = grads
+        return with_ewc - without, (gw - pw).double().numpy(), (gb - pb).double().numpy()
+
+    assert penalty_and_pull()[0] == pytest.approx(0.0, abs=1e-6)  # at the old weights: no penalty
+    dw, db = np.random.default_rng(1).normal(0, 0.5, (5, 4)), np.random.default_rng(2).normal(0, 0.5, 5)
     with torch.no_grad():
-        w += 0.5
-    penalty = float(m.loss(model, batch)[0].detach()) - float(plain.loss(model, batch)[0].detach())
-    assert penalty == pytest.approx(10.0 / 2 * 16 * 8 * 0.25, rel=1e-4)
-    w.grad = None
-    m.loss(model, batch)[0].backward()
-    assert (w.grad > 0).float().mean() > 0.9  # the gradient points back toward the old weights
+        model.classifier.weight += torch.tensor(dw, dtype=torch.float32)
+        model.classifier.bias += torch.tensor(db, dtype=torch.float32)
+    penalty, pull_w, pull_b = penalty_and_pull()
+    assert penalty == pytest.approx(lam / 2 * ((fw * dw[:3] ** 2).sum() + (fb * db[:3] ** 2).sum()), rel=1e-4)
+    np.testing.assert_allclose(pull_w[:3], lam * fw * dw[:3], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(pull_b[:3], lam * fb * db[:3], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(pull_w[3:], 0, atol=1e-7)  # the new classes' rows are free
+    np.testing.assert_allclose(pull_b[3:], 0, atol=1e-7)
 
 
 def test_forgetting_is_how_much_the_old_metric_got_worse(world):
