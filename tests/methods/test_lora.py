@@ -1,8 +1,10 @@
-"""LoRA specifics: the exported adapter reloads with the same outputs, the merged export matches
-base + adapter, and target modules that match nothing are refused before Ray starts."""
+"""LoRA specifics: an adapter adds (alpha / r) B A x, the exported adapter reloads with the same
+outputs, the merged export matches base + adapter, and target modules that match nothing are
+refused before Ray starts."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,6 +47,27 @@ def test_adapter_and_merged_exports(tmp_path, tiny_bert):
     again.eval()
     torch.testing.assert_close(again(batch), out, rtol=0, atol=1e-6)
     assert any(p.requires_grad for n, p in again.named_parameters() if "lora_A" in n)
+
+
+@pytest.mark.parametrize("method", [{"name": "lora"}, {"name": "attention", "lora": True}])
+def test_adapter_adds_alpha_over_r_times_b_a(tmp_path, tiny_bert, method):
+    """An adapted layer computes W x + b + (alpha / r) B A x: method.r and method.alpha reach peft
+    as its rank and scaling numerator (plain LoRA, not rank-stabilised alpha / sqrt(r))."""
+    r, alpha = 2, 6.0
+    model = get_method(lora_spec(tmp_path, tiny_bert, **method, r=r, alpha=alpha)).build(INFO, None)
+    cfg = model.hf.peft_config["default"]
+    assert (cfg.r, cfg.lora_alpha, cfg.use_rslora) == (r, alpha, False)
+    layer = model.hf.base_model.model.bert.encoder.layer[0].attention.self.query
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, (r, 32)), rng.normal(0, 1, (32, r))  # A: r x in, B: out x r
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(torch.tensor(a))
+        layer.lora_B["default"].weight.copy_(torch.tensor(b))
+    x = rng.normal(0, 1, (3, 32))
+    w, bias = (t.detach().double().numpy() for t in (layer.base_layer.weight, layer.base_layer.bias))
+    expected = x @ w.T + bias + alpha / r * x @ a.T @ b.T
+    got = layer(torch.tensor(x, dtype=torch.float32)).detach().double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("method, expected", [

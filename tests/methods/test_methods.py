@@ -1,5 +1,5 @@
 """Table-driven over every method and a tiny model of each builder: what should train changes,
-what should stay frozen does not."""
+what should stay frozen does not; transfer's unfrozen blocks step at their own learning rate."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from ftray.methods import METHODS, get_method
 from ftray.models import ModelInfo, build_model
-from ftray.numerics import make_optimizer
+from ftray.numerics import make_optimizer, make_scheduler
 from ftray.spec import JobSpec
 from tests.conftest import mlp_spec
 
@@ -135,3 +135,36 @@ def test_trainable_change_frozen_do_not(tmp_path, tiny_bert, teachers, builder, 
         hit = [k for k in changed if k.startswith(prefix)]
         assert not hit, f"{hit} should be frozen"
         assert all(not p.requires_grad for k, p in after.items() if k.startswith(prefix))
+
+
+def test_transfer_steps_unfrozen_blocks_at_backbone_lr_scale(tmp_path):
+    """unfreeze_last: 1, backbone_lr_scale: 0.1: the head's group runs at train.lr, the top block's
+    at lr * 0.1, both under the same schedule; one SGD step moves each by its own rate times its
+    gradient, and the frozen blocks not at all."""
+    raw = mlp_spec(tmp_path / "d.parquet", tmp_path, method={"name": "transfer", "unfreeze_last": 1,
+                                                            "backbone_lr_scale": 0.1},
+                   train={"lr": 0.5, "optimizer": {"name": "sgd"}, "schedule": {"warmup_steps": 4}})
+    raw["model"] = {"name": "mlp", "layers": 3, "units": 8}
+    spec = JobSpec.model_validate(raw)
+    m = get_method(spec)
+    model = m.build(MLP_INFO, None)
+    m.prepare(model)
+    opt = make_optimizer(spec, m.param_groups(model))
+    groups = [{id(p) for p in g["params"]} for g in opt.param_groups]
+    assert groups == [{id(p) for p in model.classifier.parameters()}, {id(p) for p in model.backbone[2].parameters()}]
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.5, 0.05])
+    make_scheduler(spec, opt, steps_per_epoch=10)  # warmup: the first step runs at a quarter of each rate
+    rates = {id(p): lr for g, lr in zip(opt.param_groups, [0.125, 0.0125]) for p in g["params"]}
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.125, 0.0125])
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss, _ = m.loss(model, {"x": torch.randn(6, 4), "y": torch.tensor([0, 1, 2, 0, 1, 2])})
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert set(grads) == {"classifier.weight", "classifier.bias", "backbone.2.0.weight", "backbone.2.0.bias"}
+    opt.step()
+    for n, p in model.named_parameters():
+        if n in grads:
+            torch.testing.assert_close(p.detach(), before[n] - rates[id(p)] * grads[n], rtol=0, atol=1e-7)
+        else:
+            assert torch.equal(p.detach(), before[n]), n
