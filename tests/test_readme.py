@@ -161,7 +161,7 @@ def test_each_figure_is_checked_by_the_test_it_names(fig):
     tests = {n.name: n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef)}
     assert name in tests, f"{fig.key}: {fig.test} does not exist"
     body = ast.get_source_segment(source, tests[name])
-    assert f'"{fig.key}"' in body and ".check(" in body, f"{fig.key}: {fig.test} does not check it"
+    assert f'FIGURES["{fig.key}"].check(' in body, f"{fig.key}: {fig.test} does not check it"
 
 
 # ---------------------------------------------------------------------------- tests/README.md
