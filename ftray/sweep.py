@@ -99,7 +99,9 @@ def scheduler(spec: JobSpec):
         return ASHAScheduler(max_t=spec.train.epochs, grace_period=s.grace_period,
                              reduction_factor=s.reduction_factor)
     if s.name == "median":
-        return MedianStoppingRule(grace_period=s.grace_period, min_samples_required=2)
+        # Its default clock is seconds (`time_total_s`); the spec's grace period is in epochs.
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=s.grace_period,
+                                  min_samples_required=2)
     if s.name == "hyperband":
         return HyperBandScheduler(max_t=spec.train.epochs, reduction_factor=s.reduction_factor)
     if s.name in ("pbt", "pb2"):
