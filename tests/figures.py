@@ -78,9 +78,11 @@ MULTIMODAL = "tests/models/test_multimodal.py"
 MM_JOB = f"{MULTIMODAL}::test_multimodal_job_beats_each_single_modality"
 # Owned by others: the tests named here are to import these entries (see PENDING).
 PBT = "tests/test_sweep_pbt.py"
-INCREMENTAL = "tests/methods/test_incremental.py"
-META = "tests/methods/test_meta.py"
-RL = "tests/test_rl.py"
+ENSEMBLE_JOB = f"{PBT}::test_ensemble_job_stacks_past_its_best_member"
+PBT_JOB = f"{PBT}::test_pbt_job_ends_with_an_exploit_due_on_its_last_epoch"
+INCREMENTAL_JOB = "tests/methods/test_incremental.py::test_incremental_job_forgets_less_than_plain_fine_tuning"
+META_JOB = "tests/methods/test_meta.py::test_meta_job_on_two_workers_beats_the_joint_baseline"
+RL_JOB = "tests/test_rl.py::test_job_rl_finetune_then_rl_transfer"
 
 WALL = "measured once on the shared 2-core machine (wall time, not tested: load changes it 3-10x)"
 
@@ -154,20 +156,24 @@ ENTRIES += [
              "history: an earlier version of the job, no longer shipped"),
     # ---------------------------------------------------- ensemble, PBT (the lead: tests/test_sweep_pbt.py)
     Untested("ensemble.wall", ("| 38 s; stacked", "8 packed trials in 38 s"), WALL),
-    Figure("ensemble.stacked", "stacked ensemble {96.4}% against", 0.01, f"{PBT}::test_ensemble_job",
+    Figure("ensemble.stacked", "stacked ensemble {96.4}% against", 0.006, ENSEMBLE_JOB,
            also=("validation rows): **{96.4}%**",)),
-    Figure("ensemble.best_member", "the best single member {95.8}%", 0.01, f"{PBT}::test_ensemble_job",
+    Figure("ensemble.best_member", "the best single member {95.8}%", 0.006, ENSEMBLE_JOB,
            also=("the best single member's **{95.8}%**",)),
-    Figure("ensemble.averaged", "(averaged: {95.5}%)", 0.01, f"{PBT}::test_ensemble_job",
+    Figure("ensemble.averaged", "(averaged: {95.5}%)", 0.006, ENSEMBLE_JOB,
            also=("`--set tune.ensemble.combine=average`: {95.5}%",)),
-    Untested("ensemble.others", ("Members (top 5): 95.8, 95.0, 93.9, 89.4, 88.9%.", "on the 359 validation rows",
-                                 "(+2 rows)", "`vote` 95.0%", "=3` 95.3%", "the two weakest (89%)"),
+    Figure("ensemble.voted", "`vote` {95.0}%", 0.006, ENSEMBLE_JOB),
+    *(Figure(f"ensemble.member{i + 1}", "Members (top 5): " + ", ".join(
+        f"{{{m}}}" if j == i else m for j, m in enumerate(("95.8", "95.0", "93.9", "89.4", "88.9"))) + "%.",
+        0.006, ENSEMBLE_JOB) for i in range(5)),
+    Setting("ensemble.top_k", ("Members (top 5):",), "the job's tune.ensemble.top_k"),
+    Untested("ensemble.others", ("on the 359 validation rows", "(+2 rows)", "=3` 95.3%", "the two weakest (89%)"),
              "measured once, not tested: `ftray sweep jobs/ensemble.yaml` and the `--set` variants named"),
     Untested("pbt.wall", ("| 93 s; 4 exploit", "4 packed trials, 8 epochs, in 93 s"), WALL),
-    Figure("pbt.exploits", "93 s; {4} exploit steps", 0, f"{PBT}::test_pbt_job", scale=1,
+    Figure("pbt.exploits", "93 s; {4} exploit steps", 0, PBT_JOB, scale=1,
            also=("PBT took **{4} exploit steps**",)),
     Untested("pbt.epochs", ("(at epochs 2, 3, 6, 8;",), "measured once with the exploit count"),
-    Figure("pbt.best", "exploit steps; best {96.7}%", 0.01, f"{PBT}::test_pbt_job",
+    Figure("pbt.best", "exploit steps; best {96.7}%", 0.01, PBT_JOB,
            also=("the best trial ended at {96.7}% validation accuracy",)),
     Untested("pbt.best_trial", ("(val loss 0.100) with LR 0.207, momentum 0.78",),
              "measured once, not tested: `ftray sweep jobs/pbt.yaml`"),
@@ -190,12 +196,12 @@ ENTRIES += [
     Untested("incremental_meta.wall", ("`): 53 s;", "`: 74 s (figures"), WALL),
     # ------------------------------------------------------------------- RL (tests/test_rl.py)
     Setting("rl.machine", ("| (16-core CPU) 500", "| (16-core CPU) starts"), "the machine the RL rows ran on"),
-    Figure("rl_finetune.pretrained_return", "(16-core CPU) {500} before PPO", 0, f"{RL}::test_rl_finetune_job",
+    Figure("rl_finetune.pretrained_return", "(16-core CPU) {500} before PPO", 0, RL_JOB,
            scale=1),
-    Figure("rl_finetune.steps_to_target", "({0} env steps to the target", 0, f"{RL}::test_rl_finetune_job", scale=1),
+    Figure("rl_finetune.steps_to_target", "({0} env steps to the target", 0, RL_JOB, scale=1),
     Untested("rl_finetune.scratch", ("PPO from scratch: 18000-34000)",),
              "measured once on the 16-core host: `method.demos=null`, seeds 0/1/2 (see the RL section)"),
-    Figure("rl_transfer.start", "starts at {419} on the variant; PPO", 5, f"{RL}::test_rl_transfer_job", scale=1),
+    Figure("rl_transfer.start", "starts at {419} on the variant; PPO", 5, RL_JOB, scale=1),
     Untested("rl_transfer.ppo", ("PPO did not reach 475 in 100000 steps (scratch: 50000)",),
              "measured once on the 16-core host: `ftray run jobs/rl_transfer.yaml` (100000 env steps)"),
     # ------------------------------------------------------------------------------ multimodal
@@ -211,22 +217,23 @@ ENTRIES += [
             "a property of the data (jobs/data/make_data.py balances the answers)"),
     Untested("multimodal.wall", ("The fused job took 96.5 s wall (Ray start 5 s, fit 85 s, 4-10 s per epoch) on the "
                                  "shared 2-core machine at load average 12", "the same run took 651 s at load 60-95",
-                                 "two fresh runs on 2026-12-01 (264 and 286 s at load 40-80) both gave 94.4% (val loss 0.1413)"),
+                                 "two fresh runs on 2026-12-01 (264 and 286 s at load 40-80) both gave 94.4% "
+                                 "(val loss 0.1413)"),
              WALL),
     # ---------------------------------------------------- incremental (tests/methods/test_incremental.py)
-    Figure("incremental.old_before", "| old digits {97.8}% ->", 0.01, f"{INCREMENTAL}::test_incremental_job",
+    Figure("incremental.old_before", "| old digits {97.8}% ->", 0.01, INCREMENTAL_JOB,
            also=("without replay and EWC: old {97.8}% ->",)),
-    Figure("incremental.old_after", "-> {95.6}% (forgetting 2.2", 0.01, f"{INCREMENTAL}::test_incremental_job"),
-    Figure("incremental.forgetting", "(forgetting {2.2} points)", 0.01, f"{INCREMENTAL}::test_incremental_job"),
-    Figure("incremental.new_after", "new digits {93.9}%;", 0.01, f"{INCREMENTAL}::test_incremental_job"),
+    Figure("incremental.old_after", "-> {95.6}% (forgetting 2.2", 0.01, INCREMENTAL_JOB),
+    Figure("incremental.forgetting", "(forgetting {2.2} points)", 0.01, INCREMENTAL_JOB),
+    Figure("incremental.new_after", "new digits {93.9}%;", 0.01, INCREMENTAL_JOB),
     Figure("incremental.plain_old_after", "without replay and EWC: old 97.8% -> {0.0}%", 0.01,
-           f"{INCREMENTAL}::test_incremental_job"),
-    Figure("incremental.plain_forgetting", "(forgetting {97.8}), new", 0.01, f"{INCREMENTAL}::test_incremental_job"),
-    Figure("incremental.plain_new_after", "97.8), new {98.9}% |", 0.01, f"{INCREMENTAL}::test_incremental_job"),
+           INCREMENTAL_JOB),
+    Figure("incremental.plain_forgetting", "(forgetting {97.8}), new", 0.01, INCREMENTAL_JOB),
+    Figure("incremental.plain_new_after", "97.8), new {98.9}% |", 0.01, INCREMENTAL_JOB),
     # ----------------------------------------------------------------- meta (tests/methods/test_meta.py)
     Setting("meta.shots", ("| 10-shot MSE after 5 steps:",), "the job's shots and eval_steps"),
-    Figure("meta.meta_mse", "meta-learned start {0.94}, jointly", 0.05, f"{META}::test_meta_job", scale=1),
-    Figure("meta.baseline_mse", "jointly trained baseline {3.30} |", 0.1, f"{META}::test_meta_job", scale=1),
+    Figure("meta.meta_mse", "meta-learned start {0.94}, jointly", 0.05, META_JOB, scale=1),
+    Figure("meta.baseline_mse", "jointly trained baseline {3.30} |", 0.1, META_JOB, scale=1),
 ]
 
 FIGURES = {e.key: e for e in ENTRIES if isinstance(e, Figure)}
