@@ -220,17 +220,17 @@ def test_job_rl_finetune_then_rl_transfer(ray_session, tmp_path, capsys, monkeyp
     assert s["rl"]["start"] == "bc"
     assert bc["rows"] == pq.read_metadata(REPO / "jobs/data/cartpole_demos.parquet").num_rows
     assert bc["last_loss"] < bc["first_loss"] - 0.1  # cloning learned the demonstrator's actions
-    # PPO starts from the cloned policy, which balances far longer than random weights (~10-50):
-    # measured 150.5 after these 40 updates (loss 0.70 -> 0.46).
+    # PPO starts from the cloned policy, which balances far longer than random weights (~10-50).
+    # BC's data order varies between runs: measured 150.5 (loss 0.69 -> 0.46) and 500 (-> 0.28).
     assert s["rl"]["pretrained_return"] == start_return(tmp_path / "rl_finetune" / "bc" / rl.MODULE_PATH, s)
-    assert s["rl"]["pretrained_return"] >= 100
+    assert s["rl"]["pretrained_return"] >= 80
     code, out, err = run_cli(["run", "jobs/rl_transfer.yaml", *small,
                               "--set", f"method.init_checkpoint={tmp_path}/rl_finetune"], capsys)
     assert code == 0, err[-3000:]
     t = json.loads((Path(out.strip().splitlines()[-1]) / "summary.json").read_text())
     assert t["rl"]["start"] == "checkpoint" and t["status"] == "succeeded"
     assert t["spec"]["method"]["env_kwargs"] == {"pole_length": 1.0, "force_mag": 5.0}
-    # rl_transfer starts from rl_finetune's last policy, scored on the variant (measured: 201.5).
+    # rl_transfer starts from rl_finetune's last policy, scored on the variant (measured 201.5 and 166).
     assert t["rl"]["pretrained_return"] == start_return(latest_module(tmp_path / "rl_finetune"), t)
 
 
