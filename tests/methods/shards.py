@@ -20,7 +20,7 @@ class Rows:
 
     def iter_torch_batches(self, batch_size: int, device="cpu", **_):
         for chunk in self._chunks(batch_size):
-            yield {k: torch.as_tensor(np.asarray(v), device=device) for k, v in chunk.items()}
+            yield {k: torch.as_tensor(np.array(v), device=device) for k, v in chunk.items()}
 
     def iter_batches(self, batch_size: int, batch_format: str, local_shuffle_buffer_size=None, **_):
         # Unshuffled, like a shard with `data.shuffle_buffer: 0`, which these tests' specs set.

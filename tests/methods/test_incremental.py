@@ -15,6 +15,7 @@ from ftray import cli
 from ftray.methods import get_method
 from ftray.models import ModelInfo, load_exported
 from ftray.models.mlp import MLP
+from ftray.numerics import make_optimizer
 from ftray.spec import JobSpec, MLPModel
 from tests.conftest import REPO, blobs, job_summary, mlp_spec, write_spec
 from tests.methods.shards import Rows
@@ -151,6 +152,53 @@ def test_ewc_penalty_and_its_pull_are_lambda_f_delta(linear_world):
     np.testing.assert_allclose(pull_b[:3], lam * fb * db[:3], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(pull_w[3:], 0, atol=1e-7)  # the new classes' rows are free
     np.testing.assert_allclose(pull_b[3:], 0, atol=1e-7)
+
+
+def features(table):
+    return np.stack(table.column("x").to_numpy(zero_copy_only=False)), table.column("label").to_numpy()
+
+
+def test_ewc_alone_forgets_less_than_no_defence(tmp_path):
+    """No replay: an mlp fit to old blobs of classes 0-2 continues on new blobs of the same classes
+    (30 SGD steps, the method's own loss and Fisher). Without a defence it loses a fifth of the old
+    task; the EWC penalty alone keeps nearly all of it and still learns the new one."""
+    xo, yo = features(blobs(90, classes=3))
+    xn, yn = features(blobs(90, classes=3, seed=1))
+    torch.manual_seed(0)
+    old = MLP(MLPModel(layers=1, units=16), OLD)
+    opt = torch.optim.SGD(old.parameters(), lr=0.1)
+    for _ in range(100):
+        torch.nn.functional.cross_entropy(old({"x": torch.tensor(xo)}), torch.tensor(yo)).backward()
+        opt.step()
+        opt.zero_grad()
+    old.export(tmp_path / "old_run" / "model")
+
+    def continued(ewc_lambda):
+        raw = spec_of(tmp_path, replay_ratio=0, ewc_lambda=ewc_lambda, fisher_rows=90)
+        raw["data"]["classes"] = [0, 1, 2]
+        raw["train"] = {"batch_size": 30, "lr": 0.1, "optimizer": {"name": "sgd"}}
+        m = get_method(JobSpec.model_validate(raw))
+        model = m.build(OLD, None)
+        m.prepare(model)
+        m.attach(torch.device("cpu"))
+        m.run_epoch(SimpleNamespace(model=model, worker=SimpleNamespace(device=torch.device("cpu")),
+                                    data=lambda name: Rows(x=xo, y=yo)), 1)
+        opt = make_optimizer(m.spec, m.param_groups(model))
+        for step in range(30):
+            rows = slice(step * 30 % 90, step * 30 % 90 + 30)
+            m.loss(model, {"x": torch.tensor(xn[rows]), "y": torch.tensor(yn[rows])})[0].backward()
+            opt.step()
+            opt.zero_grad()
+        with torch.no_grad():
+            return [float((model({"x": torch.tensor(x)}).argmax(-1).numpy() == y).mean()) for x, y in
+                    ((xo, yo), (xn, yn))]
+
+    old_before = float((old({"x": torch.tensor(xo)}).argmax(-1).numpy() == yo).mean())
+    (plain_old, plain_new), (ewc_old, ewc_new) = continued(0.0), continued(1e4)
+    assert old_before == 1.0
+    assert old_before - plain_old > 0.15  # without a defence it forgets
+    assert old_before - ewc_old < (old_before - plain_old) / 4
+    assert ewc_new > 0.95 and plain_new > 0.95
 
 
 def test_forgetting_is_how_much_the_old_metric_got_worse(world):
