@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +46,48 @@ class LocalHead:
     start_output: str
 
     @classmethod
-    def start(cls, num_cpus: int = 4) -> "LocalHead":
-        """Start a head with cluster/start-head.sh (the script users run), on free ports."""
+    def start(cls, num_cpus: int = 4, attempts: int = 3) -> "LocalHead":
+        """Start a head with cluster/start-head.sh (the script users run), on free ports, and wait
+        until `ray start` has finished starting it.
+
+        start-head.sh returns once the dashboard answers, but `ray start` still waits for the
+        raylet to register, at most 30 s (hard-coded in ray/_private/node.py); on this shared,
+        overloaded machine that can run out, and then `ray start` tears the head down again. Such
+        a head is started anew, on new ports."""
+        for attempt in range(1, attempts + 1):
+            head, started = cls._start_once(num_cpus)
+            if started and head.wait_until_started():
+                return head
+            log = head.start_output + head.log()
+            head.stop()
+            if attempt == attempts:
+                raise RuntimeError(f"the Ray head did not start, {attempts} times; the last time:\n{log[-4000:]}")
+        raise AssertionError("unreachable")
+
+    def log(self) -> str:
+        try:
+            return Path(f"{self.temp_dir}/head/ray-start.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_until_started(self, timeout_s: float = 180) -> bool:
+        """True once `ray start` logged that the runtime started; False if it exited first."""
+        import psutil  # installed with ray
+        pid = int(Path(f"{self.temp_dir}/head/pid").read_text())
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if "Ray runtime started." in self.log():
+                return True
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    return False
+            except psutil.NoSuchProcess:
+                return False
+            time.sleep(0.5)
+        return False
+
+    @classmethod
+    def _start_once(cls, num_cpus: int) -> tuple["LocalHead", bool]:
         # Short path: Ray's Unix sockets live below it and must stay under 108 characters.
         temp_dir = tempfile.mkdtemp(prefix="fth", dir="/tmp")
         port, dash = free_port(), free_port()
@@ -59,11 +100,7 @@ class LocalHead:
                          OMP_NUM_THREADS="1")
         r = subprocess.run(["bash", str(REPO / "cluster" / "start-head.sh"), *extra], env=env,
                            capture_output=True, text=True, timeout=180)
-        head = cls(temp_dir, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", r.stdout + r.stderr)
-        if r.returncode != 0:
-            head.stop()
-            raise RuntimeError(f"cluster/start-head.sh failed:\n{head.start_output}")
-        return head
+        return cls(temp_dir, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", r.stdout + r.stderr), r.returncode == 0
 
     def stop(self) -> str:
         """cluster/stop-head.sh: ends this head's process tree, nothing else."""

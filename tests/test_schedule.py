@@ -1,9 +1,11 @@
 """`ftray schedule` with a controllable clock against a real head: a due slot is submitted exactly
 once even when the scheduler dies between submitting and recording it; a slot is skipped while the
-previous job still runs; missed slots follow the catch-up policy; bad input exits 2."""
+previous job still runs, or submitted beside it with `--concurrency allow`; missed slots follow the
+catch-up policy; bad input exits 2."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -104,6 +106,39 @@ def test_scheduler_fires_once_per_slot_across_a_restart(head, tmp_path, monkeypa
     client.stop_job(latest)
     ours = {j.submission_id for j in client.list_jobs() if (j.submission_id or "").startswith("ftray-nightly-")}
     assert ours == {sid, latest}
+
+
+def test_concurrency_allow_submits_while_the_previous_job_runs(head, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    state = tmp_path / "state"
+    overrides = [x for o in waiting_overrides(tmp_path / "runs") for x in ("--set", o)]
+    assert cli.main(["schedule", "--state-dir", str(state), "add", "both", "--cron", EVERY_5_MIN,
+                     "jobs/quickstart.yaml", "--address", head.dashboard_url, "--concurrency", "allow",
+                     *overrides]) == 0
+    capsys.readouterr()
+    assert cli.main(["schedule", "--state-dir", str(state), "list"]) == 0
+    assert "concurrency allow" in capsys.readouterr().out
+    entry = schedule.load(state)["both"]
+    first = schedule.next_slot(entry, datetime.fromisoformat(entry.created))
+    second = schedule.next_slot(entry, first)
+    client = connect(head.dashboard_url)
+    ids = [schedule.submission_id("both", slot) for slot in (first, second)]
+    try:
+        assert schedule.run_once(state, now=lambda: first + timedelta(seconds=1)) == 0
+        deadline = time.monotonic() + 180
+        while (status := str(client.get_job_status(ids[0]))) != "RUNNING":
+            assert status == "PENDING" and time.monotonic() < deadline, status
+            time.sleep(1)
+        # The next slot while the first job still runs: submitted all the same.
+        assert schedule.run_once(state, now=lambda: second + timedelta(seconds=1)) == 0
+        history = schedule.load(state)["both"].history
+        assert [(h["action"], h.get("submission_id")) for h in history] == [("submitted", i) for i in ids]
+        assert str(client.get_job_status(ids[0])) == "RUNNING"
+        assert str(client.get_job_status(ids[1])) in ("PENDING", "RUNNING")
+    finally:
+        for job in ids:
+            with contextlib.suppress(RuntimeError):  # not submitted if the test failed early
+                client.stop_job(job)
 
 
 def test_scheduler_sleeps_until_the_slot_and_keeps_it_while_the_cluster_is_down(tmp_path, monkeypatch):
