@@ -20,7 +20,7 @@ from ftray.models import ModelInfo
 from ftray.numerics import make_optimizer, make_scheduler
 from ftray.spec import JobSpec
 from ftray.train import Loop, Worker, _optimizer_step
-from tests.conftest import REPO, job_summary, write_spec
+from tests.conftest import REPO, cli_summary, job_summary, write_spec
 from tests.methods.shards import Rows
 
 INFO = ModelInfo("regression", 1)
@@ -156,6 +156,20 @@ def test_meta_takes_one_step_per_meta_batch(tmp_path, capsys):
     raw["train"]["grad_accum_steps"] = 2
     assert cli.main(["validate", "--spec-only", str(write_spec(tmp_path / "job.yaml", raw))]) == 2
     assert "train.grad_accum_steps: meta takes one step per meta-batch" in capsys.readouterr().err
+
+
+def test_fomaml_runs_end_to_end(ray_session, tmp_path, capsys):
+    """First-order MAML through `ftray run` on a small budget: one outer step per meta-batch of 4 of
+    the 9 training tasks, k-shot validation on the 3 held-out ones, the summary's few-shot block."""
+    sines(tmp_path / "sines.parquet")
+    raw = spec_of(tmp_path, algorithm="fomaml", inner_steps=2, eval_steps=3)
+    raw["train"].update({"epochs": 2, "lr": 0.01})
+    s = cli_summary(capsys, "run", str(write_spec(tmp_path / "job.yaml", raw)))
+    f = s["fewshot"]
+    assert (f["metric"], f["shots"], f["steps"]) == ("val_mse", 3, 3)
+    assert f["meta"] == pytest.approx(s["metrics"]["val_mse"]) and np.isfinite(f["baseline"])
+    assert (s["data"]["train_rows"], s["data"]["val_rows"]) == (9, 3)
+    assert s["steps_done"] == 2 * 3  # 9 tasks in meta-batches of 4: 3 steps per epoch
 
 
 def test_meta_job_on_two_workers_beats_the_joint_baseline(ray_session, tmp_path, capsys, monkeypatch):
