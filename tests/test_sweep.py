@@ -70,8 +70,8 @@ def test_trial_spec_applies_values_through_validation(tmp_path, blobs_parquet):
 
 def test_sweep_writes_its_folder_and_restores(ray_session, tmp_path, capsys):
     pq.write_table(blobs(120, seed=3), tmp_path / "d.parquet")
-    # FIFO: every trial runs to the end (ASHA stopping a trial is covered by the `ftray sweep
-    # jobs/sweep.yaml` measurement, not by a test: with 2-3 tiny trials it is not deterministic).
+    # FIFO: every trial runs to the end (each scheduler stopping a trial, and each searcher's
+    # proposals reaching the trials, are tests/test_sweep_search.py's).
     path = sweep_spec(tmp_path, tmp_path / "d.parquet", scheduler={"name": "fifo"})
     assert cli.main(["sweep", str(path)]) == 0, capsys.readouterr().err[-3000:]
     folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
