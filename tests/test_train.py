@@ -276,3 +276,130 @@ def test_compiled_run_drops_the_incomplete_batch_and_exports_plain_weights(ray_s
     acc = (model({"x": torch.tensor(data.feature_matrix(val, ["x"], "val"))}).argmax(-1).numpy()
            == val["label"].to_numpy()).mean()
     assert acc == pytest.approx(s["metrics"]["val_accuracy"]) and acc > 0.8
+
+
+# ------------------------------------------------------------------ early stopping, kept checkpoints
+def checkpoint_epochs(run_dir: Path) -> dict[int, Path]:
+    """{epoch: folder} of the checkpoint folders in a run folder."""
+    return {json.loads((f / "progress.json").read_text())["epoch"]: f for f in run_dir.glob("checkpoint_*")
+            if f.is_dir()}  # Ray Train's checkpoint_manager_snapshot.json lies beside them
+
+
+def test_early_stopping_stops_a_plateaued_run_and_names_its_best_epoch(ray_session, tmp_path,
+                                                                       blobs_parquet, capsys):
+    """A run built to plateau: the `step` schedule cuts the LR by 1e-30 after epoch 2, so from epoch
+    3 on the weights (and so val_loss) stay exactly the same. With patience 2, epochs 3 and 4 bring
+    no improvement and the run stops there, 6 epochs short; epoch 2 is the best."""
+    spec = write_spec(tmp_path / "job.yaml", mlp_spec(
+        blobs_parquet, tmp_path / "runs", "stopped", data={"shuffle_buffer": 0},
+        train={"epochs": 10, "batch_size": 64, "lr": 0.05, "optimizer": {"name": "sgd"},
+               "schedule": {"name": "step", "step_epochs": 2, "gamma": 1e-30},
+               "early_stopping": {"metric": "val_loss", "mode": "min", "patience": 2}}))
+    run_ok(capsys, spec)
+    run_dir = tmp_path / "runs" / "stopped"
+    s = summary(run_dir)
+    losses = [m["val_loss"] for m in s["history"]]
+    assert [m["epoch"] for m in s["history"]] == [1, 2, 3, 4] and s["epochs_done"] == 4
+    assert losses[1] < losses[0] and losses[3] == losses[2] == losses[1]  # improved, then flat
+    assert [m["early_stopped"] for m in s["history"]] == [False, False, False, True] and s["early_stopped"]
+    assert s["best"] == s["history"][1] and s["best"]["epoch"] == 2
+    assert s["steps_done"] == 4 * 3  # 192 training rows, 64 per step
+
+    # Re-run, even with more epochs: an early-stopped run is finished, it does not train again.
+    before = set(checkpoint_epochs(run_dir).values())
+    run_ok(capsys, spec, "--set", "train.epochs=12")
+    again = summary(run_dir)
+    assert again["history"] == s["history"] and again["steps_done"] == s["steps_done"]
+    assert again["resumes"] == [] and set(checkpoint_epochs(run_dir).values()) == before
+
+
+@pytest.mark.parametrize("mode, min_delta, value, best, expected", [
+    ("min", 0.0, 0.9, 1.0, True), ("min", 0.0, 1.0, 1.0, False), ("min", 0.2, 0.9, 1.0, False),
+    ("min", 0.2, 0.7, 1.0, True), ("max", 0.0, 1.1, 1.0, True), ("max", 0.0, 0.9, 1.0, False),
+    ("max", 0.2, 1.1, 1.0, False), ("max", 0.2, 1.3, 1.0, True), ("max", 0.5, -5.0, None, True),
+])
+def test_early_stopping_improvement_rule(mode, min_delta, value, best, expected):
+    """What counts as an improvement: better by more than `min_delta` in the direction of `mode`
+    (the first epoch always counts)."""
+    from ftray.numerics import improved
+    assert improved(value, best, mode, min_delta) is expected
+
+
+def test_keep_checkpoints_keeps_the_latest_and_resumes_from_them(ray_session, tmp_path, blobs_parquet, capsys):
+    spec = write_spec(tmp_path / "job.yaml", mlp_spec(
+        blobs_parquet, tmp_path / "runs", "kept", train={"epochs": 3}, run={"keep_checkpoints": 2}))
+    run_ok(capsys, spec)
+    run_dir = tmp_path / "runs" / "kept"
+    kept = checkpoint_epochs(run_dir)
+    assert sorted(kept) == [2, 3]  # epoch 1's checkpoint was deleted once epoch 3's was written
+    first = summary(run_dir)
+    assert Path(first["checkpoint"]) == kept[3]
+
+    run_ok(capsys, spec, "--set", "train.epochs=4")
+    resumed = summary(run_dir)
+    assert resumed["resumes"] == [{"epoch": 3, "step": first["steps_done"]}]
+    assert [m["epoch"] for m in resumed["history"]] == [1, 2, 3, 4]
+    assert resumed["history"][:3] == first["history"]
+    kept = checkpoint_epochs(run_dir)
+    assert sorted(kept) == [3, 4] and Path(resumed["checkpoint"]) == kept[4]
+
+
+# ------------------------------------------------------------------------ gradient checkpointing
+def fit_in_process(spec_raw: dict) -> dict:
+    """`train.fit`, the loop every Ray Train worker runs, here in this process on one worker over
+    the run's real Ray Datasets, watching the model it builds: whether transformers reports
+    checkpointing on, and how often its first block runs in training mode (a checkpointed block
+    runs again in the backward pass, to recompute what it did not keep: its first layer norm is
+    called twice per micro-batch; transformers keeps the block's own hooks outside the checkpoint)."""
+    spec = JobSpec.model_validate(spec_raw)
+    plan = train.prepare(spec)
+    datasets, rows = data.ray_datasets(spec, plan)
+    seen = {"block_train_calls": 0, "reports": []}
+
+    def wrap(model, spec, device):
+        seen["model"] = model
+
+        def count(module, args, output):
+            seen["block_train_calls"] += module.training
+        model.hf.transformer.h[0].ln_1.register_forward_hook(count)
+        return model
+
+    threads = torch.get_num_threads()
+    try:
+        train.fit({"spec": spec.model_dump(mode="json"), "info": plan.info.to_dict(), "train_rows": rows["train"]},
+                  train.Worker(rank=0, world=1, device=torch.device("cpu"), train_data=datasets["train"],
+                               val_data=datasets["val"], resume=None,
+                               report=lambda metrics, folder: seen["reports"].append(metrics), wrap=wrap))
+    finally:
+        torch.set_num_threads(threads)  # fit sets the worker's thread count
+    return seen
+
+
+def test_gradient_checkpointing_is_on_in_the_worker_and_changes_no_number(ray_session, tmp_path, tiny_gpt, capsys):
+    write_jsonl(tmp_path / "lm.jsonl", [{"text": r["text"]} for r in texts(24)])
+
+    def spec(name, checkpointing):
+        return {"model": {"name": "hf", "path": str(tiny_gpt), "max_length": 16,
+                          "gradient_checkpointing": checkpointing},  # the config's dropout 0.1 stays on
+                "data": {"path": str(tmp_path / "lm.jsonl"), "text": "text", "task": "causal_lm", "label": None,
+                         "val_fraction": 0.25, "shuffle_buffer": 0},
+                "train": {"epochs": 2, "batch_size": 6, "lr": 0.01},
+                "run": {"name": name, "storage_path": str(tmp_path / "runs")}}
+
+    off, on = fit_in_process(spec("off", False)), fit_in_process(spec("on", True))
+    micro_batches = 2 * 18 // 6  # 2 epochs of 18 training rows, 6 per step
+    assert not off["model"].hf.is_gradient_checkpointing and off["block_train_calls"] == micro_batches
+    assert on["model"].hf.is_gradient_checkpointing and on["block_train_calls"] == 2 * micro_batches
+    # Recomputing gives the same losses and weights (dropout included: the RNG state is replayed).
+    for a, b in zip(on["reports"], off["reports"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+    trained = off["model"].state_dict()
+    for key, value in on["model"].state_dict().items():
+        torch.testing.assert_close(value, trained[key], rtol=1e-5, atol=1e-6)
+
+    # And `ftray run` with it on, in a Ray Train worker, trains to the same weights.
+    run_ok(capsys, write_spec(tmp_path / "on.yaml", spec("on_ray", True)))
+    exported = load_exported(str(tmp_path / "runs" / "on_ray")).state_dict()
+    for key, value in exported.items():
+        torch.testing.assert_close(value, trained[key], rtol=1e-5, atol=1e-6)
