@@ -17,13 +17,10 @@ import torch
 from ftray import cli, sweep, train
 from ftray.spec import SpecError, load_spec
 from tests.conftest import REPO, blobs, job_summary, mlp_spec, write_spec
+from tests.figures import FIGURES
 
 # Best validation accuracy of jobs/pbt.yaml cut to 4 epochs (one run on the 2-core machine: 0.925).
 PBT_JOB_4_EPOCHS_MIN_ACCURACY = 0.85
-# `ftray sweep jobs/ensemble.yaml` (README, "Measured"): the top-5 members' validation accuracy,
-# the stacked ensemble's (out-of-fold) and the averaged one's, on the 359 validation rows.
-ENSEMBLE_MEMBERS = [0.958, 0.950, 0.939, 0.894, 0.889]
-ENSEMBLE_STACKED, ENSEMBLE_AVERAGED, ENSEMBLE_VOTED = 0.964, 0.955, 0.950
 PBT_SPACE = {"train.lr": {"loguniform": [0.001, 0.3]}, "train.optimizer.momentum": {"uniform": [0.0, 0.9]}}
 
 
@@ -154,27 +151,43 @@ def test_group_by_sweeps_each_task(ray_session, tmp_path, capsys):
     assert summary["status"] == "succeeded" and [t["task"] for t in summary["tasks"]] == ["a b", "c"]
 
 
-def test_pbt_job_ends_with_an_exploit_due_on_its_last_epoch(tmp_path):
-    """`jobs/pbt.yaml` as shipped (4 trials, 2 at a time, synchronous PBT every 2 epochs), cut to 4
-    epochs so that a perturbation falls due on the last epoch. Before the fix, the trials paused
-    there were restored from their last checkpoint and paused again without end (the shipped job
-    never finished). A subprocess, so a hang fails this test (the guard is ~10x its normal time)."""
-    storage = tmp_path / "runs"
+def pbt_job(tmp_path, *overrides: str) -> tuple[Path, dict]:
+    """`ftray sweep jobs/pbt.yaml` in a subprocess, so that a hang fails the test (the guard is ~10x
+    the job's normal time); returns the sweep folder and its summary, after checking every trial
+    trained every epoch."""
     r = subprocess.run([sys.executable, "-m", "ftray", "sweep", str(REPO / "jobs" / "pbt.yaml"),
-                        "--set", f"run.storage_path={storage}", "--set", "train.epochs=4"],
-                       cwd=REPO, capture_output=True, text=True, timeout=900)
+                        "--set", f"run.storage_path={tmp_path / 'runs'}",
+                        *(arg for o in overrides for arg in ("--set", o))],
+                       cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     folder = Path(r.stdout.strip().splitlines()[-1])
     s = json.loads((folder / "summary.json").read_text())
+    epochs = load_spec(REPO / "jobs" / "pbt.yaml", list(overrides)).train.epochs
     assert s["status"] == "succeeded" and s["trials"] == 4 and s["stopped_early"] == 0
+    for trial in (folder / "trials").iterdir():
+        t = json.loads((trial / "summary.json").read_text())
+        assert t["status"] == "succeeded" and t["epochs_done"] == epochs
+    assert s["trial_epochs"] == 4 * epochs
+    return folder, s
+
+
+def test_pbt_job_ends_with_an_exploit_due_on_its_last_epoch(tmp_path):
+    """`jobs/pbt.yaml` (4 trials, 2 at a time, synchronous PBT every 2 epochs) cut to 4 epochs, so
+    that a perturbation falls due on the last epoch. Before the fix, the trials paused there were
+    restored from their last checkpoint and paused again without end (the shipped job never ended)."""
+    _, s = pbt_job(tmp_path, "train.epochs=4")
     # The epoch-2 perturbation copied the worst trial (quantile 0.25 of 4) from a better one; the one
     # due at epoch 4 does not happen: a trial's last epoch ends it.
     assert s["pbt"]["exploits"] == 1
-    for trial in (folder / "trials").iterdir():
-        t = json.loads((trial / "summary.json").read_text())
-        assert t["status"] == "succeeded" and t["epochs_done"] == 4
-    assert s["trial_epochs"] == 16
     assert s["best"]["metrics"]["val_accuracy"] > PBT_JOB_4_EPOCHS_MIN_ACCURACY, s["best"]
+
+
+@pytest.mark.slow
+def test_pbt_job_as_shipped(tmp_path):
+    """README's `jobs/pbt.yaml` figures: 8 epochs, an exploit at each of epochs 2, 4 and 6."""
+    _, s = pbt_job(tmp_path)
+    FIGURES["pbt.exploits"].check(s["pbt"]["exploits"])
+    FIGURES["pbt.best"].check(s["best"]["metrics"]["val_accuracy"])
 
 
 def test_ensemble_job_stacks_past_its_best_member(ray_session, tmp_path, capsys, monkeypatch):
@@ -189,11 +202,19 @@ def test_ensemble_job_stacks_past_its_best_member(ray_session, tmp_path, capsys,
     assert len(ens["members"]) == 5 and ens["combine"] == "stack"
     assert ens["best_single"]["val_accuracy"] == pytest.approx(members[0], abs=1e-6) == pytest.approx(
         s["best"]["metrics"]["val_accuracy"], abs=1e-6)
-    assert members == pytest.approx(ENSEMBLE_MEMBERS, abs=0.006)
-    assert ens["metric"]["val_accuracy"] == pytest.approx(ENSEMBLE_STACKED, abs=0.006)
+    FIGURES["ensemble.member1"].check(members[0])
+    FIGURES["ensemble.member2"].check(members[1])
+    FIGURES["ensemble.member3"].check(members[2])
+    FIGURES["ensemble.member4"].check(members[3])
+    FIGURES["ensemble.member5"].check(members[4])
+    FIGURES["ensemble.best_member"].check(members[0])
+    FIGURES["ensemble.stacked"].check(ens["metric"]["val_accuracy"])
     assert ens["metric"]["val_accuracy"] > members[0]
-    for combine, figure in (("average", ENSEMBLE_AVERAGED), ("vote", ENSEMBLE_VOTED)):
+
+    def recombined(combine: str) -> float:
         again = job_summary(capsys, "sweep", "ensemble.yaml", tmp_path, "--set", f"tune.ensemble.combine={combine}")
         assert again["trials"] == 8 and again["ensemble"]["combine"] == combine
         assert again["ensemble"]["member_metrics"] == ens["member_metrics"]  # restored, not trained again
-        assert again["ensemble"]["metric"]["val_accuracy"] == pytest.approx(figure, abs=0.006)
+        return again["ensemble"]["metric"]["val_accuracy"]
+    FIGURES["ensemble.averaged"].check(recombined("average"))
+    FIGURES["ensemble.voted"].check(recombined("vote"))
