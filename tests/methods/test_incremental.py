@@ -18,6 +18,7 @@ from ftray.models.mlp import MLP
 from ftray.numerics import make_optimizer
 from ftray.spec import JobSpec, MLPModel
 from tests.conftest import REPO, blobs, job_summary, mlp_spec, write_spec
+from tests.figures import FIGURES
 from tests.methods.shards import Rows
 
 OLD = ModelInfo("classification", 8, [0, 1, 2])
@@ -251,3 +252,21 @@ def test_incremental_job_forgets_less_than_plain_fine_tuning(ray_session, tmp_pa
     assert p["forgetting"] > 0.5  # without replay or EWC the old digits are lost
     assert c["forgetting"] < 0.15
     assert pre["metrics"]["val_accuracy"] == pytest.approx(c["old_before"])  # the same held-out rows
+
+
+@pytest.mark.slow
+def test_incremental_job_figures(ray_session, tmp_path, capsys, monkeypatch):
+    """README's `jobs/incremental.yaml` figures, on the jobs as shipped (deterministic runs)."""
+    monkeypatch.chdir(REPO)
+    job_summary(capsys, "run", "pretrain_digits.yaml", tmp_path)
+    start = ("--set", f"model.init_from={tmp_path}/pretrain_digits")
+    c = job_summary(capsys, "run", "incremental.yaml", tmp_path, *start)["continual"]
+    p = job_summary(capsys, "run", "incremental.yaml", tmp_path, *start, "--set", "method.replay_ratio=0",
+                    "--set", "method.ewc_lambda=0", "--set", "run.name=incremental_plain")["continual"]
+    FIGURES["incremental.old_before"].check(c["old_before"])
+    FIGURES["incremental.old_after"].check(c["old_after"])
+    FIGURES["incremental.forgetting"].check(c["forgetting"])
+    FIGURES["incremental.new_after"].check(c["new_after"])
+    FIGURES["incremental.plain_old_after"].check(p["old_after"])
+    FIGURES["incremental.plain_forgetting"].check(p["forgetting"])
+    FIGURES["incremental.plain_new_after"].check(p["new_after"])

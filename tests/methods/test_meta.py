@@ -21,6 +21,7 @@ from ftray.numerics import make_optimizer, make_scheduler
 from ftray.spec import JobSpec
 from ftray.train import Loop, Worker, _optimizer_step
 from tests.conftest import REPO, cli_summary, job_summary, write_spec
+from tests.figures import FIGURES
 from tests.methods.shards import Rows
 
 INFO = ModelInfo("regression", 1)
@@ -181,3 +182,13 @@ def test_meta_job_on_two_workers_beats_the_joint_baseline(ray_session, tmp_path,
     assert f["meta"] < 0.8 * f["baseline"], f
     assert (s["data"]["train_rows"], s["data"]["val_rows"]) == (900, 100)  # a row is a task
     assert s["steps_done"] == 4 * 113  # 450 tasks per worker, 4 per worker and meta-batch
+
+
+@pytest.mark.slow
+def test_meta_job_figures(ray_session, tmp_path, capsys, monkeypatch):
+    """README's `jobs/meta.yaml` figures: 10-shot MSE after 5 steps, meta-learned start against the
+    jointly trained baseline, on the job as shipped."""
+    monkeypatch.chdir(REPO)
+    f = job_summary(capsys, "run", "meta.yaml", tmp_path)["fewshot"]
+    FIGURES["meta.meta_mse"].check(f["meta"])
+    FIGURES["meta.baseline_mse"].check(f["baseline"])
