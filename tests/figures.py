@@ -198,12 +198,16 @@ ENTRIES += [
     Untested("incremental_meta.wall", ("`): 53 s;", "`: 74 s (figures"), WALL),
     # ------------------------------------------------------------------- RL (tests/test_rl.py)
     Setting("rl.machine", ("| (16-core CPU) 500", "| (16-core CPU) starts"), "the machine the RL rows ran on"),
-    Figure("rl_finetune.pretrained_return", "(16-core CPU) {500} before PPO", 0, RL_JOB,
-           scale=1),
-    Figure("rl_finetune.steps_to_target", "({0} env steps to the target", 0, RL_JOB, scale=1),
+    # Not checkable here: measured on the 16-core host, and behaviour cloning's data order is not fixed
+    # by run.seed (two identical runs of jobs/rl_finetune.yaml on this machine started PPO at 150.5
+    # and at 500). tests/test_rl.py checks each start against its own checkpoint instead, and
+    # tests/test_rl_target.py that PPO reaches method.stop.target_return from a weak start.
+    Untested("rl_finetune.start", ("(16-core CPU) 500 before PPO (0 env steps to the target",),
+             "measured on the 16-core host (3 seeds): `python benchmarks/rl_pretrained_vs_scratch.py --seeds 0 1 2`"),
     Untested("rl_finetune.scratch", ("PPO from scratch: 18000-34000)",),
              "measured once on the 16-core host: `method.demos=null`, seeds 0/1/2 (see the RL section)"),
-    Figure("rl_transfer.start", "starts at {419} on the variant; PPO", 5, RL_JOB, scale=1),
+    Untested("rl_transfer.start", ("starts at 419 on the variant; PPO",),
+             "measured once on the 16-core host: `ftray run jobs/rl_transfer.yaml` (its start depends on the BC run)"),
     Untested("rl_transfer.ppo", ("PPO did not reach 475 in 100000 steps (scratch: 50000)",),
              "measured once on the 16-core host: `ftray run jobs/rl_transfer.yaml` (100000 env steps)"),
     # ------------------------------------------------------------------------------ multimodal
@@ -240,8 +244,6 @@ ENTRIES += [
 
 FIGURES = {e.key: e for e in ENTRIES if isinstance(e, Figure)}
 
-# Figures whose owners' tests do not import them yet: `tests/test_readme.py` marks each one xfail
-# (strict, so wiring it up without removing it here fails too). The owners: PBT/ensemble the lead,
-# incremental/meta the methods helper, RL the RL helper.
-PENDING = {k for k in FIGURES if k.split(".")[0] in
-           {"rl_finetune", "rl_transfer"}}
+# Figures whose tests do not check them yet: `tests/test_readme.py` marks each one xfail (strict,
+# so wiring one up without removing it here fails too). None today.
+PENDING: set[str] = set()
