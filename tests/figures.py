@@ -171,14 +171,16 @@ ENTRIES += [
     Setting("ensemble.top_k", ("Members (top 5):",), "the job's tune.ensemble.top_k"),
     Untested("ensemble.others", ("on the 359 validation rows", "(+2 rows)", "=3` 95.3%", "the two weakest (89%)"),
              "measured once, not tested: `ftray sweep jobs/ensemble.yaml` and the `--set` variants named"),
-    Untested("pbt.wall", ("| 93 s; 4 exploit", "4 packed trials, 8 epochs, in 93 s"), WALL),
-    Figure("pbt.exploits", "93 s; {4} exploit steps", 0, PBT_JOB, scale=1,
-           also=("PBT took **{4} exploit steps**",)),
-    Untested("pbt.epochs", ("(at epochs 2, 3, 6, 8;",), "measured once with the exploit count"),
+    Untested("pbt.wall", ("| 150-253 s (5 runs); 3 exploit", "in 150, 199, 180, 210, 253 s (median 199 s)",
+                          "(2026-12-01, 5 runs, with other tests running beside them: load 4-13)"), WALL),
+    Figure("pbt.exploits", "(5 runs); {3} exploit steps", 0, PBT_JOB, scale=1,
+           also=("PBT took **{3} exploit\n  steps** every run",)),
+    Setting("pbt.epochs", ("(one at each of epochs 2, 4 and 6;", "so none at 8;", "4 packed trials, 8 epochs,",
+                           "Until\n  2026-12-01"), "the job's perturbation_interval and epochs; a date"),
     Figure("pbt.best", "exploit steps; best {96.7}%", 0.006, PBT_JOB,
-           also=("the best trial ended at {96.7}% validation accuracy",)),
-    Untested("pbt.best_trial", ("(val loss 0.100) with LR 0.207, momentum 0.78",),
-             "measured once, not tested: `ftray sweep jobs/pbt.yaml`"),
+           also=("the best trial ended at {96.7}% validation accuracy every run",)),
+    Untested("pbt.best_trial", ("(val loss\n  0.100), with its own sampled LR 0.207 and momentum 0.78",),
+             "measured in the same 5 runs, not tested: `ftray sweep jobs/pbt.yaml`"),
     # ----------------------------------------------------------------- ASHA benchmark (benchmarks/)
     Untested("asha_vs_grid", ("the 16-point grid, 9 epochs, packed trials 2 at a time: full grid 144 trial-epochs "
                               "in 80 s, best 97.8%; ASHA (grace 1, reduction factor 3) 114 trial-epochs (79%) in "

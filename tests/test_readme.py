@@ -153,7 +153,7 @@ def _figure_cases():
         yield pytest.param(fig, marks=marks, id=key)
 
 
-@pytest.mark.parametrize("fig", _figure_cases())
+@pytest.mark.parametrize("fig", list(_figure_cases()))
 def test_each_figure_is_checked_by_the_test_it_names(fig):
     """The named test exists and calls FIGURES[key].check (the value comes from the registry)."""
     path, name = fig.test.split("::")
