@@ -371,13 +371,16 @@ def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, seconds: fl
 
 
 def pbt_log(sweep_dir: str) -> dict:
-    """Every exploit step PBT/PB2 took: which trial copied which, at which epoch, old and new values."""
+    """Every exploit step PBT/PB2 took: which trial copied which, the copied trial's values and the
+    mutated ones the trial went on with. Tune's log names the copied trial's config (not the
+    target's old one), and each trial's iteration as of its last processed result, which can lag
+    the exploit's epoch by one: hence these names."""
     path = Path(sweep_dir) / TUNE_DIR / "pbt_global.txt"
     steps = []
     for line in (path.read_text().splitlines() if path.is_file() else []):
-        target, clone, target_epoch, clone_epoch, old, new = json.loads(line)
-        steps.append({"trial": target, "copied": clone, "at_epoch": target_epoch, "from_epoch": clone_epoch,
-                      "old_config": old, "new_config": new})
+        target, clone, target_iteration, clone_iteration, copied, new = json.loads(line)
+        steps.append({"trial": target, "copied": clone, "trial_iteration": target_iteration,
+                      "copied_iteration": clone_iteration, "copied_config": copied, "new_config": new})
     return {"exploits": len(steps), "log": steps}
 
 

@@ -281,6 +281,7 @@ def test_large_inputs_stream_and_are_read_again_each_epoch(ray_session, tmp_path
     np.testing.assert_allclose(second, new[np.lexsort(new.T)] if streamed else first)
 
 
+@pytest.mark.slow  # streaming itself stays in the default run (test_large_inputs_stream_and_are_read_again_each_epoch)
 def test_streamed_inputs_train_like_materialized_ones(ray_session, tmp_path, monkeypatch, capsys):
     """End to end, the same seeded run through both paths: the same weights (full-batch SGD, so
     the order rows stream in does not matter)."""

@@ -51,6 +51,47 @@ def test_quickstart(ray_session, tmp_path, capsys, monkeypatch):
     FIGURES["quickstart.val_accuracy"].check(s["metrics"]["val_accuracy"])
 
 
+
+# The jobs above marked slow run as shipped and check README's figures (`pytest -m slow`); the
+# default run keeps each of them end to end on a small budget here.
+def test_pretrain_then_transfer_short(ray_session, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    pre = job_summary(capsys, "run", "pretrain_digits.yaml", tmp_path, "--set", "train.epochs=3")
+    assert pre["metrics"]["val_accuracy"] > 0.9
+    s = job_summary(capsys, "run", "transfer.yaml", tmp_path, "--set", "train.epochs=4",
+                    "--set", f"model.init_from={tmp_path}/pretrain_digits")
+    assert s["data"]["classes"] == [5, 6, 7, 8, 9]
+    assert s["params"]["trainable"] == 512 * 5 + 5  # only the new head
+    assert s["metrics"]["val_accuracy"] > 0.8
+
+
+def test_text_classifier_then_distill_short(ray_session, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    teacher = job_summary(capsys, "run", "text_classifier.yaml", tmp_path, "--set", "train.epochs=1")
+    assert teacher["metrics"]["val_accuracy"] > 0.45  # well above the validation majority class (28.1%)
+    s = job_summary(capsys, "run", "distill.yaml", tmp_path, "--set", "train.epochs=1",
+                    "--set", f"method.teacher={tmp_path}/text_classifier")
+    assert s["teacher"]["params"] == {"total": teacher["params"]["total"], "trainable": 0}  # frozen
+    assert set(s["teacher"]["metrics"]) == {"val_loss", "val_accuracy"}
+    assert s["params"]["total"] < 0.4 * teacher["params"]["total"]
+
+
+def test_llm_sft_short(ray_session, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    s = job_summary(capsys, "run", "llm_sft.yaml", tmp_path, "--set", "train.epochs=2")
+    ppl = [m["val_perplexity"] for m in s["history"]]
+    assert ppl[1] < ppl[0]
+
+
+@pytest.mark.parametrize("job, max_share", [("lora.yaml", 0.01), ("attention.yaml", 0.2)])
+def test_parameter_efficient_jobs_short(ray_session, tmp_path, capsys, monkeypatch, job, max_share):
+    monkeypatch.chdir(REPO)
+    s = job_summary(capsys, "run", job, tmp_path, "--set", "train.epochs=1")
+    assert 0 < s["params"]["trainable"] <= max_share * s["params"]["total"]
+    assert s["metrics"]["val_accuracy"] > 0.45
+
+
+@pytest.mark.slow
 def test_pretrain_then_transfer(ray_session, tmp_path, capsys, monkeypatch):
     """The backbone pretrained on digits 0-4 carries over to 5-9 with only a new head trained."""
     monkeypatch.chdir(REPO)
@@ -65,6 +106,7 @@ def test_pretrain_then_transfer(ray_session, tmp_path, capsys, monkeypatch):
     FIGURES["transfer.val_accuracy"].check(s["metrics"]["val_accuracy"])
 
 
+@pytest.mark.slow
 def test_text_classifier_then_distill(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     teacher = job_summary(capsys, "run", "text_classifier.yaml", tmp_path)
@@ -85,6 +127,7 @@ def test_text_classifier_then_distill(ray_session, tmp_path, capsys, monkeypatch
     FIGURES["distill.share"].check(s["params"]["total"] / teacher["params"]["total"])
 
 
+@pytest.mark.slow
 def test_llm_sft(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     s = job_summary(capsys, "run", "llm_sft.yaml", tmp_path)
@@ -94,6 +137,7 @@ def test_llm_sft(ray_session, tmp_path, capsys, monkeypatch):
     FIGURES["llm_sft.ppl_final"].check(ppl[-1])
 
 
+@pytest.mark.slow
 def test_lora_job(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     s = job_summary(capsys, "run", "lora.yaml", tmp_path)
@@ -101,6 +145,7 @@ def test_lora_job(ray_session, tmp_path, capsys, monkeypatch):
     FIGURES["lora.val_accuracy"].check(s["metrics"]["val_accuracy"])
 
 
+@pytest.mark.slow
 def test_attention_job(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     s = job_summary(capsys, "run", "attention.yaml", tmp_path)

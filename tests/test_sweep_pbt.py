@@ -119,7 +119,7 @@ def test_pbt_sweep_exploits_and_mutates(ray_session, tmp_path, capsys):
     pbt = summary["pbt"]
     assert pbt["exploits"] == 2 and all(step["trial"] != step["copied"] for step in pbt["log"])
     first = pbt["log"][0]
-    assert first["new_config"] != first["old_config"]
+    assert first["new_config"] != first["copied_config"]
     assert set(first["new_config"]) >= set(PBT_SPACE)
     for trial in (folder / "trials").iterdir():
         s = json.loads((trial / "summary.json").read_text())
