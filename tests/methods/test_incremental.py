@@ -19,7 +19,7 @@ from ftray.numerics import make_optimizer
 from ftray.spec import JobSpec, MLPModel
 from tests.conftest import REPO, blobs, job_summary, mlp_spec, write_spec
 from tests.figures import FIGURES
-from tests.methods.shards import Rows
+from tests.methods.shards import rows
 
 OLD = ModelInfo("classification", 8, [0, 1, 2])
 NEW = ModelInfo("classification", 8, [0, 1, 2, 3, 4])
@@ -83,7 +83,7 @@ def linear_method(w: Path, info: ModelInfo, ewc_lambda: float):
 
 def fisher_terms(m, model, x, y):
     loop = SimpleNamespace(model=model, worker=SimpleNamespace(device=torch.device("cpu")),
-                           data=lambda name: {"fisher": Rows(x=x, y=y)}[name])
+                           data=lambda name: {"fisher": rows(x=x, y=y)}[name])
     m.run_epoch(loop, 1)  # estimates the Fisher once, before the first epoch
     return {id(p): (p, a, f) for p, a, f in m.ewc}
 
@@ -104,7 +104,7 @@ def logistic_fisher(w, b, x, y):
     return empirical, expected
 
 
-def test_ewc_fisher_is_the_empirical_fisher_of_the_earlier_model(linear_world):
+def test_ewc_fisher_is_the_empirical_fisher_of_the_earlier_model(ray_session, linear_world):
     w, x, y = linear_world
     m, model = linear_method(w, LINEAR_OLD, ewc_lambda=3.0)
     old = load_exported(str(w / "old_run"))
@@ -120,7 +120,7 @@ def test_ewc_fisher_is_the_empirical_fisher_of_the_earlier_model(linear_world):
     assert np.abs(fw - ew).max() > 0.1 * np.abs(fw).max()
 
 
-def test_ewc_penalty_and_its_pull_are_lambda_f_delta(linear_world):
+def test_ewc_penalty_and_its_pull_are_lambda_f_delta(ray_session, linear_world):
     """loss = task loss + lambda/2 * sum F (theta - theta_old)^2, and so its gradient adds
     lambda * F * (theta - theta_old): weights that mattered for the old task are pulled back
     hardest. With a grown head, only the old classes' rows are anchored."""
@@ -159,7 +159,7 @@ def features(table):
     return np.stack(table.column("x").to_numpy(zero_copy_only=False)), table.column("label").to_numpy()
 
 
-def test_ewc_alone_forgets_less_than_no_defence(tmp_path):
+def test_ewc_alone_forgets_less_than_no_defence(ray_session, tmp_path):
     """No replay: an mlp fit to old blobs of classes 0-2 continues on new blobs of the same classes
     (30 SGD steps, the method's own loss and Fisher). Without a defence it loses a fifth of the old
     task; the EWC penalty alone keeps nearly all of it and still learns the new one."""
@@ -183,11 +183,11 @@ def test_ewc_alone_forgets_less_than_no_defence(tmp_path):
         m.prepare(model)
         m.attach(torch.device("cpu"))
         m.run_epoch(SimpleNamespace(model=model, worker=SimpleNamespace(device=torch.device("cpu")),
-                                    data=lambda name: Rows(x=xo, y=yo)), 1)
+                                    data=lambda name: rows(x=xo, y=yo)), 1)
         opt = make_optimizer(m.spec, m.param_groups(model))
         for step in range(30):
-            rows = slice(step * 30 % 90, step * 30 % 90 + 30)
-            m.loss(model, {"x": torch.tensor(xn[rows]), "y": torch.tensor(yn[rows])})[0].backward()
+            part = slice(step * 30 % 90, step * 30 % 90 + 30)
+            m.loss(model, {"x": torch.tensor(xn[part]), "y": torch.tensor(yn[part])})[0].backward()
             opt.step()
             opt.zero_grad()
         with torch.no_grad():

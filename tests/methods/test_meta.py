@@ -22,7 +22,7 @@ from ftray.spec import JobSpec
 from ftray.train import Loop, Worker, _optimizer_step
 from tests.conftest import REPO, cli_summary, job_summary, write_spec
 from tests.figures import FIGURES
-from tests.methods.shards import Rows
+from tests.methods.shards import rows
 
 INFO = ModelInfo("regression", 1)
 
@@ -108,7 +108,7 @@ def splits():
 
 
 @pytest.mark.parametrize("algorithm", ["reptile", "fomaml"])
-def test_one_meta_step_matches_the_hand_computed_one(tmp_path, algorithm):
+def test_one_meta_step_matches_the_hand_computed_one(ray_session, tmp_path, algorithm):
     raw = spec_of(tmp_path, algorithm=algorithm, shots=2, inner_steps=INNER_STEPS, inner_lr=INNER_LR)
     raw["model"] = {"name": "mlp", "layers": 0}
     raw["data"]["shuffle_buffer"] = 0
@@ -122,7 +122,7 @@ def test_one_meta_step_matches_the_hand_computed_one(tmp_path, algorithm):
     # The training loop's own pieces: the spec's optimizer and the shared step (clip, schedule).
     optimizer = make_optimizer(spec, m.param_groups(model))
     scheduler = make_scheduler(spec, optimizer, steps_per_epoch=1)
-    worker = Worker(rank=0, world=1, device=torch.device("cpu"), train_data=Rows(**TASKS), val_data=None,
+    worker = Worker(rank=0, world=1, device=torch.device("cpu"), train_data=rows(**TASKS), val_data=None,
                     resume=None, report=lambda metrics, folder: None)
     loop = Loop(spec, model, optimizer, worker, nullcontext(),
                 step=lambda: _optimizer_step(spec, model, optimizer, scheduler, None))
