@@ -531,9 +531,9 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
     summary = {
         "status": "failed" if error else "succeeded",
         "error": error,
-        **progress_summary(progress, _location(spec, fs, ckpt_path)),
+        **progress_summary(progress, _location(spec, ckpt_path)),
         "best": _best(history, spec),
-        "model": _location(spec, fs, model_dir),
+        "model": _location(spec, model_dir),
         "data": {"train_rows": rows["train"], "val_rows": rows["val"],
                  "classes": plan.info.classes},
         "ray": {"mode": ray_mode, "num_workers": spec.scaling.num_workers, "use_gpu": spec.scaling.use_gpu},
@@ -564,10 +564,10 @@ def progress_summary(progress: dict, ckpt_path: str | None) -> dict:
     }
 
 
-def _location(spec: JobSpec, fs: pafs.FileSystem, path: str | None) -> str | None:
+def _location(spec: JobSpec, path: str | None) -> str | None:
     """A path inside the run's filesystem as its user names it: a local path, or on object storage
     a URI (pyarrow's paths there drop the scheme, and `bucket/runs/...` would read as a local path)."""
-    if path is None or isinstance(fs, pafs.LocalFileSystem):
+    if path is None or "://" not in spec.run.storage_path:  # the rule of `storage`
         return path
     return f"{spec.run.storage_path.split('://', 1)[0]}://{path}"
 
