@@ -136,7 +136,15 @@ def test_hf_sequence_classifier_and_causal_lm(ray_session, tmp_path, tiny_bert, 
         "run": {"name": "cls", "storage_path": str(tmp_path / "runs")}})
     run_ok(capsys, cls)
     s = summary(tmp_path / "runs" / "cls")
-    assert 0 < s["params"]["trainable"] < s["params"]["total"]
+    # transfer with unfreeze_last: 1 trains exactly the last encoder block and the new head;
+    # embeddings, the other block and the pooler stay frozen. Counted here on the model itself.
+    from transformers import AutoModelForSequenceClassification
+    ref = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2)
+    last_block = sum(p.numel() for p in ref.bert.encoder.layer[-1].parameters())
+    head = sum(p.numel() for p in ref.classifier.parameters())
+    assert (last_block, head) == (8544, 66)  # hidden 32, intermediate 64; 32 x 2 + 2
+    assert s["params"] == {**s["params"], "trainable": last_block + head,
+                           "total": sum(p.numel() for p in ref.parameters())}
     assert (tmp_path / "runs" / "cls" / "model" / "config.json").is_file()
 
     write_jsonl(tmp_path / "lm.jsonl", [{"text": r["text"]} for r in texts(48)])
