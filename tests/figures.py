@@ -1,20 +1,22 @@
-"""The registry of README's measured figures: every number README.md states in its jobs table and
-its "Measured" section is listed here, with the README text it appears in and what backs it.
+"""The registry of the measured figures: every number README.md states in its jobs table and
+benchmarks/RESULTS.md in its "Jobs" section is listed here, with the text it appears in and what
+backs it.
 
-- `Figure`: a figure a test checks. `text` is README's text with the figure in braces
-  ("val accuracy {94.1}% every time"); the value comes from that text (so README, registry and
-  test cannot drift apart: `tests/test_readme.py` checks the text is in README), `scale` turns it
+- `Figure`: a figure a test checks. `text` is the documents' text with the figure in braces
+  ("val accuracy {94.1}% every time"); the value comes from that text (so the documents, registry
+  and test cannot drift apart: `tests/test_readme.py` checks the text is in README.md or
+  benchmarks/RESULTS.md), `scale` turns it
   into the unit of `summary.json` (0.01 for a percentage), `tol` is the tolerance in that unit,
   and `test` names the test that calls `FIGURES[key].check(...)`. The runs are deterministic, so
-  an accuracy's tolerance is 0.006: two of 359 validation rows, under a point (README rounds to
-  0.1 points; a figure stated one point off fails).
+  an accuracy's tolerance is 0.006: two of 359 validation rows, under a point (the documents round
+  to 0.1 points; a figure stated one point off fails).
 - `Untested`: numbers measured once and not checked by a test (wall times on a shared machine,
   figures of another machine), each with the command that produced them.
-- `Setting`: numbers in those parts of README that are not measurements (a date, seeds, a
+- `Setting`: numbers in those parts of the documents that are not measurements (a date, seeds, a
   configuration repeated next to a figure).
 
-`tests/test_readme.py` extracts every number of the jobs table's figure column and of the
-"Measured" section (outside `code`) and fails on one that no entry's text covers.
+`tests/test_readme.py` extracts every number of README's jobs table's figure column and of
+RESULTS.md's "Jobs" section (outside `code`) and fails on one that no entry's text covers.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ BRACED = re.compile(r"\{([^{}]+)\}")
 @dataclass(frozen=True)
 class Figure:
     key: str
-    text: str  # README's text, the figure in braces; more texts for the same figure in `also`
+    text: str  # the documents' text, the figure in braces; more texts for the same figure in `also`
     tol: float
     test: str  # "tests/FILE.py::test_name"; a slow test is still a test
     scale: float = 0.01
@@ -48,9 +50,9 @@ class Figure:
         return tuple(BRACED.sub(r"\1", t) for t in (self.text, *self.also))
 
     def check(self, measured: float) -> None:
-        """Fail unless `measured` (the summary's value) is within `tol` of README's figure."""
+        """Fail unless `measured` (the summary's value) is within `tol` of the documented figure."""
         assert abs(measured - self.value) <= self.tol + 1e-9, (
-            f"{self.key}: measured {measured:.4g}, README states {self.shown} "
+            f"{self.key}: measured {measured:.4g}, the docs state {self.shown} "
             f"({self.value:.4g} +- {self.tol:g}) in {self.text!r}")
 
 
@@ -90,7 +92,8 @@ WALL = "measured once on the shared 2-core machine (wall time, not tested: load 
 
 ENTRIES = [
     # ----------------------------------------------------------------------------- quickstart
-    Figure("quickstart.val_accuracy", "val accuracy {94.1}% every time", 0.006, f"{JOBS}::test_quickstart"),
+    Figure("quickstart.val_accuracy", "val accuracy {94.1}% every time", 0.006, f"{JOBS}::test_quickstart",
+           also=("| {94.1}% val accuracy |",)),
     Untested("quickstart.wall", ("38.9, 40.6, 41.5 s (median **40.6 s**; Ray start 3.5 s, fit\n  35 s)",),
              f"{WALL}: `ftray run jobs/quickstart.yaml --set run.storage_path=/tmp/qs`, three runs"),
     Setting("measured.machine", ("Wall times on the 2-core CPU machine",), "the machine"),
@@ -139,7 +142,7 @@ ENTRIES = [
 
 ENTRIES += [
     # -------------------------------------------------------------------------------- sweep
-    Setting("sweep.session", ("(2026-11-22, session 3)", "(Ray Train trials, 2 at a time)",
+    Setting("sweep.session", ("(measured 2026-11-22)", "(Ray Train trials, 2 at a time)",
                               "(grace 1, reduction factor 4)"), "when it was measured; the job's settings"),
     Untested("sweep.row", ("| 8 trials in 148 s; ASHA stopped 7 of 8 early (19 of 48 trial-epochs run);",),
              "the jobs-table summary of the Measured line below (same figures)"),
@@ -153,9 +156,6 @@ ENTRIES += [
     Setting("sweep.top_k", ("top-3 average",), "the job's tune.ensemble.top_k"),
     Figure("sweep.ensemble", "90.3%) **{96.1}%**", 0.006, f"{JOBS}::test_sweep_job_figures",
            also=("top-3 average ensemble {96.1}%",)),
-    Untested("sweep.session2", ("(Session 2's version, reduction factor 3 without batch size and L2 in the space: "
-                                "ASHA stopped 3 of 8, 35 trial-epochs, best 96.7%, ensemble 95.8%.)",),
-             "history: an earlier version of the job, no longer shipped"),
     # ---------------------------------------------------- ensemble, PBT (the lead: tests/test_sweep_pbt.py)
     Untested("ensemble.wall", ("| 38 s; stacked", "8 packed trials in 38 s"), WALL),
     Figure("ensemble.stacked", "stacked ensemble {96.4}% against", 0.006, ENSEMBLE_JOB,
@@ -175,8 +175,8 @@ ENTRIES += [
                           "(2026-12-01, 5 runs, with other tests running beside them: load 4-13)"), WALL),
     Figure("pbt.exploits", "(5 runs); {3} exploit steps", 0, PBT_JOB, scale=1,
            also=("PBT took **{3} exploit\n  steps** every run",)),
-    Setting("pbt.epochs", ("(one at each of epochs 2, 4 and 6;", "so none at 8;", "4 packed trials, 8 epochs,",
-                           "Until\n  2026-12-01"), "the job's perturbation_interval and epochs; a date"),
+    Setting("pbt.epochs", ("(one at each of epochs 2, 4 and 6;", "so none at 8;", "4 packed trials, 8 epochs,"),
+            "the job's perturbation_interval and epochs"),
     Figure("pbt.best", "exploit steps; best {96.7}%", 0.006, PBT_JOB,
            also=("the best trial ended at {96.7}% validation accuracy every run",)),
     Untested("pbt.best_trial", ("(val loss\n  0.100), with its own sampled LR 0.207 and momentum 0.78",),

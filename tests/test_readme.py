@@ -1,6 +1,8 @@
-"""README stays true: the spec reference matches the schema, CI runs README's test command, the
-commands it shows exist, every measured figure it states is in tests/figures.py (and checked by the
-test the registry names), and tests/README.md lists every test file."""
+"""README and docs/ stay true: README is short and links resolve, docs/reference.md is the spec
+reference the schema generates, README's Layout names every module, CI runs README's test command,
+the commands it shows exist, every measured figure (README's jobs table, benchmarks/RESULTS.md's
+"Jobs") is in tests/figures.py and checked by the test the registry names, and tests/README.md
+lists every test file."""
 
 from __future__ import annotations
 
@@ -10,28 +12,93 @@ import re
 import pytest
 import yaml
 
-from ftray.reference import END, START, spec_reference
+from ftray.reference import spec_reference
+from ftray.spec import load_spec
 from tests import figures
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()
+REFERENCE = REPO / "docs" / "reference.md"
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+REGENERATE = "ftray reference > docs/reference.md"
+
+
+def test_readme_is_short():
+    """README holds what ftray is, set-up, jobs, commands, links and the layout; the rest is in docs/."""
+    lines = README.count("\n")
+    assert lines <= 300, f"README.md has {lines} lines (at most 300): move detail into docs/"
 
 
 def test_spec_reference_is_in_sync():
-    inside = README.split(START)[1].split(END)[0].lstrip("\n")
-    assert inside == spec_reference(), "run `ftray reference` and paste it into README.md"
+    assert REFERENCE.is_file(), f"docs/reference.md is missing: run `{REGENERATE}`"
+    assert REFERENCE.read_text() == spec_reference(), \
+        f"docs/reference.md differs from the spec's schema: regenerate it with `{REGENERATE}`"
 
 
 def test_every_spec_field_is_documented():
+    reference = REFERENCE.read_text()
     for key in ("scaling.num_workers", "scaling.use_gpu", "run.name", "run.storage_path", "run.seed",
                 "model.layers", "model.units", "model.activation", "model.dropout", "train.lr",
                 "train.batch_size", "train.epochs", "train.optimizer", "train.l1",
                 "train.optimizer.weight_decay", "train.optimizer.momentum", "train.schedule.name",
                 "train.grad_clip", "train.grad_accum_steps", "train.precision",
                 "train.early_stopping.patience"):
-        assert f"`{key}`" in README, key
+        assert f"`{key}`" in reference, key
 
 
+# ------------------------------------------------------------------------------ links, layout
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+PAGES = [REPO / "README.md", RESULTS, *sorted((REPO / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_links_resolve(page):
+    """Every relative link of README, docs/ and benchmarks/RESULTS.md names a file that exists."""
+    broken = []
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue  # a web address, or an anchor on the same page
+        if not (page.parent / target.split("#")[0]).exists():
+            broken.append(target)
+    assert not broken, f"{page.relative_to(REPO)} links to missing files: {broken}"
+
+
+def test_readme_links_every_docs_page():
+    linked = {(REPO / t.split("#")[0]).resolve() for t in LINK.findall(README)}
+    pages = sorted((REPO / "docs").glob("*.md"))
+    assert pages and not [p.name for p in pages if p.resolve() not in linked], "README links each docs/ page"
+
+
+def _section(text: str, title: str) -> str:
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else len(text)]
+
+
+def _modules() -> set[str]:
+    """Every module of ftray/ as README's Layout names it: `ftray/x.py`, a package as `ftray/x/`."""
+    names = set()
+    for path in (REPO / "ftray").rglob("*.py"):
+        if "__pycache__" in path.parts:
+            continue
+        rel = path.relative_to(REPO).as_posix()
+        names.add(rel[:-len("__init__.py")] if path.name == "__init__.py" else rel)
+    return names
+
+
+def test_layout_names_every_module():
+    """One Layout line per module of ftray/ (every .py file, a package by its folder), and no line
+    for a module that does not exist: adding, moving or removing a module means editing Layout."""
+    lines = re.findall(r"^- `(ftray/[^`]*)` — \S", _section(README, "Layout"), re.M)
+    named = set(lines)
+    assert len(lines) == len(named), "a module is named twice in README's Layout"
+    modules = _modules()
+    assert {"ftray/", "ftray/cli.py", "ftray/methods/"} <= modules
+    assert not modules - named, f"README's Layout does not name {sorted(modules - named)}"
+    assert not named - modules, f"README's Layout names modules that do not exist: {sorted(named - modules)}"
+
+
+# ------------------------------------------------------------------------- set up, jobs, commands
 def _code_blocks(after: str) -> str:
     return README.split(after)[1].split("```bash")[1].split("```")[0]
 
@@ -49,6 +116,33 @@ def test_quickstart_command_names_a_real_job():
     block = _code_blocks("**1. Install and run the quickstart")
     jobs = re.findall(r"ftray run (\S+)", block)
     assert jobs and all((REPO / j).is_file() for j in jobs)
+
+
+def test_readme_spec_example_is_the_quickstart():
+    """The spec README shows is jobs/quickstart.yaml as shipped (its header comment left out)."""
+    shown = _section(README, "A job spec").split("```yaml\n")[1].split("```")[0]
+    assert shown == "model:" + (REPO / "jobs" / "quickstart.yaml").read_text().split("\nmodel:", 1)[1]
+
+
+def test_readme_jobs_table_gives_each_jobs_command():
+    """Each row's command cell is the command the job's header names (`ftray sweep` for a spec
+    with a `tune` section); tests/test_jobs.py checks the table has one row per job."""
+    table = README[README.index("| job | what | figure"):].split("\n\n")[0]
+    rows = re.findall(r"^\| `(jobs/[^`]+)` \|.* \| `(ftray \w+)`[^|]* \|$", table, re.M)
+    assert len(rows) == len(list((REPO / "jobs").glob("*.yaml"))), "every row ends with its command"
+    for job, command in rows:
+        assert command == ("ftray sweep" if load_spec(REPO / job).tune else "ftray run"), job
+
+
+def test_readme_commands_exist(capsys):
+    """Each command README lists is one `ftray --help` offers, and each one it offers is listed."""
+    from ftray.cli import main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    offered = set(re.search(r"\{([\w,-]+)\}", capsys.readouterr().out).group(1).split(","))
+    block = _section(README, "Commands").split("```\n")[1]
+    shown = {line.split()[1] for line in block.splitlines() if line.startswith("ftray ")}
+    assert shown == offered, f"README lists {sorted(shown)}, ftray offers {sorted(offered)}"
 
 
 def test_cluster_launcher_config_passes_ray_validation():
@@ -80,39 +174,51 @@ def _normalized(text: str) -> tuple[str, list[int]]:
     return "".join(out), where
 
 
-def _figure_regions() -> list[tuple[int, int]]:
-    """README offsets of the jobs table's figure column (each row's third cell on) and of the
-    "Measured" section: the parts of README that state measured figures."""
+def _jobs_table_regions(text: str) -> list[tuple[int, int]]:
+    """Offsets of README's jobs table's figure column (each row's third cell on)."""
     regions = []
-    start = README.index("| job | what | figure")
-    end = README.index("\n\n", start)
+    start = text.index("| job | what | figure")
+    end = text.index("\n\n", start)
     offset = start
-    for i, line in enumerate(README[start:end].split("\n")):
+    for i, line in enumerate(text[start:end].split("\n")):
         if i >= 2:  # the header and the |---| line
             cut = line.index(" | ", line.index(" | ") + 3)
             regions.append((offset + cut, offset + len(line)))
         offset += len(line) + 1
-    measured = README.index("\n## Measured\n")
-    regions.append((measured, README.index("\n## ", measured + 1)))
     return regions
 
 
-def _readme_numbers() -> list[tuple[int, str, str]]:
-    """(normalized offset, number, its line) of every number in the figure regions, outside `code`."""
-    _, where = _normalized(README)
+def _jobs_section_regions(text: str) -> list[tuple[int, int]]:
+    """Offsets of benchmarks/RESULTS.md's "Jobs" section (the jobs' measured figures)."""
+    start = text.index("\n## Jobs\n")
+    return [(start, text.index("\n## ", start + 1))]
+
+
+# The documents that state measured figures, and the parts of each that do. Every registry text is
+# looked for in all of them (the same sentence may move between them).
+FIGURE_DOCS = {"README.md": (README, _jobs_table_regions),
+               "benchmarks/RESULTS.md": (RESULTS.read_text(), _jobs_section_regions)}
+NORMALIZED = {name: _normalized(text) for name, (text, _) in FIGURE_DOCS.items()}
+
+
+def _stated_numbers() -> list[tuple[str, int, str, str]]:
+    """(document, normalized offset, number, its line) of every number in the figure regions,
+    outside `code`."""
     found = []
-    for lo, hi in _figure_regions():
-        part = re.sub(r"`[^`]*`", lambda m: " " * len(m.group()), README[lo:hi])
-        for m in figures.NUMBER.finditer(part):
-            line = README[README.rfind("\n", 0, lo + m.start()) + 1:README.find("\n", lo + m.start())]
-            found.append((where[lo + m.start()], m.group(), line.strip()))
+    for name, (text, regions) in FIGURE_DOCS.items():
+        where = NORMALIZED[name][1]
+        for lo, hi in regions(text):
+            part = re.sub(r"`[^`]*`", lambda m: " " * len(m.group()), text[lo:hi])
+            for m in figures.NUMBER.finditer(part):
+                line = text[text.rfind("\n", 0, lo + m.start()) + 1:text.find("\n", lo + m.start())]
+                found.append((name, where[lo + m.start()], m.group(), line.strip()))
     return found
 
 
-def _covered(entry) -> set[tuple[int, str]]:
-    """(normalized README offset, number) of each number this entry accounts for, wherever its
-    texts occur in README: a Figure its braced figure, an Untested or Setting entry all its numbers."""
-    norm, _ = _normalized(README)
+def _covered(entry) -> set[tuple[str, int, str]]:
+    """(document, normalized offset, number) of each number this entry accounts for, wherever its
+    texts occur in the figure documents: a Figure its braced figure, an Untested or Setting entry
+    all its numbers."""
     texts = (entry.text, *entry.also) if isinstance(entry, figures.Figure) else entry.texts
     covered = set()
     for raw in texts:
@@ -122,27 +228,32 @@ def _covered(entry) -> set[tuple[int, str]]:
             plain, numbers = figures.BRACED.sub(r"\1", raw), [(m.start(), m.group(1))]
         else:
             plain, numbers = raw, [(m.start(), m.group()) for m in figures.NUMBER.finditer(raw)]
-        at = norm.find(plain)
-        while at >= 0:
-            covered |= {(at + i, n) for i, n in numbers}
-            at = norm.find(plain, at + 1)
+        for name, (norm, _) in NORMALIZED.items():
+            at = norm.find(plain)
+            while at >= 0:
+                covered |= {(name, at + i, n) for i, n in numbers}
+                at = norm.find(plain, at + 1)
     return covered
 
 
-def test_every_readme_figure_is_in_the_registry():
-    """Each number in the jobs table's figures and in "Measured" is a registered figure (checked
-    by a test), a registered one-off measurement (with its command), or a registered setting."""
+def test_every_stated_figure_is_in_the_registry():
+    """Each number in README's jobs table's figures and in RESULTS.md's "Jobs" is a registered
+    figure (checked by a test), a registered one-off measurement (with its command), or a
+    registered setting."""
     covered = set().union(*(_covered(e) for e in figures.ENTRIES))
-    missing = [f"{n!r} in: {line[:160]}" for at, n, line in _readme_numbers() if (at, n) not in covered]
-    assert not missing, "README states figures tests/figures.py does not list:\n" + "\n".join(missing)
+    missing = [f"{name}: {n!r} in: {line[:160]}" for name, at, n, line in _stated_numbers()
+               if (name, at, n) not in covered]
+    assert not missing, "figures tests/figures.py does not list:\n" + "\n".join(missing)
 
 
 @pytest.mark.parametrize("entry", figures.ENTRIES, ids=lambda e: e.key)
-def test_registry_text_is_in_readme(entry):
-    """The registry's text (so its value) is what README says; a changed figure changes both."""
-    norm, _ = _normalized(README)
+def test_registry_text_is_in_the_docs(entry):
+    """The registry's text (so its value) is what README or RESULTS.md says; a changed figure
+    changes both."""
     for text in entry.readme_texts():
-        assert re.sub(r"\s+", " ", text) in norm, f"{entry.key}: README no longer says {text!r}"
+        text = re.sub(r"\s+", " ", text)
+        assert any(text in norm for norm, _ in NORMALIZED.values()), \
+            f"{entry.key}: neither README.md nor benchmarks/RESULTS.md says {text!r} any more"
     assert len({e.key for e in figures.ENTRIES}) == len(figures.ENTRIES), "registry keys are unique"
 
 
