@@ -502,7 +502,7 @@ def ray_datasets(spec: JobSpec, plan: DataPlan) -> tuple[dict, dict]:
     train_table, val_table = split_tables(spec, plan)
     rows = {"train": train_table.num_rows, "val": val_table.num_rows}
     udf = row_transform(spec, plan)
-    precompute = getattr(spec.method, "precompute", False)
+    precompute = spec.method.precomputes_teacher
     size = sum(t.nbytes for _, t in plan.tables)
     if size <= TRANSFORM_HERE_BYTES and not precompute:
         # Small data (`inspect` already holds it in this process): transform it here, once, into

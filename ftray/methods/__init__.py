@@ -1,20 +1,45 @@
-"""Fine-tuning methods, chosen by `method.name`. One file each, registered here explicitly."""
+"""Fine-tuning methods, chosen by `method.name`, registered here explicitly.
 
-from ftray.methods.attention import Attention
-from ftray.methods.base import Method
-from ftray.methods.distill import Distill
-from ftray.methods.full import Full
-from ftray.methods.incremental import Incremental
-from ftray.methods.lora import Lora
-from ftray.methods.meta import Meta
-from ftray.methods.transfer import Transfer
+Each method is a folder: `config.py` (its `method:` section of the spec, with its own rules across
+the spec's sections) and `hooks.py` (its training hooks; `rl` runs through `ftray.rl` instead).
+`METHODS` is the one list of method names: the spec's `method` union, the spec reference and the
+hooks lookup all come from it. Adding a method is one new folder and one entry below.
+"""
 
-METHODS: dict[str, type[Method]] = {"full": Full, "transfer": Transfer, "lora": Lora, "attention": Attention,
-                                    "distill": Distill, "incremental": Incremental, "meta": Meta}
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ftray.methods.attention.config import AttentionMethod
+from ftray.methods.config import MethodConfig
+from ftray.methods.distill.config import DistillMethod
+from ftray.methods.full.config import FullMethod
+from ftray.methods.incremental.config import IncrementalMethod
+from ftray.methods.lora.config import LoraMethod
+from ftray.methods.meta.config import MetaMethod
+from ftray.methods.rl.config import RLMethod
+from ftray.methods.transfer.config import TransferMethod
+
+if TYPE_CHECKING:
+    from ftray.methods.base import Method
+
+# name -> config class; the config class names its hooks (`MethodConfig.hooks`). The order is the
+# spec reference's.
+METHODS: dict[str, type[MethodConfig]] = {
+    "full": FullMethod,
+    "transfer": TransferMethod,
+    "lora": LoraMethod,
+    "attention": AttentionMethod,
+    "distill": DistillMethod,
+    "incremental": IncrementalMethod,
+    "meta": MetaMethod,
+    "rl": RLMethod,
+}
 
 
 def get_method(spec) -> Method:
-    return METHODS[spec.method.name](spec)
+    """The training hooks of the spec's (supervised) method, bound to the spec."""
+    return METHODS[spec.method.name].hooks()(spec)
 
 
-__all__ = ["METHODS", "Method", "get_method"]
+__all__ = ["METHODS", "MethodConfig", "get_method"]

@@ -150,7 +150,7 @@ class HFClassifier(FtModel):
 
     @classmethod
     def build(cls, spec, info):
-        new_head = getattr(spec.method, "new_head", False)
+        new_head = spec.method.replaces_head
         model = cls._from_pretrained(resolve_source(spec), info, spec.model.dropout, new_head,
                                      random_config=spec.model.config)
         if new_head:

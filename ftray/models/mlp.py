@@ -98,7 +98,7 @@ class MLP(FtModel):
 
 
 def _skips_head(spec) -> bool:
-    return getattr(spec.method, "new_head", False)
+    return spec.method.replaces_head
 
 
 def _pretrained_file(spec) -> Path:

@@ -162,7 +162,7 @@ class Multimodal(FtModel):
             d = _pretrained_dir(spec)
             model = cls(spec.model, info, _hf_from_export(d, spec.model))
             saved = load_file(str(d / WEIGHTS))
-            skip_head = getattr(spec.method, "new_head", False)
+            skip_head = spec.method.replaces_head
             if skip_head:
                 saved = {k: v for k, v in saved.items() if not k.startswith("classifier.")}
             model.load_state_dict(saved, strict=not skip_head)
@@ -183,7 +183,7 @@ class Multimodal(FtModel):
                 saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
             with torch.device("meta"):  # the structure only: no weights allocated or loaded
                 model = cls(spec.model, info, _hf_from_export(d, spec.model))
-            mismatch = _mismatch(model, saved, getattr(spec.method, "new_head", False))
+            mismatch = _mismatch(model, saved, spec.method.replaces_head)
             if mismatch:
                 raise SpecError(f"model.init_from: {spec.model.init_from}: {mismatch}")
             return

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ftray.methods import get_method
-from ftray.methods.distill import kd_loss
+from ftray.methods.distill.hooks import kd_loss
 from ftray.models import ModelInfo, build_model
 from ftray.spec import JobSpec, SpecError
 from tests.conftest import mlp_spec

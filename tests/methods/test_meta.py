@@ -15,7 +15,7 @@ import torch
 
 from ftray import cli, data
 from ftray.methods import get_method
-from ftray.methods.meta import task_tables
+from ftray.methods.meta.hooks import task_tables
 from ftray.models import ModelInfo
 from ftray.numerics import make_optimizer, make_scheduler
 from ftray.spec import JobSpec

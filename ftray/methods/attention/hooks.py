@@ -4,12 +4,15 @@ through LoRA restricted to them; the task head (for classifiers) trains too."""
 from __future__ import annotations
 
 from ftray.methods.base import Method
-from ftray.methods.lora import Lora, linear_modules
+from ftray.methods.lora.hooks import Lora, linear_modules
 
 
 class Attention(Lora):
     def _targets(self):
         return "attention"
+
+    def _adapter_from(self):
+        return None  # `attention` has no `adapter_from`: its LoRA always starts fresh
 
     def build(self, info, checkpoint_dir):
         if self.spec.method.lora:

@@ -49,10 +49,14 @@ class Lora(Method):
     def _targets(self):
         return self.spec.method.target_modules
 
+    def _adapter_from(self) -> str | None:
+        """The earlier lora run whose adapter this one continues (None: a fresh adapter)."""
+        return self.spec.method.adapter_from
+
     def check(self, info):
         from ftray.models.hf import HFClassifier
-        if getattr(self.spec.method, "adapter_from", None):
-            _adapter_of(self.spec.method.adapter_from)
+        if self._adapter_from():
+            _adapter_of(self._adapter_from())
             return
         model = HFClassifier.skeleton(self.spec, info)
         target_modules(model.hf, model.blocks(), self._targets())
@@ -61,8 +65,7 @@ class Lora(Method):
         from peft import PeftModel, get_peft_model
         model = build_model(self.spec, info)
         adapter = (checkpoint_dir / MODEL_DIR / ADAPTER_DIR if checkpoint_dir else
-                   _adapter_of(self.spec.method.adapter_from) if getattr(self.spec.method, "adapter_from", None)
-                   else None)
+                   _adapter_of(self._adapter_from()) if self._adapter_from() else None)
         if adapter:
             model.hf = PeftModel.from_pretrained(model.hf, str(adapter), is_trainable=True)
         else:

@@ -1,0 +1,45 @@
+"""What every method's config (its `method:` section of the spec) shares.
+
+The rest of ftray asks a method these typed questions instead of reading fields that only some
+methods have. Config modules import only pydantic (through `ftray.schema`): `ftray.spec` builds its
+`method` union from them before Ray starts; a method's hooks, which need torch, load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from ftray.schema import Strict
+
+if TYPE_CHECKING:
+    from ftray.methods.base import Method
+    from ftray.spec import JobSpec
+
+
+class MethodConfig(Strict):
+    """Base of every method's config; each subclass adds `name: Literal[...]` and its fields."""
+
+    # False: the method learns without `data` (rl, from its environment). JobSpec's supervised
+    # rules then do not apply; the method's own `check_job` covers the whole spec.
+    supervised: ClassVar[bool] = True
+    # Fields holding local paths: pinned to absolute paths before the spec reaches Ray workers.
+    path_fields: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def replaces_head(self) -> bool:
+        """Whether a model started from earlier weights gets a fresh head sized for this data's
+        labels instead of the saved one."""
+        return False
+
+    @property
+    def precomputes_teacher(self) -> bool:
+        """Whether a teacher's logits are computed once with Ray Data and streamed as a column."""
+        return False
+
+    def check_job(self, spec: JobSpec) -> None:
+        """This method's rules across the spec's sections; raise ValueError (JobSpec reports it)."""
+
+    @classmethod
+    def hooks(cls) -> type[Method]:
+        """The method's training hooks (`ftray.methods.base.Method`), imported on first use."""
+        raise NotImplementedError(f"{cls.__name__} has no training hooks")

@@ -1,0 +1,1 @@
+"""`full`: every parameter trains (config.py: its spec section; hooks.py: its training hooks)."""

@@ -1,0 +1,1 @@
+"""`lora`: low-rank adapters through peft (config.py: its spec section; hooks.py: the adapters)."""

@@ -1,0 +1,100 @@
+"""The `method:` section of `rl` and its rules across the spec.
+
+Its code is not a set of training hooks: `ftray.rl` runs it with RLlib instead of the supervised
+loop of `ftray.train`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from ftray.methods.config import MethodConfig
+from ftray.schema import Strict, describe
+
+
+class RLStop(Strict):
+    env_steps: int | None = describe("Stop after this many sampled environment steps.", 100000, ge=1)
+    target_return: float | None = describe(
+        "Stop once the greedy evaluation return (`evaluation_episodes`, checked every iteration) reaches "
+        "this; the env steps it took are the summary's `rl.steps_to_target`.", None)
+    iterations: int | None = describe("Stop after this many training iterations.", None, ge=1)
+
+
+class RLMethod(MethodConfig):
+    name: Literal["rl"] = describe(
+        "Reinforcement learning with RLlib (`model` is the policy network; no `data`).", "rl")
+    env: str = describe("Environment: a Gymnasium id (`CartPole-v1`) or `module:Class` of a gymnasium.Env.")
+    env_kwargs: dict[str, Any] = describe("Keyword arguments of the environment's constructor.", {})
+    algorithm: Literal["ppo"] = describe("RLlib algorithm.", "ppo")
+    env_runners: int = describe("Sampling actors (0 = sample in the driver process).", 1, ge=0, le=1024)
+    lr: float = describe("Learning rate.", 3e-4, gt=0.0, le=1.0)
+    gamma: float = describe("Discount factor.", 0.99, gt=0.0, le=1.0)
+    gae_lambda: float = describe("GAE lambda.", 0.95, ge=0.0, le=1.0)
+    clip: float = describe("PPO clip parameter of the probability ratio.", 0.2, gt=0.0, le=10.0)
+    entropy_coeff: float = describe("Weight of the entropy bonus.", 0.0, ge=0.0, le=10.0)
+    train_batch: int = describe("Environment steps sampled per training iteration (all learners).", 4000,
+                                ge=1, le=1 << 24)
+    minibatch: int = describe("Steps per SGD minibatch.", 128, ge=1, le=1 << 24)
+    epochs: int = describe("SGD passes over each train batch.", 10, ge=1, le=1000)
+    critic_warmup_steps: int | None = describe(
+        "Env steps at the start during which only the value network learns (the policy's learning "
+        "rate is 0), so a pretrained policy is not pushed by a value network that knows nothing yet. "
+        "Default: two `train_batch`es with a pretrained start, 0 from scratch.", None, ge=0, le=1 << 40)
+    stop: RLStop = describe("When training stops (whichever comes first).", default_factory=RLStop)
+    evaluation_episodes: int = describe(
+        "Greedy episodes that score the policy: at the start, after every iteration (for "
+        "`stop.target_return`) and at the end.", 10, ge=1, le=100000)
+    demos: str | None = describe(
+        "Pretrain by behaviour cloning on these demonstrations (Parquet in RLlib's columns: obs, new_obs, "
+        "actions, rewards, terminateds), e.g. written by `ftray rl collect`.", None)
+    bc_iterations: int = describe("Behaviour-cloning updates (one `bc_batch` each).", 100, ge=1, le=1000000)
+    bc_lr: float = describe("Behaviour-cloning learning rate.", 1e-3, gt=0.0, le=1.0)
+    bc_batch: int = describe("Demonstration steps per behaviour-cloning update.", 256, ge=1, le=1 << 24)
+    init_checkpoint: str | None = describe(
+        "Start from an earlier RLlib checkpoint: an ftray rl run folder, an algorithm checkpoint, or its "
+        "module folder (the environment may differ; the spaces must match).", None)
+
+    supervised = False  # it learns from its environment: no `data`, no supervised rules
+    path_fields = ("demos", "init_checkpoint")
+
+    def check_job(self, spec):
+        if spec.data is not None:
+            raise ValueError("data: method rl learns from its environment; remove the data section "
+                             "(demonstrations go in method.demos)")
+        if spec.model.name != "mlp":
+            raise ValueError("model.name: method rl needs model.name: mlp (the policy network)")
+        if spec.model.dropout:
+            # PPO's probability ratio compares the sampling policy with the trained one: both must be
+            # the same deterministic network.
+            raise ValueError("model.dropout: method rl needs 0 (PPO's ratio needs a deterministic policy)")
+        if spec.train.model_fields_set:
+            raise ValueError("train: method rl takes its hyperparameters from method (lr, gamma, gae_lambda, "
+                             "clip, entropy_coeff, train_batch, minibatch, epochs)")
+        starts = [k for k, v in (("method.demos", self.demos), ("method.init_checkpoint", self.init_checkpoint),
+                                 ("model.init_from", spec.model.init_from)) if v]
+        if len(starts) > 1:
+            raise ValueError(f"{starts[1]}: give one pretrained start, not {' and '.join(starts)}")
+        if self.minibatch > self.train_batch:
+            raise ValueError(f"method.minibatch: {self.minibatch} is larger than method.train_batch "
+                             f"{self.train_batch}")
+        if self.train_batch % spec.scaling.num_workers:
+            raise ValueError(f"method.train_batch: {self.train_batch} is not divisible by the "
+                             f"{spec.scaling.num_workers} learners (scaling.num_workers)")
+        if not (self.stop.env_steps or self.stop.target_return is not None or self.stop.iterations):
+            raise ValueError("method.stop: give at least one of env_steps, target_return, iterations")
+        if spec.tune:
+            _check_sweep(spec.tune)
+
+
+def _check_sweep(tune) -> None:
+    """What an rl sweep supports: one RLlib algorithm per trial, scored by its episode return."""
+    if tune.metric != "episode_return_mean" or tune.mode != "max":
+        raise ValueError("tune.metric: an rl sweep maximises episode_return_mean "
+                         "(tune.metric: episode_return_mean, tune.mode: max)")
+    if tune.ensemble:
+        raise ValueError("tune.ensemble: ensembles are for classification and regression tasks")
+    if tune.scheduler.name not in ("fifo", "asha"):
+        raise ValueError(f"tune.scheduler.name: {tune.scheduler.name} is not supported for "
+                         "method rl (fifo, asha)")
+    if tune.trial != "train" or tune.group_by:
+        raise ValueError("tune.trial: an rl sweep runs one RLlib algorithm per trial (no packed "
+                         "trials, no group_by)")

@@ -1,0 +1,41 @@
+"""`data:`: the training and validation data, its columns and its task."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ftray.schema import Strict, describe
+
+class DataSpec(Strict):
+    path: str = describe("Training data: a Parquet, JSONL or CSV file or folder (local path or URI).")
+    val_path: str | None = describe("Validation data in the same layout; None splits `path`.", None)
+    val_fraction: float = describe("Share of `path` held out for validation when `val_path` is None.",
+                                   0.2, gt=0.0, lt=1.0)
+    format: Literal["auto", "parquet", "jsonl", "csv"] = describe(
+        "File format; `auto` goes by the file extension.", "auto")
+    task: Literal["classification", "regression", "causal_lm"] = describe(
+        "What the labels are: class ids, real targets, or next tokens of `text`.", "classification")
+    features: list[str] = describe(
+        "Numeric input columns for `mlp` and the `multimodal` tabular encoder (one list-valued column or "
+        "several scalar columns).",
+        default_factory=list)
+    text: str | None = describe("Text column for `hf` models (and the `multimodal` text encoder).", None)
+    image: str | None = describe(
+        "`multimodal`: image column, one fixed-shape numeric array per row (HxW or CxHxW nested lists).", None)
+    prompt: str | None = describe("`causal_lm` instruction tuning: prompt column (no loss on its tokens).", None)
+    response: str | None = describe("`causal_lm` instruction tuning: response column (the loss).", None)
+    truncation: Literal["none", "right", "left"] = describe(
+        "Examples longer than `model.max_length`: error (`none`), cut the end (`right`), or cut the "
+        "start of the prompt (`left`).", "right")
+    packing: bool = describe("`causal_lm`: pack several examples into each `model.max_length` sequence.",
+                             False)
+    label: str | None = describe("Label column (classification, regression).", "label")
+    classes: list[str | int] | None = describe(
+        "Label values in head order; None means integer labels 0..K-1 with K inferred.", None)
+    shuffle_buffer: int = describe("Rows in each worker's seeded shuffle buffer (0 = no shuffle).",
+                                   1024, ge=0)
+
+
+# The validation metric each task reports beside `val_loss` (what tune.metric and early stopping
+# may name).
+TASK_METRICS = {"classification": "val_accuracy", "regression": "val_mse", "causal_lm": "val_perplexity"}
