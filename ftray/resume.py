@@ -41,6 +41,9 @@ from ftray.spec import JobSpec, SpecError
 RESUMABLE = ("train.epochs", "train.early_stopping.patience", "scaling.num_workers", "scaling.min_workers",
              "scaling.cpus_per_worker", "scaling.use_gpu", "run.keep_checkpoints", "run.max_failures",
              "run.storage_path", "tune")
+# An rl run (`ftray.rl`) may change its stop conditions (a later stop goes on training) and how
+# many checkpoints it keeps; its rollout and learner settings decide what is trained.
+RL_RESUMABLE = ("method.stop", "run.keep_checkpoints", "run.max_failures", "run.storage_path", "tune")
 
 
 def storage(spec: JobSpec) -> tuple[pafs.FileSystem, str, str]:

@@ -515,10 +515,15 @@ def fit(spec: JobSpec, plan: RLPlan, run_dir: Path, on_iteration: Callable[[dict
 
 def run(spec: JobSpec, address: str | None = None, plan: RLPlan | None = None) -> tuple[int, str]:
     """Fine-tune the policy and write the run folder. Returns (exit status, run folder)."""
-    from ftray import ray_context
+    from pyarrow.fs import LocalFileSystem
+
+    from ftray import ray_context, resume
     t0 = time.perf_counter()
     plan = plan or prepare(spec, address)
     run_dir = Path(spec.run.storage_path) / spec.run.name
+    if (ckpt := latest_checkpoint(run_dir)) is not None:  # the resume contract (ftray.resume)
+        resume.check_resume(resume.read_spec(LocalFileSystem(), str(ckpt), str(run_dir)), spec, str(ckpt),
+                            resume.RL_RESUMABLE)
     run_dir.mkdir(parents=True, exist_ok=True)
     with ray_context.use_ray(spec, address, cpus=spec.method.env_runners + spec.scaling.num_workers + 2) as ray_mode:
         t_ray = time.perf_counter()

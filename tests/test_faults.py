@@ -78,6 +78,19 @@ def assert_same_training(faulted: dict, straight: dict) -> None:
         assert faulted["metrics"][key] == pytest.approx(straight["metrics"][key], rel=1e-6, abs=1e-7)
 
 
+def test_fault_injection_is_off_the_production_path(monkeypatch):
+    """`ftray.faults` is for tests: a run whose environment asks for no fault never imports it
+    (its workers get no hooks); with a fault variable set, the driver builds the hooks from all of them."""
+    env = {k: v for k, v in os.environ.items() if k not in faults.ENVS}
+    code = ("import sys; import ftray.cli, ftray.sweep; from ftray import train; "
+            "assert train.fault_hooks() is None and 'ftray.faults' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True, timeout=300)
+    assert train.FAULT_ENVS == faults.ENVS
+    monkeypatch.setenv(faults.KILL_AT_STEPS_ENV, "7, 15")
+    monkeypatch.setenv(faults.FAIL_AFTER_EPOCH_ENV, "2")
+    assert train.fault_hooks() == faults.FaultHooks(kill_at_steps=(7, 15), fail_after_epoch=2)
+
+
 def test_worker_killed_mid_epoch_three_times(ray_session, tmp_path, data_file, straight, monkeypatch):
     kills = [18, 30, 42]  # mid-epoch 2, 3 and 4; each attempt first writes one checkpoint
     log = tmp_path / "steps.jsonl"
