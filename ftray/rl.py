@@ -656,6 +656,7 @@ def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None)
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     t = spec.tune
     per_trial = 1 + spec.method.env_runners + _learners(spec)
+
     def trial(values: dict) -> None:
         tspec = sweep.trial_spec(raw, values, sweep_dir, tune.get_context().get_trial_id(), source)
         tplan = prepare(tspec, address, devices=False)

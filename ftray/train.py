@@ -153,10 +153,11 @@ def train_loop(config: dict) -> None:
     def report(metrics: dict, folder: str | None) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
 
-    fit(loop_config, Worker(rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=ray.train.torch.get_device(),
-                            train_data=ray.train.get_dataset_shard("train"), val_data=ray.train.get_dataset_shard("val"),
-                            resume=resume_checkpoint(loop_config.spec, ray.train.get_checkpoint()),
-                            report=report, wrap=parallel.wrap))
+    worker = Worker(rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=ray.train.torch.get_device(),
+                    train_data=ray.train.get_dataset_shard("train"), val_data=ray.train.get_dataset_shard("val"),
+                    resume=resume_checkpoint(loop_config.spec, ray.train.get_checkpoint()),
+                    report=report, wrap=parallel.wrap)
+    fit(loop_config, worker)
 
 
 def resume_checkpoint(spec: JobSpec, registered):
