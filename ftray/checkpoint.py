@@ -5,6 +5,8 @@ A checkpoint folder holds everything exact resumption needs:
   latest checkpoint is always a usable model and the final export is a plain copy;
 - `trainer_state.pt`: optimizer, LR scheduler, grad scaler and RNG states (tensors and plain
   values only: it loads with `torch.load(weights_only=True)`);
+- `spec.json`: the resolved spec the checkpoint was made from (secrets redacted), which a re-run
+  compares its own with (`ftray.resume`);
 - `progress.json`: epoch, optimizer step, early-stopping state, per-epoch history, and facts
   about the run (parameter counts, resumptions) that the driver puts in `summary.json`;
 - `manifest.json`, written last: every other file's size and SHA-256. A folder whose manifest is
@@ -30,6 +32,7 @@ import torch
 MODEL_DIR = "model"
 STATE = "trainer_state.pt"
 PROGRESS = "progress.json"
+SPEC = "spec.json"
 MANIFEST = "manifest.json"
 
 
@@ -53,7 +56,7 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save(folder: Path, model, optimizer_state: dict, scheduler, scaler, progress: dict,
+def save(folder: Path, model, optimizer_state: dict, scheduler, scaler, progress: dict, spec: dict,
          kill_midway: bool = False) -> None:
     """Write a complete checkpoint into `folder` (an empty local directory), the manifest last.
 
@@ -65,6 +68,7 @@ def save(folder: Path, model, optimizer_state: dict, scheduler, scaler, progress
     torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler else None, "rng": rng_state()},
                folder / STATE)
+    (folder / SPEC).write_text(json.dumps(spec, indent=2))
     (folder / PROGRESS).write_text(json.dumps(progress, indent=2))
     # Hashing reads the checkpoint once more (~2 GB/s per core): small next to writing it, and it lets
     # `is_complete(deep=True)` prove a kept checkpoint bit-exact.

@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("spec", metavar="SPEC")
     r.add_argument("--address", default=None,
                    help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    r.add_argument("--restart", action="store_true",
+                   help="start the run afresh: move an existing run folder of this name aside (never deleted)")
     w = with_overrides(sub.add_parser("sweep", help="Ray Tune sweep over the spec's tune.space"))
     w.add_argument("spec", metavar="SPEC")
     w.add_argument("--address", default=None,
@@ -76,6 +78,9 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     spec = load_spec(args.spec, args.overrides)
     plan = _runner(spec).prepare(spec, args.address)
+    if args.restart:
+        from ftray.resume import restart
+        restart(spec)
     status, run_dir = _runner(spec).run(spec, args.address, plan)
     return _finish(status, run_dir, "run failed; finished checkpoints are kept, re-run to resume")
 
@@ -92,10 +97,8 @@ def cmd_sweep(args) -> int:
 
 
 def _finish(status: int, folder: str, failure: str) -> int:
-    """Stop the Ray this process started (so its forwarded logs end first), then print the folder
-    as the last stdout line."""
-    from ftray import train
-    train.stop_ray()
+    """Print the folder as the last stdout line (the runner stopped the Ray it started, so Ray's
+    forwarded logs ended before it)."""
     if status:
         print(f"ftray: {failure}", file=sys.stderr)
     print(folder, flush=True)

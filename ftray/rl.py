@@ -283,7 +283,7 @@ class RLPlan:
 
 def prepare(spec: JobSpec, address: str | None = None, devices: bool = True) -> RLPlan:
     """All checks that need no Ray: environment, spaces, pretrained start, devices. Raises SpecError."""
-    from ftray import storage_check, train
+    from ftray import ray_context
     m = spec.method
     obs, act = check_env(m)
     plan = RLPlan(obs, act, "scratch", None)
@@ -296,8 +296,7 @@ def prepare(spec: JobSpec, address: str | None = None, devices: bool = True) -> 
     if "://" in spec.run.storage_path:
         raise SpecError("run.storage_path: rl runs write to a local (or mounted shared) folder, not a URI")
     if devices:
-        train.check_devices(spec, address)
-        storage_check.check_storage(spec, address)
+        ray_context.check_target(spec, address)
     return plan
 
 
@@ -516,22 +515,27 @@ def fit(spec: JobSpec, plan: RLPlan, run_dir: Path, on_iteration: Callable[[dict
 
 def run(spec: JobSpec, address: str | None = None, plan: RLPlan | None = None) -> tuple[int, str]:
     """Fine-tune the policy and write the run folder. Returns (exit status, run folder)."""
-    from ftray import train
+    from pyarrow.fs import LocalFileSystem
+
+    from ftray import ray_context, resume
     t0 = time.perf_counter()
     plan = plan or prepare(spec, address)
     run_dir = Path(spec.run.storage_path) / spec.run.name
+    if (ckpt := latest_checkpoint(run_dir)) is not None:  # the resume contract (ftray.resume)
+        resume.check_resume(resume.read_spec(LocalFileSystem(), str(ckpt), str(run_dir)), spec, str(ckpt),
+                            resume.RL_RESUMABLE)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ray_mode = train.start_ray(spec, address, cpus=spec.method.env_runners + spec.scaling.num_workers + 2)
-    t_ray = time.perf_counter()
-    error, progress = None, {}
-    try:
-        progress = fit(spec, plan, run_dir)
-    except Exception as e:  # noqa: BLE001 - the run failed; record it, keep the checkpoints
-        error = "".join(traceback.format_exception_only(type(e), e)).strip()
-        ckpt = latest_checkpoint(run_dir)
-        progress = json.loads((ckpt / PROGRESS).read_text()) if ckpt else {}
-    t_fit = time.perf_counter()
-    summary = write_outputs(spec, plan, run_dir, progress, error)
+    with ray_context.use_ray(spec, address, cpus=spec.method.env_runners + spec.scaling.num_workers + 2) as ray_mode:
+        t_ray = time.perf_counter()
+        error, progress = None, {}
+        try:
+            progress = fit(spec, plan, run_dir)
+        except Exception as e:  # noqa: BLE001 - the run failed; record it, keep the checkpoints
+            error = "".join(traceback.format_exception_only(type(e), e)).strip()
+            ckpt = latest_checkpoint(run_dir)
+            progress = json.loads((ckpt / PROGRESS).read_text()) if ckpt else {}
+        t_fit = time.perf_counter()
+        summary = write_outputs(spec, plan, run_dir, progress, error)
     summary["ray"] = {"mode": ray_mode, "env_runners": spec.method.env_runners, "learners": _learners(spec),
                       "use_gpu": spec.scaling.use_gpu}
     summary["timings"] = {"total_s": round(time.perf_counter() - t0, 3), "ray_start_s": round(t_ray - t0, 3),
@@ -642,7 +646,7 @@ def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None)
     PPO iteration (`episode_return_mean`, `env_steps`), so ASHA can stop weak trials early."""
     from ray import tune
 
-    from ftray import sweep, train
+    from ftray import ray_context, sweep
     if spec.tune is None:
         raise SpecError(f"{source}: tune: a sweep needs a tune section (space, metric, mode, ...)")
     t0 = time.perf_counter()
@@ -652,7 +656,6 @@ def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None)
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     t = spec.tune
     per_trial = 1 + spec.method.env_runners + _learners(spec)
-    train.start_ray(spec, address, cpus=t.max_concurrent * per_trial + 1)
 
     def trial(values: dict) -> None:
         tspec = sweep.trial_spec(raw, values, sweep_dir, tune.get_context().get_trial_id(), source)
@@ -677,38 +680,39 @@ def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None)
         scheduler = FIFOScheduler()
     tune_dir = f"{sweep_dir}/{sweep.TUNE_DIR}"
     trainable = tune.with_resources(trial, {"CPU": 1})
-    if tune.Tuner.can_restore(tune_dir):
-        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=sweep.param_space(spec),
-            run_config=tune.RunConfig(name=sweep.TUNE_DIR, storage_path=sweep_dir),
-            tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
-                                        max_concurrent_trials=t.max_concurrent, search_alg=sweep.searcher(spec),
-                                        scheduler=scheduler))
-    results = tuner.fit()
+    with ray_context.use_ray(spec, address, cpus=t.max_concurrent * per_trial + 1):
+        if tune.Tuner.can_restore(tune_dir):
+            tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=sweep.param_space(spec),
+                run_config=tune.RunConfig(name=sweep.TUNE_DIR, storage_path=sweep_dir),
+                tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
+                                            max_concurrent_trials=t.max_concurrent, search_alg=sweep.searcher(spec),
+                                            scheduler=scheduler))
+        results = tuner.fit()
 
-    def close_trial(result) -> None:
-        """A trial the scheduler stopped (or that crashed) wrote no summary: write it from its last
-        checkpoint, so every trial folder reads the same."""
-        trial_id = (result.metrics or {}).get("trial_id")
-        run_dir = Path(sweep_dir) / "trials" / str(trial_id)
-        if not trial_id or (run_dir / "summary.json").is_file():
-            return
-        tspec = sweep.trial_spec(raw, result.config or {}, sweep_dir, trial_id, source)
-        ckpt = latest_checkpoint(run_dir)
-        progress = json.loads((ckpt / PROGRESS).read_text()) if ckpt else {}
-        summary = write_outputs(tspec, prepare(tspec, address, devices=False), run_dir, progress,
-                                str(result.error) if result.error else None)
-        if not result.error:  # ASHA also ends a trial that reached its last iteration, before it wrote this
-            history = progress.get("history") or [{}]
-            summary["metrics"] = {METRIC: history[-1].get(METRIC)}
-            if not ran_its_budget(result, spec):
-                summary.update(status="stopped", error="stopped early by the sweep's scheduler")
-        (run_dir / "summary.json").write_text(json.dumps(redact(summary), indent=2))
+        def close_trial(result) -> None:
+            """A trial the scheduler stopped (or that crashed) wrote no summary: write it from its last
+            checkpoint, so every trial folder reads the same."""
+            trial_id = (result.metrics or {}).get("trial_id")
+            run_dir = Path(sweep_dir) / "trials" / str(trial_id)
+            if not trial_id or (run_dir / "summary.json").is_file():
+                return
+            tspec = sweep.trial_spec(raw, result.config or {}, sweep_dir, trial_id, source)
+            ckpt = latest_checkpoint(run_dir)
+            progress = json.loads((ckpt / PROGRESS).read_text()) if ckpt else {}
+            summary = write_outputs(tspec, prepare(tspec, address, devices=False), run_dir, progress,
+                                    str(result.error) if result.error else None)
+            if not result.error:  # ASHA also ends a trial that reached its last iteration, before it wrote this
+                history = progress.get("history") or [{}]
+                summary["metrics"] = {METRIC: history[-1].get(METRIC)}
+                if not ran_its_budget(result, spec):
+                    summary.update(status="stopped", error="stopped early by the sweep's scheduler")
+            (run_dir / "summary.json").write_text(json.dumps(redact(summary), indent=2))
 
-    return sweep.write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0,
-                               ended_on_its_own=ran_its_budget, close_trial=close_trial), sweep_dir
+        return sweep.write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0,
+                                   ended_on_its_own=ran_its_budget, close_trial=close_trial), sweep_dir
 
 
 def ran_its_budget(result, spec: JobSpec) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ftray.auth import auth_headers, explicit_address
 from ftray.spec import JobSpec, SpecError
 
 SHARED_STORAGE_ENV = "FTRAY_SHARED_STORAGE"
@@ -50,7 +51,6 @@ def check_storage(spec: JobSpec, address: str | None) -> None:
 def alive_node_ips(address: str) -> list[str] | None:
     """IP addresses of the cluster's alive nodes (through its dashboard's state API, without
     joining the cluster), or None when they cannot be listed."""
-    from ftray.submit import auth_headers, explicit_address
     try:
         from ray.util.state.api import StateApiClient
         from ray.util.state.common import ListApiOptions, StateResource

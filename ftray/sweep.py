@@ -24,7 +24,7 @@ from typing import Callable
 
 import yaml
 
-from ftray import data, train
+from ftray import data, ray_context, train
 from ftray.checkpoint import MODEL_DIR, load_progress
 from ftray.redact import redact
 from ftray.spec import PBT_MUTABLE, JobSpec, SpecError, apply_overrides, validate
@@ -158,7 +158,7 @@ def packed_trial(raw: dict, sweep_dir: str, source: str):
 
         # Tune sets CUDA_VISIBLE_DEVICES to the trial's (possibly shared) GPU.
         device = torch.device("cuda" if tspec.scaling.use_gpu and torch.cuda.is_available() else "cpu")
-        train.fit({"spec": tspec.model_dump(mode="json"), "info": plan.info.to_dict(), "train_rows": rows["train"]},
+        train.fit(train.LoopConfig(tspec, plan.info, rows["train"]),
                   train.Worker(rank=0, world=1, device=device, train_data=train_ds, val_data=val_ds,
                                resume=tune.get_checkpoint(), report=report,
                                adopt_hyperparameters=spec_has_pbt(raw)))
@@ -197,8 +197,6 @@ def fit_sweep(raw: dict, spec: JobSpec, source: str, address: str | None, sweep_
     # in place. One more CPU leaves Ray Data's tasks room to run beside every trial.
     per_trial = cpus if packed else math.ceil(spec.scaling.num_workers * cpus) + 1
     trial_scheduler = scheduler(spec)  # before Ray starts: PB2 refuses to build without scikit-learn
-    train.start_ray(spec, address, cpus=math.ceil(t.max_concurrent * per_trial) + 1)
-
     def trial(values: dict) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback
         tspec = trial_spec(raw, values, sweep_dir, tune.get_context().get_trial_id(), source)
@@ -217,16 +215,17 @@ def fit_sweep(raw: dict, spec: JobSpec, source: str, address: str | None, sweep_
         trainable = tune.with_resources(packed_trial(raw, sweep_dir, source), {"CPU": cpus, "GPU": gpu})
     else:
         trainable = tune.with_resources(trial, {"CPU": 1})
-    if tune.Tuner.can_restore(tune_dir):  # a re-run resumes: finished trials are not repeated
-        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=param_space(spec), run_config=run_config,
-            tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
-                                        max_concurrent_trials=t.max_concurrent, search_alg=search_alg,
-                                        scheduler=trial_scheduler))
-    results = tuner.fit()
-    return write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0)
+    with ray_context.use_ray(spec, address, cpus=math.ceil(t.max_concurrent * per_trial) + 1):
+        if tune.Tuner.can_restore(tune_dir):  # a re-run resumes: finished trials are not repeated
+            tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=param_space(spec), run_config=run_config,
+                tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
+                                            max_concurrent_trials=t.max_concurrent, search_alg=search_alg,
+                                            scheduler=trial_scheduler))
+        results = tuner.fit()
+        return write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0)
 
 
 def run_grouped(raw: dict, spec: JobSpec, source: str, address: str | None) -> tuple[int, str]:

@@ -1,9 +1,11 @@
 """`ftray run`: one job spec, fine-tuned data-parallel with Ray Train.
 
-Read top to bottom: the driver checks everything it can before Ray starts (spec, data, model
-source, devices), starts or joins Ray, runs a TorchTrainer whose workers execute `train_loop`,
-then exports the model and writes the run folder (`summary.json`, `model/`, `curves.png`,
-TensorBoard events). The worker loop is the one training loop every method plugs into.
+Read top to bottom: the worker side first, then the driver. The driver checks everything it can
+before Ray starts (spec, data, model source, devices, the resume contract), starts or joins Ray
+(`ftray.ray_context`), runs a TorchTrainer whose workers execute `train_loop`, then exports the
+model and writes the run folder (`summary.json`, `model/`, `curves.png`, TensorBoard events).
+The worker loop (`fit`: `setup`, then per epoch `train_epoch` of `optimizer_step`s, `end_epoch`,
+`checkpoint_and_report`) is the one training loop every method plugs into.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import tempfile
 import time
 import traceback
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,53 +28,58 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from ftray import checkpoint, data, parallel, storage_check
+from ftray import checkpoint, data, parallel, ray_context, resume
 from ftray.methods import get_method
 from ftray.models import ModelInfo
 from ftray.numerics import all_sum, improved, l1_penalty, make_optimizer, make_scheduler
 from ftray.redact import redact
-from ftray.spec import TASK_METRICS, JobSpec, SpecError
+from ftray.resume import storage  # noqa: F401 - where a run folder lives; also this module's API
+from ftray.spec import TASK_METRICS, JobSpec
 
-WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
-# Test hook for fault injection: the worker raises after reporting this epoch's checkpoint.
-FAIL_AFTER_EPOCH_ENV = "FTRAY_FAIL_AFTER_EPOCH"
-# Fault injection for tests/test_faults.py (see FaultHooks), read from the driver's environment.
-KILL_AT_STEPS_ENV = "FTRAY_KILL_AT_STEPS"  # "7,15,23": SIGKILL the last rank right after these steps
-KILL_IN_CHECKPOINT_ENV = "FTRAY_KILL_IN_CHECKPOINT"  # an epoch: rank 0 dies halfway through its checkpoint
-STEP_LOG_ENV = "FTRAY_STEP_LOG"  # a file: rank 0 appends one JSON line per optimizer step
-
-
-@dataclass(frozen=True)
-class FaultHooks:
-    """Real faults injected into a run's workers, each firing once. Attempts of a run are counted
-    by its resumptions from checkpoints: the i-th of `kill_at_steps` fires in attempt i (so an
-    attempt must write a checkpoint before its kill, or the next one counts as the same attempt),
-    the checkpoint-write kill in the first attempt. `step_log` records every optimizer step, to prove none was skipped or repeated."""
-    kill_at_steps: tuple[int, ...] = ()
-    kill_in_checkpoint: int | None = None
-    step_log: str | None = None
-
-    @classmethod
-    def from_env(cls) -> "FaultHooks":
-        steps, epoch = os.environ.get(KILL_AT_STEPS_ENV, ""), os.environ.get(KILL_IN_CHECKPOINT_ENV)
-        return cls(tuple(int(s) for s in steps.split(",") if s.strip()), int(epoch) if epoch else None,
-                   os.environ.get(STEP_LOG_ENV) or None)
-
-    def after_step(self, progress: dict, epoch: int, rank: int, world: int) -> None:
-        attempt = len(progress["resumes"])
-        if self.step_log and rank == 0:
-            with open(self.step_log, "a") as f:
-                f.write(json.dumps({"attempt": attempt, "epoch": epoch, "step": progress["step"],
-                                    "workers": world}) + "\n")
-        if rank == world - 1 and attempt < len(self.kill_at_steps) and \
-                progress["step"] == self.kill_at_steps[attempt]:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def kill_in_write(self, progress: dict) -> bool:
-        return self.kill_in_checkpoint == progress["epoch"] and not progress["resumes"]
+# Fault injection for tests (`ftray.faults`) is switched on by these variables of the driver's
+# environment (the names are `faults.ENVS`); without them that module is never imported.
+FAULT_ENVS = ("FTRAY_FAIL_AFTER_EPOCH", "FTRAY_KILL_AT_STEPS", "FTRAY_KILL_IN_CHECKPOINT", "FTRAY_STEP_LOG")
 
 
 # ==================================================================================== the worker
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the driver hands every worker: the validated spec itself (never validated again) and
+    the facts found before Ray started."""
+    spec: JobSpec
+    info: ModelInfo
+    train_rows: int  # training rows over all workers (sizes an epoch, and so the LR schedule)
+    started_at: float | None = None  # when `ftray run` started (startup timings); None: not timed
+    faults: Any = None  # `ftray.faults.FaultHooks` when a test asks for faults, else None
+
+
+@dataclass
+class TrainState:
+    """Where training stands: what a checkpoint's `progress.json` keeps for exact resumption, and
+    the facts about the run that the driver puts in `summary.json`."""
+    epoch: int = 0  # epochs done
+    step: int = 0  # optimizer steps done
+    best: float | None = None  # best value of the early-stopping metric so far
+    bad_epochs: int = 0  # epochs since it last improved
+    history: list[dict] = field(default_factory=list)  # every epoch's reported metrics
+    resumes: list[dict] = field(default_factory=list)  # {epoch, step} at each resumption
+    params: dict | None = None  # {total, trainable} parameter counts
+    extra: dict | None = None  # the method's own summary entries (`Method.extra_summary`)
+    first_step_s: float | None = None  # seconds from `ftray run` to the first update
+    startup: dict | None = None  # where the time to the first step went (set at the first step)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "TrainState":
+        return cls(**record)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def finished(self, spec: JobSpec) -> bool:
+        """Whether nothing is left to train: every epoch of `spec` done, or stopped early."""
+        return bool(self.history) and (self.epoch >= spec.train.epochs or bool(self.history[-1]["early_stopped"]))
+
+
 @dataclass
 class Worker:
     """Where the one training loop (`fit`) runs: a Ray Train worker, or a packed Tune trial
@@ -113,19 +119,45 @@ class Loop:
         return evaluate(model, self.data(name), self.spec, self.worker.device, self.autocast)
 
 
+@dataclass
+class Training:
+    """One worker's live training: what `setup` built, and the state the loop advances."""
+    config: LoopConfig
+    worker: Worker
+    method: Any  # the spec's `ftray.methods.Method`
+    model: torch.nn.Module  # the model itself
+    module: torch.nn.Module  # what trains: the model, or its DDP/FSDP/compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any  # a GradScaler under fp16, else None
+    autocast: Any
+    micro_batch: int  # rows per micro-batch on this worker
+    state: TrainState
+    startup: dict  # startup timings, recorded into `state` at the first step
+    epoch: int = 0  # the epoch being trained
+    loop: Loop | None = None  # the view method hooks get (set by `setup`)
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.config.spec
+
+
 def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker: the same code for 1 or N workers, CPU or GPU."""
+    """Runs on every Ray Train worker: the same code for 1 or N workers, CPU or GPU.
+    `config["loop"]` is the driver's `LoopConfig`."""
     import ray.train.torch
 
+    loop_config: LoopConfig = config["loop"]
     ctx = ray.train.get_context()
 
     def report(metrics: dict, folder: str | None) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if folder else None)
 
-    fit(config, Worker(rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=ray.train.torch.get_device(),
-                       train_data=ray.train.get_dataset_shard("train"), val_data=ray.train.get_dataset_shard("val"),
-                       resume=resume_checkpoint(JobSpec.model_validate(config["spec"]), ray.train.get_checkpoint()),
-                       report=report, wrap=parallel.wrap))
+    worker = Worker(rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=ray.train.torch.get_device(),
+                    train_data=ray.train.get_dataset_shard("train"), val_data=ray.train.get_dataset_shard("val"),
+                    resume=resume_checkpoint(loop_config.spec, ray.train.get_checkpoint()),
+                    report=report, wrap=parallel.wrap)
+    fit(loop_config, worker)
 
 
 def resume_checkpoint(spec: JobSpec, registered):
@@ -138,153 +170,182 @@ def resume_checkpoint(spec: JobSpec, registered):
     return ray.train.Checkpoint(newest, filesystem=fs) if newest else registered
 
 
-def fit(config: dict, worker: Worker) -> None:
+def fit(config: LoopConfig, worker: Worker) -> None:
     """The training loop: set up (or resume), then per epoch train, validate, report, checkpoint."""
-    spec = JobSpec.model_validate(config["spec"])
-    info = ModelInfo(**config["info"])
-    torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
-    rank, world, device = worker.rank, worker.world, worker.device
+    t = setup(config, worker)
+    if t.state.finished(t.spec):
+        # Resumed with nothing left to train (killed after its last checkpoint, before its summary):
+        # report the last epoch again, without a checkpoint, so whoever waits on this run (a Tune
+        # trial) gets its metrics; the driver's console and TensorBoard skip it (`Progress`).
+        worker.report(t.state.history[-1], None)
+        return
+    for epoch in range(t.state.epoch + 1, t.spec.train.epochs + 1):
+        started = time.perf_counter()
+        loss_sum, seen, tokens = train_epoch(t, epoch)
+        metrics = end_epoch(t, epoch, started, loss_sum, seen, tokens)
+        checkpoint_and_report(t, metrics)
+        if config.faults:
+            config.faults.after_report(epoch)
+        if metrics["early_stopped"]:
+            break
 
-    # Set up: the model from the latest checkpoint if there is one, else from the spec. Every rank
-    # uses the same seed and draws random numbers in lockstep, so rank 0's RNG state (the one the
-    # checkpoint keeps) is every rank's state: resumption stays exact with N workers.
+
+def setup(config: LoopConfig, worker: Worker) -> Training:
+    """Build the model, its optimizer, LR schedule and grad scaler: from the checkpoint to resume
+    if there is one (states restored), else from the spec."""
+    spec, device = config.spec, worker.device
+    torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
+    # Every rank uses the same seed and draws random numbers in lockstep, so rank 0's RNG state (the
+    # one the checkpoint keeps) is every rank's state: resumption stays exact with N workers.
     torch.manual_seed(spec.run.seed)
     method = get_method(spec)
-    resume = worker.resume
-    progress = {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0, "history": [], "resumes": []}
     # Where the time to the first step goes (seconds since `ftray run` started), for a fresh start.
-    startup = {"worker_started_s": _seconds_since(config.get("started_at"), device)}
-    trainer_state = None
-    if resume:
-        with resume.as_directory() as d, parallel.build_place(spec, device, world):
-            model = method.build(info, Path(d))
-            trainer_state = checkpoint.load_trainer_state(Path(d))
-            progress = checkpoint.load_progress(Path(d))
-        progress["resumes"].append({"epoch": progress["epoch"], "step": progress["step"]})
-    else:
-        with parallel.build_place(spec, device, world):
-            model = method.build(info, None)
+    startup = {"worker_started_s": _seconds_since(config.started_at, device)}
+    model, trainer_state, state = build_model(config, worker, method)
     method.prepare(model)
     for part in model.frozen_parts():  # the model spec's own freezing holds under every method
         part.requires_grad_(False)
-    progress["params"] = {"total": sum(p.numel() for p in model.parameters()),
-                          "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    ddp_model = worker.wrap(model, spec, device)
+    state.params = {"total": sum(p.numel() for p in model.parameters()),
+                    "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    module = worker.wrap(model, spec, device)
     method.attach(device)
     optimizer = make_optimizer(spec, method.param_groups(model))
-    startup["model_ready_s"] = _seconds_since(config.get("started_at"), device)
-    rows_per_worker = config["train_rows"] // world
+    startup["model_ready_s"] = _seconds_since(config.started_at, device)
     # An elastic run splits the same global batch over the workers it has now.
-    micro_batch = spec.micro_batch_for(world)
-    micro_per_epoch = math.ceil(rows_per_worker / micro_batch)
-    steps_per_epoch = math.ceil(micro_per_epoch / spec.train.grad_accum_steps)
-    scheduler = make_scheduler(spec, optimizer, steps_per_epoch)
+    micro_batch = spec.micro_batch_for(worker.world)
+    micro_per_epoch = math.ceil(config.train_rows // worker.world / micro_batch)
+    scheduler = make_scheduler(spec, optimizer, math.ceil(micro_per_epoch / spec.train.grad_accum_steps))
     scaler = torch.amp.GradScaler("cuda") if spec.train.precision == "fp16" else None
     if trainer_state:
-        parallel.load_optimizer_state(ddp_model, optimizer, trainer_state["optimizer"])
+        parallel.load_optimizer_state(module, optimizer, trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         if scaler and trainer_state["scaler"]:
             scaler.load_state_dict(trainer_state["scaler"])
         checkpoint.set_rng_state(trainer_state["rng"])
         if worker.adopt_hyperparameters:
             adopt_hyperparameters(optimizer, scheduler, make_optimizer(spec, method.param_groups(model)))
+    t = Training(config, worker, method, model, module, optimizer, scheduler, scaler, _autocast(spec, device),
+                 micro_batch, state, startup)
+    t.loop = Loop(spec, model, optimizer, worker, t.autocast, lambda: optimizer_step(t))
+    if t.state.extra is None:
+        t.state.extra = method.extra_summary(t.loop)
+    return t
 
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if spec.train.precision == "bf16"
-                               else torch.float16) if spec.train.precision != "fp32" else nullcontext())
-    train_shard = worker.train_data
-    accum = spec.train.grad_accum_steps
-    faults = config.get("faults") or FaultHooks()
 
-    def step() -> None:
-        _optimizer_step(spec, model, optimizer, scheduler, scaler)
-        progress["step"] += 1
-        faults.after_step(progress, epoch, rank, world)
-        if "first_step_s" not in progress:  # time from `ftray run` to the first update
-            progress["first_step_s"] = _seconds_since(config.get("started_at"), device)
-            progress["startup"] = startup
+def build_model(config: LoopConfig, worker: Worker, method) -> tuple[torch.nn.Module, dict | None, TrainState]:
+    """(model, trainer state or None, training state): from the checkpoint to resume, else new."""
+    if not worker.resume:
+        with parallel.build_place(config.spec, worker.device, worker.world):
+            return method.build(config.info, None), None, TrainState()
+    with worker.resume.as_directory() as d, parallel.build_place(config.spec, worker.device, worker.world):
+        model = method.build(config.info, Path(d))
+        trainer_state = checkpoint.load_trainer_state(Path(d))
+        state = TrainState.from_dict(checkpoint.load_progress(Path(d)))
+    state.resumes.append({"epoch": state.epoch, "step": state.step})
+    return model, trainer_state, state
 
-    loop = Loop(spec, model, optimizer, worker, autocast, step)
-    if "extra" not in progress:
-        progress["extra"] = method.extra_summary(loop)
-    fail_after = config.get("fail_after_epoch")
 
-    # Fit: one pass over this worker's shard per epoch, then validation, report and checkpoint.
-    history = progress["history"]
-    if history and (progress["epoch"] >= spec.train.epochs or history[-1].get("early_stopped")):
-        # Resumed with nothing left to train (killed after its last checkpoint, before its summary):
-        # report the last epoch again, so whoever waits on this run (a Tune trial) gets its metrics.
-        worker.report(history[-1], None)
-        return
-    for epoch in range(progress["epoch"] + 1, spec.train.epochs + 1):
-        started = time.perf_counter()
-        ddp_model.train()
-        method.train_mode(model)
-        for part in model.frozen_parts():
-            part.eval()
-        loss_sum, seen, micro, tokens = 0.0, 0, 0, 0
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        own = method.run_epoch(loop, epoch)  # a method with its own epoch (meta-learning), or None
-        batches = [] if own else train_shard.iter_torch_batches(
-            batch_size=micro_batch, device=device, drop_last=spec.train.compile,
-            local_shuffle_buffer_size=spec.data.shuffle_buffer or None,
-            local_shuffle_seed=spec.run.seed * 100003 + epoch if spec.data.shuffle_buffer else None)
-        for batch in batches:
-            micro += 1
-            sync = micro % accum == 0
-            with parallel.grad_sync(ddp_model, sync), autocast:
-                loss, _ = method.loss(ddp_model, batch)
-                total = loss / accum
-                if spec.train.l1:
-                    total = total + spec.train.l1 * l1_penalty(model).to(total.device) / accum
-            (scaler.scale(total) if scaler else total).backward()
-            n = len(next(iter(batch.values())))
-            loss_sum, seen = loss_sum + loss.detach() * n, seen + n
-            tokens += batch["input_ids"].numel() if "input_ids" in batch else 0
-            if sync:
-                step()
-        if micro % accum:  # the epoch ended inside an accumulation window
-            step()
-        if own:
-            loss_sum, seen = own
-        loss_total, seen_total, tokens_total = all_sum([float(loss_sum), seen, tokens], device)
-        train_time = time.perf_counter() - started  # all_sum waited for the last step's kernels
-        metrics = {"epoch": epoch, "step": progress["step"], "workers": world,
-                   "train_loss": loss_total / max(1, seen_total)}
-        metrics.update(method.validate(loop, ddp_model))
-        if spec.train.schedule.name == "plateau":
-            scheduler.step(metrics["val_loss"])
-        elapsed = time.perf_counter() - started
-        metrics.update(lr=optimizer.param_groups[0]["lr"], epoch_time_s=elapsed,
-                       samples_per_s=seen_total / elapsed, train_time_s=train_time)
-        if tokens_total:  # padding included; with `data.packing` there is none
-            metrics["tokens_per_s"] = tokens_total / train_time
-        if device.type == "cuda":
-            metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+def _autocast(spec: JobSpec, device: torch.device):
+    if spec.train.precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if spec.train.precision == "bf16" else torch.float16)
 
-        es = spec.train.early_stopping
-        if improved(metrics[es.metric], progress["best"], es.mode, es.min_delta):
-            progress["best"], progress["bad_epochs"] = metrics[es.metric], 0
-        else:
-            progress["bad_epochs"] += 1
-        stop = bool(es.patience) and progress["bad_epochs"] >= es.patience
-        metrics["early_stopped"] = stop
-        progress["epoch"] = epoch
-        progress["history"].append(metrics)
-        progress["extra"] = method.epoch_summary(progress["extra"], metrics)
 
-        # Report: every rank reports (a barrier); rank 0 brings the checkpoint.
-        # Under FSDP every rank takes part in gathering the full state; rank 0 writes it.
-        whole, optimizer_state = parallel.full_states(model, optimizer, lambda: method.build(info, None))
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                checkpoint.save(Path(tmp), whole, optimizer_state, scheduler, scaler, progress,
-                                kill_midway=faults.kill_in_write(progress))
-            worker.report(metrics, tmp if rank == 0 else None)
-        if fail_after == epoch:
-            raise RuntimeError(f"injected failure after epoch {epoch} ({FAIL_AFTER_EPOCH_ENV})")
-        if stop:
-            break
+def train_epoch(t: Training, epoch: int) -> tuple[Any, int, int]:
+    """One pass over this worker's shard (or the method's own epoch): (loss sum, rows, tokens)."""
+    t.epoch = epoch
+    t.module.train()
+    t.method.train_mode(t.model)
+    for part in t.model.frozen_parts():
+        part.eval()
+    if t.worker.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(t.worker.device)
+    own = t.method.run_epoch(t.loop, epoch)  # a method with its own epoch (meta-learning), or None
+    if own:
+        return own[0], own[1], 0
+    spec, accum = t.spec, t.spec.train.grad_accum_steps
+    batches = t.worker.train_data.iter_torch_batches(
+        batch_size=t.micro_batch, device=t.worker.device, drop_last=spec.train.compile,
+        local_shuffle_buffer_size=spec.data.shuffle_buffer or None,
+        local_shuffle_seed=spec.run.seed * 100003 + epoch if spec.data.shuffle_buffer else None)
+    loss_sum, seen, micro, tokens = 0.0, 0, 0, 0
+    for batch in batches:
+        micro += 1
+        sync = micro % accum == 0
+        loss = backward(t, batch, sync)
+        n = len(next(iter(batch.values())))
+        loss_sum, seen = loss_sum + loss * n, seen + n
+        tokens += batch["input_ids"].numel() if "input_ids" in batch else 0
+        if sync:
+            optimizer_step(t)
+    if micro % accum:  # the epoch ended inside an accumulation window
+        optimizer_step(t)
+    return loss_sum, seen, tokens
+
+
+def backward(t: Training, batch: dict, sync: bool) -> torch.Tensor:
+    """Forward and backward of one micro-batch (gradients synced across workers if `sync`); its loss."""
+    accum, l1 = t.spec.train.grad_accum_steps, t.spec.train.l1
+    with parallel.grad_sync(t.module, sync), t.autocast:
+        loss, _ = t.method.loss(t.module, batch)
+        total = loss / accum
+        if l1:
+            total = total + l1 * l1_penalty(t.model).to(total.device) / accum
+    (t.scaler.scale(total) if t.scaler else total).backward()
+    return loss.detach()
+
+
+def optimizer_step(t: Training) -> None:
+    """One optimizer step on the accumulated gradients, counted (and seen by test fault hooks)."""
+    _optimizer_step(t.spec, t.model, t.optimizer, t.scheduler, t.scaler)
+    t.state.step += 1
+    if t.config.faults:
+        t.config.faults.after_step(t.state, t.epoch, t.worker.rank, t.worker.world)
+    if t.state.startup is None:  # the first update of the run: time from `ftray run` to it
+        t.state.first_step_s = _seconds_since(t.config.started_at, t.worker.device)
+        t.state.startup = t.startup
+
+
+def end_epoch(t: Training, epoch: int, started: float, loss_sum, seen: int, tokens: int) -> dict:
+    """Sum the epoch over all workers, validate, step a plateau schedule, apply early stopping and
+    record the epoch in the state; returns the epoch's metrics."""
+    device = t.worker.device
+    loss_total, seen_total, tokens_total = all_sum([float(loss_sum), seen, tokens], device)
+    train_time = time.perf_counter() - started  # all_sum waited for the last step's kernels
+    metrics = {"epoch": epoch, "step": t.state.step, "workers": t.worker.world,
+               "train_loss": loss_total / max(1, seen_total)}
+    metrics.update(t.method.validate(t.loop, t.module))
+    if t.spec.train.schedule.name == "plateau":
+        t.scheduler.step(metrics["val_loss"])
+    elapsed = time.perf_counter() - started
+    metrics.update(lr=t.optimizer.param_groups[0]["lr"], epoch_time_s=elapsed,
+                   samples_per_s=seen_total / elapsed, train_time_s=train_time)
+    if tokens_total:  # padding included; with `data.packing` there is none
+        metrics["tokens_per_s"] = tokens_total / train_time
+    if device.type == "cuda":
+        metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    es, state = t.spec.train.early_stopping, t.state
+    if improved(metrics[es.metric], state.best, es.mode, es.min_delta):
+        state.best, state.bad_epochs = metrics[es.metric], 0
+    else:
+        state.bad_epochs += 1
+    metrics["early_stopped"] = bool(es.patience) and state.bad_epochs >= es.patience
+    state.epoch = epoch
+    state.history.append(metrics)
+    state.extra = t.method.epoch_summary(state.extra, metrics)
+    return metrics
+
+
+def checkpoint_and_report(t: Training, metrics: dict) -> None:
+    """Every rank reports the epoch (a barrier); rank 0 brings the checkpoint. Under FSDP every
+    rank takes part in gathering the full state; rank 0 writes it."""
+    whole, optimizer_state = parallel.full_states(t.model, t.optimizer, lambda: t.method.build(t.config.info, None))
+    faults = t.config.faults
+    with tempfile.TemporaryDirectory() as tmp:
+        if t.worker.rank == 0:
+            checkpoint.save(Path(tmp), whole, optimizer_state, t.scheduler, t.scaler, t.state.to_dict(),
+                            resume.recorded_spec(t.spec), kill_midway=bool(faults and faults.kill_in_write(t.state)))
+        t.worker.report(metrics, tmp if t.worker.rank == 0 else None)
 
 
 def adopt_hyperparameters(optimizer, scheduler, fresh) -> None:
@@ -362,13 +423,16 @@ def evaluate(model, shard, spec: JobSpec, device, autocast) -> dict:
 # ==================================================================================== the driver
 class Progress(ray.train.UserCallback):
     """Ray Train callback (runs in the controller, on the driver's node): a console line and
-    TensorBoard scalars per epoch."""
+    TensorBoard scalars per epoch. A report without a checkpoint is no new epoch: a finished run
+    resumed reports its last epoch once more for a waiting Tune trial (`fit`)."""
 
     def __init__(self, epochs: int, tensorboard_dir: str, task_metric: str):
         self.epochs, self.tensorboard_dir, self.task_metric = epochs, tensorboard_dir, task_metric
         self.writer = None
 
     def after_report(self, run_context, metrics, checkpoint):
+        if checkpoint is None:
+            return
         m = metrics[0]
         print(f"[ftray] epoch {m['epoch']}/{self.epochs}  train_loss {m['train_loss']:.4f}  "
               f"val_loss {m['val_loss']:.4f}  {self.task_metric} {m[self.task_metric]:.4f}  "
@@ -382,78 +446,8 @@ class Progress(ray.train.UserCallback):
         self.writer.flush()
 
 
-def storage(spec: JobSpec) -> tuple[pafs.FileSystem, str, str]:
-    """(filesystem, run folder inside it, storage path for Ray) of `run.storage_path`."""
-    if "://" in spec.run.storage_path:
-        fs, root = pafs.FileSystem.from_uri(spec.run.storage_path)
-        return fs, f"{root.rstrip('/')}/{spec.run.name}", spec.run.storage_path
-    root = str(Path(spec.run.storage_path).expanduser().resolve())
-    return pafs.LocalFileSystem(), f"{root}/{spec.run.name}", root
-
-
-def check_devices(spec: JobSpec, address: str | None) -> None:
-    """On an embedded local Ray, refuse jobs this machine can't run (they would wait forever, or
-    start dozens of processes on a few cores)."""
-    if address or os.environ.get("RAY_ADDRESS"):
-        return
-    cores = os.cpu_count() or 1
-    if spec.scaling.num_workers > 4 * cores:
-        raise SpecError(f"scaling.num_workers: {spec.scaling.num_workers} workers on an embedded local Ray "
-                        f"with {cores} CPU cores; lower it or pass --address of a cluster")
-    if not spec.scaling.use_gpu:
-        return
-    have = torch.cuda.device_count()
-    if have < spec.scaling.num_workers:
-        raise SpecError(f"scaling.use_gpu: {spec.scaling.num_workers} GPU workers asked, this machine "
-                        f"has {have} GPU(s); lower scaling.num_workers or pass --address of a cluster")
-
-
-_started_here = False  # whether this process called ray.init (and so may shut it down)
-
-
-def stop_ray() -> None:
-    """Disconnect from (or stop) the Ray this process started, so that Ray's forwarded worker logs
-    end before the caller prints its last line."""
-    global _started_here
-    if _started_here:
-        ray.shutdown()
-        _started_here = False
-
-
-def worker_start_timeout(spec: JobSpec) -> str:
-    """Seconds Ray Train's controller waits for a worker group's resources (its placement group)
-    before it gives up and sizes the group again (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, when set,
-    wins). A fixed-size run has no other size to try: 600 s, for a busy machine that frees an
-    earlier run's resources slowly. An elastic run keeps Ray's 60 s: after a node is lost, the
-    controller's view of the cluster can be stale and ask for a group the cluster can no longer
-    place, and only this timeout sends it back to size a smaller one."""
-    return os.environ.get(WORKER_START_TIMEOUT_ENV) or ("60" if spec.scaling.elastic else "600")
-
-
-def start_ray(spec: JobSpec, address: str | None, cpus: int | None = None) -> str:
-    global _started_here
-    if ray.is_initialized():
-        return "existing"
-    _started_here = True
-    address = address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(spec.scaling.cpus_per_worker))),
-                        "TOKENIZERS_PARALLELISM": "false",
-                        WORKER_START_TIMEOUT_ENV: worker_start_timeout(spec)}}
-    if address:
-        # Inside `ray job submit` the job's own runtime env applies to every worker, and Ray refuses
-        # to merge a second one into it: join without ours.
-        in_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
-        ray.init(address=address, runtime_env=None if in_job else env, log_to_driver=True)
-        return address
-    # Logical CPUs: room for every worker plus Ray Data's read and preprocessing tasks, even on a
-    # machine with fewer cores (oversubscribed, but it never deadlocks waiting for a slot).
-    need = cpus or math.ceil(spec.scaling.num_workers * spec.scaling.cpus_per_worker) + 1
-    ray.init(num_cpus=max(os.cpu_count() or 1, need), dashboard_host="127.0.0.1", runtime_env=env)
-    return "local"
-
-
 def prepare(spec: JobSpec, address: str | None = None) -> data.DataPlan:
-    """All checks that need no Ray: data, model source, devices. Raises SpecError."""
+    """All checks that need no Ray: data, model source, devices or cluster storage. Raises SpecError."""
     plan = data.inspect(spec)
     method = get_method(spec)
     method.check_source(plan.info)
@@ -461,61 +455,112 @@ def prepare(spec: JobSpec, address: str | None = None) -> data.DataPlan:
         from ftray.models.hf import resolve_source
         data.check_lengths(spec, plan, resolve_source(spec))
     method.check(plan.info)
-    check_devices(spec, address)
-    storage_check.check_storage(spec, address)
+    ray_context.check_target(spec, address)
     return plan
+
+
+def fault_hooks():
+    """Test fault injection (`ftray.faults`) when the environment asks for it, else None."""
+    if not any(os.environ.get(name) for name in FAULT_ENVS):
+        return None
+    from ftray.faults import FaultHooks
+    return FaultHooks.from_env()
 
 
 def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = None,
         callbacks: list = ()) -> tuple[int, str]:
     """Fine-tune `spec` and write its run folder. Returns (exit status, run folder).
 
-    `callbacks` are more Ray Train callbacks (a sweep trial passes Tune's TuneReportCallback)."""
+    Re-running a run name resumes its latest checkpoint if the spec allows it (`ftray.resume`:
+    SpecError otherwise); one with nothing left to train returns at once, its folder as it was.
+    `callbacks` are more Ray Train callbacks (a sweep trial passes Tune's TuneReportCallback): such
+    a caller waits on the run's reports, so a finished run still goes through Ray Train, which
+    reports its last epoch once more instead of training."""
     t0 = time.perf_counter()
     started_at = psutil.Process().create_time()  # the start of `ftray run` (this process)
     plan = plan or prepare(spec, address)
     checked_s = round(time.time() - started_at, 3)
     fs, run_dir, storage_path = storage(spec)
+    folder = run_dir if isinstance(fs, pafs.LocalFileSystem) else f"{spec.run.storage_path.rstrip('/')}/{spec.run.name}"
+    if check_rerun(spec, fs, run_dir) and not callbacks:
+        return 0, folder
     fs.create_dir(run_dir, recursive=True)
-
-    ray_mode = start_ray(spec, address)
-    t_ray = time.perf_counter()
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets, rows = get_method(spec).datasets(plan, *data.ray_datasets(spec, plan))
-    data_ready_s = round(time.time() - started_at, 3)
     local_tb = run_dir if isinstance(fs, pafs.LocalFileSystem) else tempfile.mkdtemp(prefix="ftray-tb-")
-    callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", TASK_METRICS[spec.data.task])
-    fail_after = os.environ.get(FAIL_AFTER_EPOCH_ENV)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "info": plan.info.to_dict(),
-                           "train_rows": rows["train"], "started_at": started_at,
-                           "fail_after_epoch": int(fail_after) if fail_after else None,
-                           "faults": FaultHooks.from_env()},
+    with ray_context.use_ray(spec, address) as ray_mode:
+        t_ray = time.perf_counter()
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        datasets, rows = get_method(spec).datasets(plan, *data.ray_datasets(spec, plan))
+        data_ready_s = round(time.time() - started_at, 3)
+        callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", TASK_METRICS[spec.data.task])
+        config = LoopConfig(spec, plan.info, rows["train"], started_at, fault_hooks())
+        error = fit_on_ray(trainer(spec, config, datasets, storage_path, [callback, *callbacks]))
+        t_fit = time.perf_counter()
+    if local_tb != run_dir:
+        pafs.copy_files(local_tb, run_dir, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    timings = {"ray_start_s": round(t_ray - t0, 3), "fit_s": round(t_fit - t_ray, 3), "checked_s": checked_s,
+               "data_ready_s": data_ready_s}
+    summary = write_run_folder(spec, plan, fs, run_dir, error, rows, ray_mode, timings)
+    summary["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    _write_bytes(fs, f"{run_dir}/summary.json", json.dumps(redact(summary), indent=2).encode())
+    return (1 if error else 0), folder
+
+
+def check_rerun(spec: JobSpec, fs: pafs.FileSystem, run_dir: str) -> bool:
+    """The resume contract for a re-run of `spec`'s name (`ftray.resume`): SpecError when its
+    checkpoint was made from a spec it cannot resume; True when nothing is left to train and the
+    run folder's summary is that of its last checkpoint (the run is done)."""
+    ckpt = latest_checkpoint(fs, run_dir)
+    if ckpt is None:
+        return False
+    resume.check_resume(resume.read_spec(fs, ckpt, run_dir), spec, _location(spec, ckpt))
+    state = TrainState.from_dict(_read_json(fs, f"{ckpt}/{checkpoint.PROGRESS}"))
+    if not state.finished(spec):
+        return False
+    try:
+        summary = _read_json(fs, f"{run_dir}/summary.json")
+    except (OSError, ValueError):
+        summary = {}  # killed after its last checkpoint, before its summary
+    done = summary.get("status") == "succeeded" and summary.get("checkpoint") == _location(spec, ckpt)
+    how = (f"stopped early after epoch {state.epoch}" if state.history[-1]["early_stopped"]
+           else f"{state.epoch} epochs done, train.epochs is {spec.train.epochs}")
+    print(f"[ftray] {spec.run.name}: nothing left to train ({how})"
+          + ("" if done else "; writing its summary from its last checkpoint"), flush=True)
+    return done
+
+
+def trainer(spec: JobSpec, config: LoopConfig, datasets: dict, storage_path: str, callbacks: list) -> TorchTrainer:
+    """The TorchTrainer of a run: `train_loop` on the spec's workers, checkpoints in the run folder."""
+    return TorchTrainer(
+        train_loop, train_loop_config={"loop": config},
         scaling_config=ray.train.ScalingConfig(
             num_workers=((spec.scaling.min_workers, spec.scaling.num_workers) if spec.scaling.elastic
                          else spec.scaling.num_workers), use_gpu=spec.scaling.use_gpu,
             resources_per_worker={"CPU": spec.scaling.cpus_per_worker,
                                   **({"GPU": 1} if spec.scaling.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=spec.run.name, storage_path=storage_path, callbacks=[callback, *callbacks],
+            name=spec.run.name, storage_path=storage_path, callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.run.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=spec.run.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
-        datasets=datasets,
-    )
-    error = None
-    try:
-        trainer.fit()
-    except Exception as e:  # noqa: BLE001 - the run failed; record it, keep the checkpoints
-        error = "".join(traceback.format_exception_only(type(e), e)).strip()
-    # The newest complete checkpoint in the folder, succeeded or failed: the one the workers went on
-    # from, which can be newer than Ray's registered one (see `resume_checkpoint`).
-    ckpt_path = latest_checkpoint(fs, run_dir)
-    t_fit = time.perf_counter()
+        datasets=datasets)
 
-    progress = _read_json(fs, f"{ckpt_path}/{checkpoint.PROGRESS}") if ckpt_path else {}
-    history = progress.get("history", [])
+
+def fit_on_ray(torch_trainer: TorchTrainer) -> str | None:
+    """Run Ray Train; the error (one line) if the run failed, else None."""
+    try:
+        torch_trainer.fit()
+    except Exception as e:  # noqa: BLE001 - the run failed; record it, keep the checkpoints
+        return "".join(traceback.format_exception_only(type(e), e)).strip()
+    return None
+
+
+def write_run_folder(spec: JobSpec, plan: data.DataPlan, fs: pafs.FileSystem, run_dir: str, error: str | None,
+                     rows: dict, ray_mode: str, timings: dict) -> dict:
+    """Export the model of the newest complete checkpoint, plot the curves; returns the summary.
+    That checkpoint, succeeded or failed, is the one the workers went on from, which can be newer
+    than Ray's registered one (see `resume_checkpoint`)."""
+    ckpt_path = latest_checkpoint(fs, run_dir)
+    state = TrainState.from_dict(_read_json(fs, f"{ckpt_path}/{checkpoint.PROGRESS}")) if ckpt_path else TrainState()
     model_dir = None
     if ckpt_path and not error:
         model_dir = f"{run_dir}/model"
@@ -523,44 +568,35 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
         fs.create_dir(model_dir, recursive=True)
         pafs.copy_files(f"{ckpt_path}/{checkpoint.MODEL_DIR}", model_dir, source_filesystem=fs,
                         destination_filesystem=fs)
-    if history:
-        _write_bytes(fs, f"{run_dir}/curves.png", plot_curves(history, TASK_METRICS[spec.data.task]))
-    if local_tb != run_dir:
-        pafs.copy_files(local_tb, run_dir, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-
-    summary = {
+    if state.history:
+        _write_bytes(fs, f"{run_dir}/curves.png", plot_curves(state.history, TASK_METRICS[spec.data.task]))
+    return {
         "status": "failed" if error else "succeeded",
         "error": error,
-        **progress_summary(progress, _location(spec, ckpt_path)),
-        "best": _best(history, spec),
+        **progress_summary(state.to_dict(), _location(spec, ckpt_path)),
+        "best": _best(state.history, spec),
         "model": _location(spec, model_dir),
-        "data": {"train_rows": rows["train"], "val_rows": rows["val"],
-                 "classes": plan.info.classes},
+        "data": {"train_rows": rows["train"], "val_rows": rows["val"], "classes": plan.info.classes},
         "ray": {"mode": ray_mode, "num_workers": spec.scaling.num_workers, "use_gpu": spec.scaling.use_gpu},
-        "timings": {"total_s": round(time.perf_counter() - t0, 3), "ray_start_s": round(t_ray - t0, 3),
-                    "fit_s": round(t_fit - t_ray, 3), "first_step_s": progress.get("first_step_s"),
-                    "checked_s": checked_s, "data_ready_s": data_ready_s, **(progress.get("startup") or {})},
+        "timings": {**timings, "first_step_s": state.first_step_s, **(state.startup or {})},
         "spec": spec.model_dump(mode="json"),
     }
-    summary = redact(summary)  # no token from the environment in the run folder
-    _write_bytes(fs, f"{run_dir}/summary.json", json.dumps(summary, indent=2).encode())
-    return (1 if error else 0), (run_dir if isinstance(fs, pafs.LocalFileSystem)
-                                 else f"{spec.run.storage_path.rstrip('/')}/{spec.run.name}")
 
 
 def progress_summary(progress: dict, ckpt_path: str | None) -> dict:
-    """The `summary.json` entries that a checkpoint's progress record determines."""
-    history = progress.get("history", [])
+    """The `summary.json` entries that a checkpoint's progress record (`TrainState.to_dict`;
+    empty: no checkpoint) determines."""
+    state = TrainState.from_dict(progress)
     return {
-        "metrics": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")},
-        "params": progress.get("params"),
+        "metrics": {k: v for k, v in (state.history[-1] if state.history else {}).items() if k.startswith("val_")},
+        "params": state.params,
         "checkpoint": ckpt_path,
-        "epochs_done": progress.get("epoch", 0),
-        "steps_done": progress.get("step", 0),
-        "resumes": progress.get("resumes", []),
-        "early_stopped": bool(history and history[-1].get("early_stopped")),
-        "history": history,
-        **progress.get("extra", {}),
+        "epochs_done": state.epoch,
+        "steps_done": state.step,
+        "resumes": state.resumes,
+        "early_stopped": bool(state.history and state.history[-1]["early_stopped"]),
+        "history": state.history,
+        **(state.extra or {}),
     }
 
 

@@ -118,11 +118,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def no_ray(monkeypatch):
     """Fail the test if anything tries to start or join Ray (bad input must stop before it)."""
-    from ftray import train
+    from ftray import ray_context
 
     def refuse(*args, **kwargs):
         raise AssertionError("Ray must not start on bad input")
-    monkeypatch.setattr(train, "start_ray", refuse)
+    monkeypatch.setattr(ray_context, "use_ray", refuse)
 
 
 def cli_summary(capsys, *argv: str) -> dict:

@@ -3,7 +3,7 @@
 Each case runs the real command line in-process (`ftray run` and `ftray validate`) and must end
 with exit status 2 and one message on stderr that starts with "ftray: error: ", names the problem
 and where it is (the file, and the key path or the row), and carries no traceback. Ray must not
-start: `ftray.train.start_ray` is replaced by a function that fails the test.
+start: `ftray.ray_context.use_ray` is replaced by a function that fails the test.
 
 The cases live in one table, `CASES`. A case is a function that writes what it needs under its
 own folder and returns the arguments after the command (the spec path, then any `--set`s), and

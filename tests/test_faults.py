@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from ftray import checkpoint, train
+from ftray import checkpoint, faults, train
 from ftray.spec import load_spec
 from tests.conftest import REPO, blobs, mlp_spec, write_spec
 from tests.ray_head import client_env
@@ -78,11 +78,24 @@ def assert_same_training(faulted: dict, straight: dict) -> None:
         assert faulted["metrics"][key] == pytest.approx(straight["metrics"][key], rel=1e-6, abs=1e-7)
 
 
+def test_fault_injection_is_off_the_production_path(monkeypatch):
+    """`ftray.faults` is for tests: a run whose environment asks for no fault never imports it
+    (its workers get no hooks); with a fault variable set, the driver builds the hooks from all of them."""
+    env = {k: v for k, v in os.environ.items() if k not in faults.ENVS}
+    code = ("import sys; import ftray.cli, ftray.sweep; from ftray import train; "
+            "assert train.fault_hooks() is None and 'ftray.faults' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True, timeout=300)
+    assert train.FAULT_ENVS == faults.ENVS
+    monkeypatch.setenv(faults.KILL_AT_STEPS_ENV, "7, 15")
+    monkeypatch.setenv(faults.FAIL_AFTER_EPOCH_ENV, "2")
+    assert train.fault_hooks() == faults.FaultHooks(kill_at_steps=(7, 15), fail_after_epoch=2)
+
+
 def test_worker_killed_mid_epoch_three_times(ray_session, tmp_path, data_file, straight, monkeypatch):
     kills = [18, 30, 42]  # mid-epoch 2, 3 and 4; each attempt first writes one checkpoint
     log = tmp_path / "steps.jsonl"
-    monkeypatch.setenv(train.KILL_AT_STEPS_ENV, ",".join(map(str, kills)))
-    monkeypatch.setenv(train.STEP_LOG_ENV, str(log))
+    monkeypatch.setenv(faults.KILL_AT_STEPS_ENV, ",".join(map(str, kills)))
+    monkeypatch.setenv(faults.STEP_LOG_ENV, str(log))
     status, summary = run_spec(job(tmp_path, data_file, "killed", max_failures=3))
     assert status == 0, summary["error"]
 
@@ -104,8 +117,8 @@ def test_worker_killed_mid_epoch_three_times(ray_session, tmp_path, data_file, s
 
 def test_worker_killed_while_writing_a_checkpoint(ray_session, tmp_path, data_file, straight, monkeypatch):
     log = tmp_path / "steps.jsonl"
-    monkeypatch.setenv(train.KILL_IN_CHECKPOINT_ENV, "2")  # rank 0 dies with epoch 2's model half saved
-    monkeypatch.setenv(train.STEP_LOG_ENV, str(log))
+    monkeypatch.setenv(faults.KILL_IN_CHECKPOINT_ENV, "2")  # rank 0 dies with epoch 2's model half saved
+    monkeypatch.setenv(faults.STEP_LOG_ENV, str(log))
     status, summary = run_spec(job(tmp_path, data_file, "torn", max_failures=1))
     assert status == 0, summary["error"]
     # Epoch 1's checkpoint was intact and is the one the run went on from.

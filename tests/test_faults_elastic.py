@@ -23,7 +23,7 @@ import pytest
 
 from ftray import cli
 from ftray.spec import JobSpec
-from ftray.train import WORKER_START_TIMEOUT_ENV
+from ftray.ray_context import WORKER_START_TIMEOUT_ENV
 from tests.conftest import REPO, blobs, mlp_spec, write_spec
 from tests.ray_head import client_env, cluster_script, free_port
 
@@ -54,7 +54,7 @@ json.dump({"status": status, "run_dir": run_dir, "removed": removed}, open(out, 
 
 # About 2 minutes on 2 cores: after the node is lost, Ray's elastic restart can first ask for the
 # lost node's worker again (its view of the cluster is stale) and wait out the 60 s worker-group
-# start timeout (`train.worker_start_timeout`) before it sizes a group of one.
+# start timeout (`ray_context.worker_start_timeout`) before it sizes a group of one.
 def test_node_lost_during_an_elastic_run(tmp_path):
     pq.write_table(blobs(2400), tmp_path / "blobs.parquet")
     spec = write_spec(tmp_path / "spec.yaml", mlp_spec(

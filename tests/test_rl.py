@@ -1,6 +1,6 @@
 """`method.name: rl` (ftray/rl.py): PPO with RLlib from scratch and from checked pretrained starts.
 
-Bad input ends with exit 2 before Ray starts (`train.start_ray` fails the test if called). The runs
+Bad input ends with exit 2 before Ray starts (`ray_context.use_ray` fails the test if called). The runs
 use tiny budgets: no env-runner actors, 200-step train batches, one or two iterations.
 """
 

@@ -12,7 +12,7 @@ import pytest
 
 import torch
 
-from ftray import cli, sweep, train
+from ftray import cli, ray_context, sweep
 from ftray.models import load_exported
 from ftray.models.ensemble import combine
 from ftray.spec import SpecError, load_spec, read_spec_file
@@ -36,7 +36,7 @@ def sweep_spec(tmp_path, data_path, **tune):
     ({"space": {"train.optimizer.name": {"choice": ["sgd", "lion"]}}}, "tune.space.train.optimizer.name = 'lion'"),
 ])
 def test_searched_keys_are_checked_before_ray(tmp_path, blobs_parquet, monkeypatch, capsys, change, expected):
-    monkeypatch.setattr(train, "start_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray started")))
+    monkeypatch.setattr(ray_context, "use_ray", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray started")))
     path = sweep_spec(tmp_path, blobs_parquet, **change)
     assert cli.main(["sweep", str(path)]) == 2
     err = capsys.readouterr().err

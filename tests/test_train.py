@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ftray import cli, data, train
+from ftray import cli, data, ray_context, train
+from ftray.faults import FAIL_AFTER_EPOCH_ENV
 from ftray.models import load_exported
 from ftray.spec import JobSpec, load_spec
 from tests.conftest import REPO, blobs, mlp_spec, texts, write_jsonl, write_spec
@@ -76,14 +77,14 @@ def test_resume_after_a_failure_matches_an_uninterrupted_run(ray_session, tmp_pa
             blobs_parquet, tmp_path / "runs", name, model={"dropout": 0.2},
             data={"shuffle_buffer": 64}, train={"epochs": 4, "schedule": {"name": "cosine"}}))
 
-    monkeypatch.setenv(train.FAIL_AFTER_EPOCH_ENV, "2")
+    monkeypatch.setenv(FAIL_AFTER_EPOCH_ENV, "2")
     code, out, err = run_cli(capsys, spec("resumed"))
     assert code == 1 and "re-run to resume" in err
     failed = summary(tmp_path / "runs" / "resumed")
     assert failed["status"] == "failed" and "injected failure" in failed["error"]
     assert failed["epochs_done"] == 2 and Path(failed["checkpoint"]).is_dir()
 
-    monkeypatch.delenv(train.FAIL_AFTER_EPOCH_ENV)
+    monkeypatch.delenv(FAIL_AFTER_EPOCH_ENV)
     run_ok(capsys, spec("resumed"))
     resumed = summary(tmp_path / "runs" / "resumed")
     assert resumed["resumes"] == [{"epoch": 2, "step": failed["steps_done"]}]
@@ -186,7 +187,7 @@ def _bad_cases(tmp_path, blobs_parquet):
 def test_bad_input_exits_2_before_ray_starts(tmp_path, blobs_parquet, capsys, monkeypatch):
     def no_ray(*a, **k):
         raise AssertionError("Ray must not start on bad input")
-    monkeypatch.setattr(train, "start_ray", no_ray)
+    monkeypatch.setattr(ray_context, "use_ray", no_ray)
     for case, (raw, expected) in _bad_cases(tmp_path, blobs_parquet).items():
         path = write_spec(tmp_path / "bad.yaml", raw)
         code, out, err = run_cli(capsys, path)
@@ -262,11 +263,11 @@ def test_elastic_runs_give_up_on_an_unplaceable_worker_group_sooner(tmp_path, mo
     def spec(**scaling):
         return JobSpec.model_validate(mlp_spec(tmp_path / "d.parquet", tmp_path, scaling=scaling,
                                                run={"max_failures": 1}))
-    monkeypatch.delenv(train.WORKER_START_TIMEOUT_ENV, raising=False)
-    assert train.worker_start_timeout(spec(num_workers=[1, 2])) == "60"
-    assert train.worker_start_timeout(spec(num_workers=2)) == "600"
-    monkeypatch.setenv(train.WORKER_START_TIMEOUT_ENV, "90")  # the user's setting wins
-    assert train.worker_start_timeout(spec(num_workers=[1, 2])) == "90"
+    monkeypatch.delenv(ray_context.WORKER_START_TIMEOUT_ENV, raising=False)
+    assert ray_context.worker_start_timeout(spec(num_workers=[1, 2])) == "60"
+    assert ray_context.worker_start_timeout(spec(num_workers=2)) == "600"
+    monkeypatch.setenv(ray_context.WORKER_START_TIMEOUT_ENV, "90")  # the user's setting wins
+    assert ray_context.worker_start_timeout(spec(num_workers=[1, 2])) == "90"
 
 
 def test_compiled_run_drops_the_incomplete_batch_and_exports_plain_weights(ray_session, tmp_path,
@@ -374,7 +375,7 @@ def fit_in_process(spec_raw: dict) -> dict:
 
     threads = torch.get_num_threads()
     try:
-        train.fit({"spec": spec.model_dump(mode="json"), "info": plan.info.to_dict(), "train_rows": rows["train"]},
+        train.fit(train.LoopConfig(spec, plan.info, rows["train"]),
                   train.Worker(rank=0, world=1, device=torch.device("cpu"), train_data=datasets["train"],
                                val_data=datasets["val"], resume=None,
                                report=lambda metrics, folder: seen["reports"].append(metrics), wrap=wrap))
