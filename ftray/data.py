@@ -13,6 +13,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,10 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from ftray.models.base import ModelInfo
-from ftray.spec import JobSpec, SpecError
+from ftray.schema import SpecError
+
+if TYPE_CHECKING:
+    from ftray.spec import JobSpec
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
            ".ndjson": "jsonl", ".csv": "csv"}

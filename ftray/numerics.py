@@ -5,12 +5,15 @@ These live once so that every method and every Ray mode (Train, Tune) computes t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 
 import torch
 import torch.distributed as dist
 
-from ftray.spec import JobSpec
+if TYPE_CHECKING:
+    from ftray.spec import JobSpec
 
 
 def make_optimizer(spec: JobSpec, groups: list[dict]) -> torch.optim.Optimizer:

@@ -7,6 +7,8 @@ exports itself to a folder that `model.init_from` and `load_exported` read back.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 from pathlib import Path
 
@@ -17,7 +19,10 @@ from ftray.models.ensemble import Ensemble
 from ftray.models.hf import HFClassifier
 from ftray.models.mlp import MLP
 from ftray.models.multimodal import Multimodal
-from ftray.spec import JobSpec, SpecError
+from ftray.schema import SpecError
+
+if TYPE_CHECKING:
+    from ftray.spec import JobSpec
 
 MODELS: dict[str, type[FtModel]] = {"mlp": MLP, "hf": HFClassifier, "multimodal": Multimodal,
                                     "ensemble": Ensemble}

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ftray.models.base import EXPORT_CONFIG, FtModel, ModelInfo
-from ftray.spec import SpecError
+from ftray.schema import SpecError
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
                 "hidden_dropout", "attention_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")

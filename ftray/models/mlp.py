@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ftray.models.base import EXPORT_CONFIG, FtModel, ModelInfo
-from ftray.spec import MLPModel, SpecError
+from ftray.schema import SpecError
+from ftray.spec.model import MLPModel
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
                "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "selu": nn.SELU,

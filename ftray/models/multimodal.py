@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ftray.models.base import EXPORT_CONFIG, FtModel, ModelInfo
-from ftray.spec import ImageEncoder, MultimodalModel, SpecError, TabularEncoder, TextEncoder
+from ftray.schema import SpecError
+from ftray.spec.model import ImageEncoder, MultimodalModel, TabularEncoder, TextEncoder
 
 WEIGHTS = "model.safetensors"
 TEXT_ENCODER_DIR = "text_encoder"  # the hf text encoder's config + tokenizer inside an export

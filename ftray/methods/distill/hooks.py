@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ftray.methods.base import Method, task_loss
 from ftray.models import exported_model_dir, load_exported
 from ftray.models.base import EXPORT_CONFIG
-from ftray.spec import SpecError
+from ftray.schema import SpecError
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,

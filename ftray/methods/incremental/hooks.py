@@ -22,7 +22,8 @@ from ftray import data
 from ftray.methods.base import Method, task_loss
 from ftray.models import build_model, check_model_source, export_config, exported_model_dir, load_exported
 from ftray.models.base import ModelInfo
-from ftray.spec import TASK_METRICS, SpecError
+from ftray.schema import SpecError
+from ftray.spec.data import TASK_METRICS
 
 
 class Incremental(Method):

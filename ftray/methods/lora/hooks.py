@@ -10,7 +10,7 @@ from torch import nn
 from ftray.checkpoint import MODEL_DIR
 from ftray.methods.base import Method
 from ftray.models import build_model
-from ftray.spec import SpecError
+from ftray.schema import SpecError
 
 ADAPTER_DIR = "adapter"
 

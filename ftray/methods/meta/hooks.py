@@ -25,7 +25,8 @@ from ftray import data
 from ftray.methods.base import Method, task_loss
 from ftray.models import build_model
 from ftray.numerics import make_optimizer
-from ftray.spec import TASK_METRICS, SpecError
+from ftray.schema import SpecError
+from ftray.spec.data import TASK_METRICS
 
 
 def task_tables(spec, plan) -> tuple[list[tuple[str, pa.Table]], list[tuple[str, pa.Table]]]:
