@@ -12,7 +12,7 @@ import copy
 import os
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -186,11 +186,17 @@ class DataSpec(Strict):
 
 
 # --------------------------------------------------------------------------------------- methods
-class FullMethod(Strict):
+class MethodConfig(Strict):
+    """What every method's config has: the kind of run it is (`ftray.runner.runner_for` picks the
+    runner by it): a supervised Ray Train run, or an RLlib one."""
+    run_kind: ClassVar[Literal["train", "rllib"]] = "train"
+
+
+class FullMethod(MethodConfig):
     name: Literal["full"] = describe("Train every parameter of the model.", "full")
 
 
-class TransferMethod(Strict):
+class TransferMethod(MethodConfig):
     name: Literal["transfer"] = describe(
         "Freeze the backbone and train a head (and optionally the last blocks).", "transfer")
     new_head: bool = describe("Replace the head with a fresh one sized for this data's labels.", True)
@@ -199,7 +205,7 @@ class TransferMethod(Strict):
         "Learning rate of unfrozen backbone blocks as a multiple of `train.lr`.", 1.0, gt=0.0, le=1.0)
 
 
-class LoraParams(Strict):
+class LoraParams(MethodConfig):
     r: int = describe("LoRA rank.", 8, ge=1, le=4096)
     alpha: float = describe("LoRA scaling numerator (the update is scaled by alpha / r).", 16.0, gt=0.0)
     dropout: float = describe("Dropout on the LoRA branch.", 0.0, ge=0.0, lt=1.0)
@@ -221,7 +227,7 @@ class AttentionMethod(LoraParams):
     lora: bool = describe("Train them through LoRA (r, alpha, dropout) instead of directly.", False)
 
 
-class DistillMethod(Strict):
+class DistillMethod(MethodConfig):
     name: Literal["distill"] = describe(
         "Knowledge distillation: alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher/T || student/T).",
         "distill")
@@ -233,7 +239,7 @@ class DistillMethod(Strict):
         "instead of running the teacher in every worker.", False)
 
 
-class IncrementalMethod(Strict):
+class IncrementalMethod(MethodConfig):
     name: Literal["incremental"] = describe(
         "Continual learning: continue `model.init_from` on new data with replay of old data and an EWC "
         "penalty; reports forgetting on the old task.", "incremental")
@@ -247,7 +253,7 @@ class IncrementalMethod(Strict):
                                 512, ge=1, le=1 << 20)
 
 
-class MetaMethod(Strict):
+class MetaMethod(MethodConfig):
     name: Literal["meta"] = describe(
         "Meta-learning over tasks (a task column): `train.batch_size` counts tasks per meta-batch, "
         "`train.lr` is the meta learning rate (outer step of `train.optimizer`).", "meta")
@@ -271,7 +277,8 @@ class RLStop(Strict):
     iterations: int | None = describe("Stop after this many training iterations.", None, ge=1)
 
 
-class RLMethod(Strict):
+class RLMethod(MethodConfig):
+    run_kind: ClassVar[Literal["train", "rllib"]] = "rllib"
     name: Literal["rl"] = describe(
         "Reinforcement learning with RLlib (`model` is the policy network; no `data`).", "rl")
     env: str = describe("Environment: a Gymnasium id (`CartPole-v1`) or `module:Class` of a gymnasium.Env.")
