@@ -76,12 +76,11 @@ def cmd_validate(args) -> int:
 def _validate_one(path: str, overrides: list[str], spec_only: bool):
     from ftray import sweep
     spec, raw = load_spec_and_raw(path, overrides)
-    if spec.tune:
-        sweep.check_space(raw, spec, path)
     if spec_only:
-        return spec
-    if spec.tune:
-        sweep.check(raw, spec, path)
+        if spec.tune:
+            sweep.check_space(raw, spec, path)
+    elif spec.tune:
+        sweep.check(raw, spec, path)  # the searched keys, then everything a run checks
     else:
         runner_for(spec).check()
     return spec

@@ -22,6 +22,7 @@ import math
 import re
 import time
 from pathlib import Path
+
 import yaml
 
 from ftray import data, train
