@@ -304,7 +304,7 @@ def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, seconds: fl
                "timings": {"total_s": round(seconds, 3)},
                "best": None, "spec": spec.model_dump(mode="json")}
     if ok:
-        best = results.get_best_result(metric=t.metric, mode=t.mode, filter_nan_and_inf=True)
+        best = ranked(ok, spec)[0]
         values = {k: best.config[k] for k in keys}
         trial_id = best.metrics["trial_id"]
         best_raw = apply_overrides(raw, list(values.items()) + [("run.name", f"{spec.run.name}_best"),
@@ -325,6 +325,19 @@ def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, seconds: fl
     Path(f"{sweep_dir}/summary.json").write_text(json.dumps(summary, indent=2, default=str))
     plot(results, table, keys, t.metric, sweep_dir)
     return 0 if ok else 1
+
+
+def ranked(finished: list, spec: JobSpec) -> list:
+    """Finished trials, best first by `tune.metric` (NaN and infinities last), ties by trial id: a
+    restored sweep names the same best trial (Tune's own pick follows the order of its results,
+    which a restore changes)."""
+    t = spec.tune
+    sign = -1.0 if t.mode == "max" else 1.0
+
+    def key(result):
+        value = result.metrics[t.metric]
+        return (not math.isfinite(value), sign * value if math.isfinite(value) else 0.0, result.metrics["trial_id"])
+    return sorted(finished, key=key)
 
 
 def pbt_log(sweep_dir: str) -> dict:
@@ -359,10 +372,10 @@ def build_ensemble(finished: list, spec: JobSpec, sweep_dir: str) -> dict:
     from ftray.models import load_exported
     from ftray.models.ensemble import Ensemble, combine
     t, task = spec.tune, spec.data.task
-    ranked = sorted(finished, key=lambda r: r.metrics[t.metric], reverse=t.mode == "max")[:t.ensemble.top_k]
-    ids = [r.metrics["trial_id"] for r in ranked]
+    top = ranked(finished, spec)[:t.ensemble.top_k]
+    ids = [r.metrics["trial_id"] for r in top]
     # A trial that a scheduler stopped early has no final export: its last checkpoint's model is it.
-    members = [load_exported(f"{trial_checkpoint(r)}/{MODEL_DIR}").eval() for r in ranked]
+    members = [load_exported(f"{trial_checkpoint(r)}/{MODEL_DIR}").eval() for r in top]
     batch = validation_batch(spec)
     with torch.no_grad():
         outputs = [m(batch) for m in members]

@@ -99,8 +99,9 @@ SPECS = {"full": full, "transfer": transfer, "distill": distill, "incremental": 
          "attention": hf({"name": "attention"}), "rl": rl}
 # The combinations `validate` refuses, and the words of its refusal.
 REFUSED = {("rl", "packed"): "tune.trial: an rl sweep runs one RLlib algorithm per trial (no packed trials"}
-FAST = {("incremental", "train"), ("incremental", "packed"), ("meta", "train"), ("meta", "packed"),
-        ("full", "packed"), ("rl", "packed")}
+# The default run: the methods that build their own inputs, in packed trials, and the refusals
+# (the rest, ~1-2 min each on an idle 2-core machine, behind `slow`).
+FAST = {("incremental", "packed"), ("meta", "packed"), ("rl", "packed")}
 CASES = [pytest.param(m, shape, id=f"{m}-{shape}", marks=() if (m, shape) in FAST else pytest.mark.slow)
          for m in SPECS for shape in ("train", "packed")]
 
