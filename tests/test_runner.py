@@ -79,8 +79,8 @@ def meta(d: Path, _) -> dict:
 
 
 def hf(method: dict):
-    def make(d: Path, bert: Path) -> dict:
-        return {"model": {"name": "hf", "path": str(bert), "max_length": 16},
+    def make(d: Path, bert) -> dict:  # bert: () -> the tiny BERT folder
+        return {"model": {"name": "hf", "path": str(bert()), "max_length": 16},
                 "data": {"path": str(write_jsonl(d / "texts.jsonl", texts(32))), "text": "text", "label": "label"},
                 "method": method, "train": {"epochs": 2, "batch_size": 8, "lr": 0.01},
                 "run": {"name": "t", "storage_path": str(d / "runs"), "seed": 0}}
@@ -177,14 +177,17 @@ def plain_runs():
 
 
 @pytest.mark.parametrize("method, shape", CASES)
-def test_a_trial_reports_what_a_plain_run_reports(method, shape, ray_session, tmp_path, capsys, plain_runs,
-                                                 tiny_bert, tmp_path_factory):
+def test_a_trial_reports_what_a_plain_run_reports(method, shape, request, tmp_path, capsys, plain_runs,
+                                                 tmp_path_factory):
+    def tiny_bert() -> Path:  # built only for the rows that need it
+        return request.getfixturevalue("tiny_bert")
     path = write_spec(tmp_path / "sweep.yaml", one_point_sweep(SPECS[method](tmp_path, tiny_bert), shape))
     if (method, shape) in REFUSED:
         assert cli.main(["validate", str(path)]) == 2
         err = capsys.readouterr().err
         assert REFUSED[method, shape] in err and err.count("\n") == 1, err
         return
+    request.getfixturevalue("ray_session")
     if method not in plain_runs:
         # A plain run of the same spec (tune is ignored by `ftray run`), in a folder of its own.
         plain_dir = tmp_path_factory.mktemp(f"plain_{method}")
