@@ -115,3 +115,26 @@ def load_trainer_state(folder: Path) -> dict:
 
 def load_progress(folder: Path) -> dict:
     return json.loads((folder / PROGRESS).read_text())
+
+
+def latest(fs, run_dir: str, record: str = PROGRESS, counter: str = "epoch", manifest: bool = True) -> str | None:
+    """The `checkpoint_*` folder under `run_dir` (a path on the pyarrow filesystem `fs`) whose
+    progress `record` has the highest `counter`, among the finished ones; None if there is none.
+
+    Finished means: its manifest matches (`is_complete`; ftray's own checkpoints), or, with
+    `manifest=False` (RLlib's checkpoints, where ftray writes the record last), its record reads."""
+    import pyarrow.fs as pafs
+    best, best_count = None, -1
+    for entry in fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True)):
+        if entry.type != pafs.FileType.Directory or not Path(entry.path).name.startswith("checkpoint_"):
+            continue
+        if manifest and not is_complete(fs, entry.path):
+            continue  # a checkpoint whose write or upload was cut off
+        try:
+            with fs.open_input_stream(f"{entry.path}/{record}") as f:
+                count = json.loads(f.read())[counter]
+        except (OSError, ValueError, KeyError):
+            continue
+        if count > best_count:
+            best, best_count = entry.path, count
+    return best

@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from ftray import schedule, submit
-from ftray.spec import SpecError, load_spec
+from ftray.runner import runner_for
+from ftray.spec import SpecError, load_spec, load_spec_and_raw
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,41 +58,50 @@ def cmd_reference(args) -> int:
     return 0
 
 
-def _runner(spec):
-    """The module that runs a spec: RLlib for method rl, Ray Train otherwise (same prepare/run)."""
-    if spec.method.name == "rl":
-        from ftray import rl
-        return rl
-    from ftray import train
-    return train
-
-
 def cmd_validate(args) -> int:
+    """Check every spec as `run` and `sweep` would before Ray starts (a spec with a tune section
+    also as a sweep: searched keys and values, searcher and scheduler); one line per spec, exit 2
+    if any failed."""
+    failed = 0
     for path in args.specs:
-        spec = load_spec(path, args.overrides)
-        if not args.spec_only:
-            _runner(spec).prepare(spec)
+        try:
+            spec = _validate_one(path, args.overrides, args.spec_only)
+        except SpecError as e:
+            failed += 1
+            message = str(e)
+            print(f"ftray: error: {message if path in message else f'{path}: {message}'}", file=sys.stderr)
+            continue
         print(f"{path}: ok ({spec.model.name} / {spec.method.name}, run {spec.run.name})")
-    return 0
+    return 2 if failed else 0
+
+
+def _validate_one(path: str, overrides: list[str], spec_only: bool):
+    from ftray import sweep
+    spec, raw = load_spec_and_raw(path, overrides)
+    if spec_only:
+        if spec.tune:
+            sweep.check_space(raw, spec, path)
+    elif spec.tune:
+        sweep.check(raw, spec, path)  # the searched keys, then everything a run checks
+    else:
+        runner_for(spec).check()
+    return spec
 
 
 def cmd_run(args) -> int:
     spec = load_spec(args.spec, args.overrides)
-    plan = _runner(spec).prepare(spec, args.address)
+    runner = runner_for(spec)
+    plan = runner.check(args.address)
     if args.restart:
         from ftray.resume import restart
         restart(spec)
-    status, run_dir = _runner(spec).run(spec, args.address, plan)
+    status, run_dir = runner.run(plan, args.address)
     return _finish(status, run_dir, "run failed; finished checkpoints are kept, re-run to resume")
 
 
 def cmd_sweep(args) -> int:
-    from ftray.spec import load_spec_and_raw
+    from ftray.sweep import run_sweep
     spec, raw = load_spec_and_raw(args.spec, args.overrides)
-    if spec.method.name == "rl":
-        from ftray.rl import run_sweep
-    else:
-        from ftray.sweep import run_sweep
     status, folder = run_sweep(raw, spec, args.spec, args.address)
     return _finish(status, folder, "every trial failed; see trials.csv and the trial folders")
 

@@ -1,4 +1,5 @@
-"""`ftray run` / `ftray sweep` for `method.name: rl`: fine-tuning a policy with RLlib's PPO.
+"""`ftray run` for `method.name: rl`: fine-tuning a policy with RLlib's PPO (`ftray.runner.RLRunner`
+hands it runs, and the trials of an rl sweep, which `ftray.sweep` builds like every other).
 
 Read top to bottom: the driver checks everything it can before Ray starts (the environment and its
 spaces, the pretrained start's parameter names and shapes, the demonstration columns); then it
@@ -37,7 +38,7 @@ from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.rl_module import RLModule, RLModuleSpec
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from ftray.models.base import ModelInfo
+from ftray.models.base import ModelInfo, param_mismatch
 from ftray.models.mlp import MLP, WEIGHTS
 from ftray.redact import redact
 from ftray.spec import JobSpec, MLPModel, RLMethod, SpecError
@@ -166,19 +167,6 @@ def module_spec(spec: JobSpec, obs_space=None, act_space=None) -> RLModuleSpec:
 
 
 # ==================================================================== pretrained starts, checked
-def _mismatch(want: dict[str, tuple], saved: dict[str, tuple]) -> str:
-    """Missing, unexpected and differently shaped parameters ('' when the names and shapes match).
-
-    RLlib's own loader (`set_state`, strict=False) silently skips names that differ: this check
-    is what turns a wrong start into an error instead of a policy that quietly starts from scratch."""
-    missing, unexpected = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
-    shapes = [f"{k} {saved[k]} != {want[k]}" for k in sorted(set(want) & set(saved)) if saved[k] != want[k]]
-    parts = [f"missing {missing}"] * bool(missing) + [f"unexpected {unexpected}"] * bool(unexpected)
-    if shapes:
-        parts.append(f"shape mismatch (saved != this spec's model): {shapes}")
-    return "; ".join(parts)
-
-
 def _spaces_text(obs, act) -> str:
     return f"{int(obs.shape[0])} observation features, {int(act.n)} actions"
 
@@ -207,7 +195,7 @@ def check_checkpoint_start(spec: JobSpec, source: str, obs, act, key: str = "met
         raise SpecError(f"{key}: {source}: the pretrained policy's spaces ({s_obs}, {s_act}) do not match "
                         f"{spec.method.env}'s ({_spaces_text(obs, act)})")
     want = {k: tuple(v.shape) for k, v in module_spec(spec, obs, act).build().state_dict().items()}
-    mismatch = _mismatch(want, {k: tuple(v.shape) for k, v in saved.state_dict().items()})
+    mismatch = param_mismatch(want, {k: tuple(v.shape) for k, v in saved.state_dict().items()})
     if mismatch:
         raise SpecError(f"{key}: {source}: {mismatch}")
     return d
@@ -232,7 +220,7 @@ def check_supervised_start(spec: JobSpec, obs, act) -> Path:
     with safe_open(str(d / WEIGHTS), "pt") as f:
         saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     pi = module_spec(spec, obs, act).build().pi
-    mismatch = _mismatch({k: tuple(v.shape) for k, v in pi.state_dict().items()}, saved)
+    mismatch = param_mismatch({k: tuple(v.shape) for k, v in pi.state_dict().items()}, saved)
     if mismatch:
         raise SpecError(f"model.init_from: {spec.model.init_from}: {mismatch}")
     return d
@@ -338,18 +326,19 @@ def evaluate(module, spec: JobSpec) -> float:
 
 
 # =================================================================================== the run
-def _learners(spec: JobSpec) -> int:
+def learners(spec: JobSpec) -> int:
+    """Learner actors PPO gets (0: one CPU learner in the driver process)."""
     # One CPU learner runs in the driver process (no actor, no copy of the batch); GPUs and
     # data-parallel learning need learner actors.
     return spec.scaling.num_workers if spec.scaling.use_gpu or spec.scaling.num_workers > 1 else 0
 
 
 def _common(config, spec: JobSpec, plan: RLPlan):
-    learners = _learners(spec)
+    n = learners(spec)
     return (config
             .environment(env=ENV_NAME, env_config={"env": spec.method.env, "env_kwargs": spec.method.env_kwargs},
                          observation_space=plan.obs_space, action_space=plan.act_space)
-            .learners(num_learners=learners, num_gpus_per_learner=1 if spec.scaling.use_gpu else 0)
+            .learners(num_learners=n, num_gpus_per_learner=1 if spec.scaling.use_gpu else 0)
             .rl_module(rl_module_spec=module_spec(spec))
             .debugging(seed=spec.run.seed))
 
@@ -361,7 +350,7 @@ def ppo_config(spec: JobSpec, plan: RLPlan):
             .env_runners(num_env_runners=m.env_runners)
             .training(lr=m.lr, gamma=m.gamma, lambda_=m.gae_lambda, clip_param=m.clip,
                       entropy_coeff=m.entropy_coeff, num_epochs=m.epochs, minibatch_size=m.minibatch,
-                      train_batch_size_per_learner=m.train_batch // max(1, _learners(spec)),
+                      train_batch_size_per_learner=m.train_batch // max(1, learners(spec)),
                       learner_class=WarmCriticLearner,
                       learner_config_dict={"critic_warmup_steps": critic_warmup_steps(spec, plan)}))
 
@@ -411,15 +400,12 @@ def _supervised_module_dir(spec: JobSpec, plan: RLPlan, out: Path) -> Path:
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The `checkpoint_*` folder of the highest iteration whose progress record is complete."""
-    best, best_it = None, -1
-    for d in run_dir.glob("checkpoint_*") if run_dir.is_dir() else []:
-        try:
-            it = json.loads((d / PROGRESS).read_text())["iteration"]
-        except (OSError, ValueError, KeyError):
-            continue  # a checkpoint whose write was cut off
-        if it > best_it:
-            best, best_it = d, it
-    return best
+    import pyarrow.fs as pafs
+
+    from ftray import checkpoint
+    found = checkpoint.latest(pafs.LocalFileSystem(), str(Path(run_dir).resolve()), PROGRESS, "iteration",
+                              manifest=False)
+    return Path(found) if found else None
 
 
 def save_checkpoint(algo, run_dir: Path, progress: dict, keep: int) -> Path:
@@ -536,7 +522,7 @@ def run(spec: JobSpec, address: str | None = None, plan: RLPlan | None = None) -
             progress = json.loads((ckpt / PROGRESS).read_text()) if ckpt else {}
         t_fit = time.perf_counter()
         summary = write_outputs(spec, plan, run_dir, progress, error)
-    summary["ray"] = {"mode": ray_mode, "env_runners": spec.method.env_runners, "learners": _learners(spec),
+    summary["ray"] = {"mode": ray_mode, "env_runners": spec.method.env_runners, "learners": learners(spec),
                       "use_gpu": spec.scaling.use_gpu}
     summary["timings"] = {"total_s": round(time.perf_counter() - t0, 3), "ray_start_s": round(t_ray - t0, 3),
                           "fit_s": round(t_fit - t_ray, 3)}
@@ -582,22 +568,11 @@ def _module_state(ckpt: Path) -> dict:
 
 
 def plot_curve(history: list[dict], target: float | None) -> bytes:
-    import io
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ftray.plots import Panel, curves_png
     pts = [(m["env_steps"], m[METRIC]) for m in history if m[METRIC] is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="training episodes (mean return)")
-    if target is not None:
-        ax.axhline(target, color="C3", ls="--", label=f"target {target:g}")
-    ax.set_xlabel("environment steps"), ax.set_ylabel("episode return"), ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return curves_png([Panel("environment steps", "episode return",
+                             [([p[0] for p in pts], [p[1] for p in pts], "training episodes (mean return)")],
+                             level=None if target is None else (target, f"target {target:g}"))])
 
 
 # =============================================================================== ftray rl collect
@@ -640,87 +615,47 @@ def _no_env(source: str) -> str:
     raise SpecError(f"--env: {source} is not an ftray run folder (no summary.json): name its environment")
 
 
-# ==================================================================================== ftray sweep
-def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None) -> tuple[int, str]:
-    """Ray Tune over an rl spec: each trial is a Tune function that runs `fit` and reports every
-    PPO iteration (`episode_return_mean`, `env_steps`), so ASHA can stop weak trials early."""
+# ================================================================================ a sweep's trial
+def run_trial(spec: JobSpec, address: str | None = None) -> None:
+    """The body of one Tune trial of an rl sweep (`ftray.sweep` builds the Tuner): `fit`, reporting
+    every PPO iteration (`episode_return_mean`, `env_steps`) so that ASHA can stop weak trials."""
     from ray import tune
+    plan = prepare(spec, address, devices=False)
+    run_dir = Path(spec.run.storage_path) / spec.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
 
-    from ftray import ray_context, sweep
-    if spec.tune is None:
-        raise SpecError(f"{source}: tune: a sweep needs a tune section (space, metric, mode, ...)")
-    t0 = time.perf_counter()
-    sweep.check_space(raw, spec, source)
-    prepare(spec, address)  # every check a run makes, before Ray starts
-    sweep_dir = str(Path(spec.run.storage_path) / spec.run.name)
-    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    t = spec.tune
-    per_trial = 1 + spec.method.env_runners + _learners(spec)
+    def report(metrics: dict, ckpt: Path) -> None:
+        tune.report({**metrics, METRIC: metrics[METRIC] if metrics[METRIC] is not None else -math.inf,
+                     "trial_id": tune.get_context().get_trial_id(), "checkpoint_path": str(ckpt)})
 
-    def trial(values: dict) -> None:
-        tspec = sweep.trial_spec(raw, values, sweep_dir, tune.get_context().get_trial_id(), source)
-        tplan = prepare(tspec, address, devices=False)
-        run_dir = Path(tspec.run.storage_path) / tspec.run.name
-        run_dir.mkdir(parents=True, exist_ok=True)
-
-        def report(metrics: dict, ckpt: Path) -> None:
-            tune.report({**metrics, METRIC: metrics[METRIC] if metrics[METRIC] is not None else -math.inf,
-                         "trial_id": tune.get_context().get_trial_id(), "checkpoint_path": str(ckpt)})
-
-        progress = fit(tspec, tplan, run_dir, on_iteration=report)
-        summary = write_outputs(tspec, tplan, run_dir, progress, None)
-        (run_dir / "summary.json").write_text(json.dumps(redact(summary), indent=2))
-
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    s = t.scheduler
-    if s.name == "asha":
-        scheduler = ASHAScheduler(max_t=spec.method.stop.iterations or 10 ** 6, grace_period=s.grace_period,
-                                  reduction_factor=s.reduction_factor)
-    else:  # fifo: the spec allows no other scheduler for rl
-        scheduler = FIFOScheduler()
-    tune_dir = f"{sweep_dir}/{sweep.TUNE_DIR}"
-    trainable = tune.with_resources(trial, {"CPU": 1})
-    with ray_context.use_ray(spec, address, cpus=t.max_concurrent * per_trial + 1):
-        if tune.Tuner.can_restore(tune_dir):
-            tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable, param_space=sweep.param_space(spec),
-                run_config=tune.RunConfig(name=sweep.TUNE_DIR, storage_path=sweep_dir),
-                tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
-                                            max_concurrent_trials=t.max_concurrent, search_alg=sweep.searcher(spec),
-                                            scheduler=scheduler))
-        results = tuner.fit()
-
-        def close_trial(result) -> None:
-            """A trial the scheduler stopped (or that crashed) wrote no summary: write it from its last
-            checkpoint, so every trial folder reads the same."""
-            trial_id = (result.metrics or {}).get("trial_id")
-            run_dir = Path(sweep_dir) / "trials" / str(trial_id)
-            if not trial_id or (run_dir / "summary.json").is_file():
-                return
-            tspec = sweep.trial_spec(raw, result.config or {}, sweep_dir, trial_id, source)
-            ckpt = latest_checkpoint(run_dir)
-            progress = json.loads((ckpt / PROGRESS).read_text()) if ckpt else {}
-            summary = write_outputs(tspec, prepare(tspec, address, devices=False), run_dir, progress,
-                                    str(result.error) if result.error else None)
-            if not result.error:  # ASHA also ends a trial that reached its last iteration, before it wrote this
-                history = progress.get("history") or [{}]
-                summary["metrics"] = {METRIC: history[-1].get(METRIC)}
-                if not ran_its_budget(result, spec):
-                    summary.update(status="stopped", error="stopped early by the sweep's scheduler")
-            (run_dir / "summary.json").write_text(json.dumps(redact(summary), indent=2))
-
-        return sweep.write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0,
-                                   ended_on_its_own=ran_its_budget, close_trial=close_trial), sweep_dir
+    progress = fit(spec, plan, run_dir, on_iteration=report)
+    summary = write_outputs(spec, plan, run_dir, progress, None)
+    (run_dir / "summary.json").write_text(json.dumps(redact(summary), indent=2))
 
 
-def ran_its_budget(result, spec: JobSpec) -> bool:
-    """An rl trial met one of its own stop conditions (its values of `method.stop`); one that did
-    not was stopped by the sweep's scheduler."""
-    m, values, s = result.metrics or {}, result.config or {}, spec.method.stop
-    iterations, env_steps, target = (values.get(f"method.stop.{k}", getattr(s, k))
-                                     for k in ("iterations", "env_steps", "target_return"))
-    return bool((iterations and m.get("iteration", 0) >= iterations)
-                or (env_steps and m.get("env_steps", 0) >= env_steps)
-                or (target is not None and m.get("eval_return") is not None and m["eval_return"] >= target))
+def summarise_trial(spec: JobSpec, error: str | None, stopped: bool) -> None:
+    """A trial the scheduler stopped (or that crashed) wrote no summary: write it from its last
+    checkpoint, so that every trial folder reads the same. `stopped`: by the sweep's scheduler."""
+    run_dir = Path(spec.run.storage_path) / spec.run.name
+    if (run_dir / "summary.json").is_file():
+        return
+    ckpt = latest_checkpoint(run_dir)
+    progress = json.loads((ckpt / PROGRESS).read_text()) if ckpt else {}
+    summary = write_outputs(spec, prepare(spec, devices=False), run_dir, progress, error)
+    if not error:  # ASHA also ends a trial that reached its last iteration, before it wrote this
+        history = progress.get("history") or [{}]
+        summary["metrics"] = {METRIC: history[-1].get(METRIC)}
+        if stopped:
+            summary.update(status="stopped", error="stopped early by the sweep's scheduler")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(redact(summary), indent=2))
+
+
+def met_its_stop(metrics: dict, spec: JobSpec) -> bool:
+    """Whether a trial's last reported `metrics` meet one of its own stop conditions (`method.stop`);
+    a trial that ended without did so because the sweep's scheduler stopped it."""
+    s = spec.method.stop
+    return bool((s.iterations and metrics.get("iteration", 0) >= s.iterations)
+                or (s.env_steps and metrics.get("env_steps", 0) >= s.env_steps)
+                or (s.target_return is not None and metrics.get("eval_return") is not None
+                    and metrics["eval_return"] >= s.target_return))

@@ -1,16 +1,18 @@
-"""`ftray sweep`: a Ray Tune hyperparameter sweep over any spec field.
+"""`ftray sweep`: a Ray Tune hyperparameter sweep over any spec field, for every kind of run.
 
 Read top to bottom: check the spec, its data and every searched key before Ray starts; each trial
 is a Tune function that applies its sampled values to the spec (through the same validation as
-`--set`) and trains it in one of two shapes (`tune.trial`):
+`--set`) and hands it to the spec's runner (`ftray.runner`). A supervised trial trains in one of
+two shapes (`tune.trial`):
 - `train`: a Ray Train run (`ftray.train.run`), whose every epoch reaches Tune through
   `TuneReportCallback` so schedulers such as ASHA can stop it early;
 - `packed`: the trial process itself runs the same training loop (`ftray.train.fit`) and reports a
   Tune checkpoint each epoch, so that PBT/PB2 can restart a trial from a better one's checkpoint
   with mutated hyperparameters; trials take a fraction of a GPU and pack several per device.
-Finally the sweep folder gets `summary.json`, `trials.csv`, `best.yaml`, `curves.png` and
-`params.png`. With `tune.group_by`, the whole sweep runs once per value of a data column (per-task
-search) and the folder gets `tasks.csv` and one ready spec per task under `best/`.
+An rl trial runs one RLlib algorithm and reports every PPO iteration. This module is the one place
+that builds a Tuner. Finally the sweep folder gets `summary.json`, `trials.csv`, `best.yaml`,
+`curves.png` and `params.png`. With `tune.group_by`, the whole sweep runs once per value of a data
+column (per-task search) and the folder gets `tasks.csv` and one ready spec per task under `best/`.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
 from ftray import data, ray_context, train
-from ftray.checkpoint import MODEL_DIR, load_progress
-from ftray.redact import redact
+from ftray.checkpoint import MODEL_DIR
+from ftray.runner import Runner, runner_for, trial_checkpoint
 from ftray.spec import PBT_MUTABLE, JobSpec, SpecError, apply_overrides, validate
 
 TUNE_DIR = "tune"
@@ -46,6 +47,20 @@ def check_space(raw: dict, spec: JobSpec, source: str) -> None:
             except SpecError as e:
                 raise SpecError(f"{source}: tune.space.{key} = {value!r}: "
                                 f"{str(e).split(': ', 2)[-1]}") from None
+
+
+def check(raw: dict, spec: JobSpec, source: str, address: str | None = None):
+    """Everything a sweep checks before Ray starts: a tune section, every searched key and value,
+    the run's own checks (`Runner.check`), and that the searcher and scheduler can be built (their
+    packages are installed). Returns the runner's plan. `ftray validate` runs this too."""
+    if spec.tune is None:
+        raise SpecError(f"{source}: tune: a sweep needs a tune section (space, metric, mode, ...)")
+    check_space(raw, spec, source)
+    runner = runner_for(spec)
+    plan = runner.check(address)
+    searcher(spec)
+    scheduler(spec, runner.trial_budget())  # PB2 refuses to build without scikit-learn
+    return plan
 
 
 def trial_spec(raw: dict, values: dict, sweep_dir: str, trial_id: str, source: str) -> JobSpec:
@@ -90,20 +105,21 @@ def searcher(spec: JobSpec):
     return ConcurrencyLimiter(alg, max_concurrent=t.max_concurrent)
 
 
-def scheduler(spec: JobSpec):
+def scheduler(spec: JobSpec, max_t: int):
+    """The trial scheduler; `max_t` is the most results a trial reports (`Runner.trial_budget`)."""
     from ray.tune.schedulers import (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule,
                                      PopulationBasedTraining)
     from ray.tune.schedulers.pb2 import PB2
     s = spec.tune.scheduler  # metric and mode reach schedulers through TuneConfig
     if s.name == "asha":
-        return ASHAScheduler(max_t=spec.train.epochs, grace_period=s.grace_period,
+        return ASHAScheduler(max_t=max_t, grace_period=s.grace_period,
                              reduction_factor=s.reduction_factor)
     if s.name == "median":
         # Its default clock is seconds (`time_total_s`); the spec's grace period is in epochs.
         return MedianStoppingRule(time_attr="training_iteration", grace_period=s.grace_period,
                                   min_samples_required=2)
     if s.name == "hyperband":
-        return HyperBandScheduler(max_t=spec.train.epochs, reduction_factor=s.reduction_factor)
+        return HyperBandScheduler(max_t=max_t, reduction_factor=s.reduction_factor)
     if s.name in ("pbt", "pb2"):
         mutable = {k: d for k, d in spec.tune.space.items() if k in PBT_MUTABLE}
         if s.name == "pb2":
@@ -133,42 +149,6 @@ class Clip:
         return config
 
 
-def packed_trial(raw: dict, sweep_dir: str, source: str):
-    """The Tune function of a packed trial: `train.fit` in this process, a Tune checkpoint per epoch."""
-    def trial(values: dict) -> None:
-        import ray.data
-        import torch
-        from ray import tune
-        tspec = trial_spec(raw, values, sweep_dir, tune.get_context().get_trial_id(), source)
-        plan = data.inspect(tspec)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        # Small data comes back materialized (see `data.ray_datasets`): the trial's epochs do not
-        # re-run Ray Data. A PBT exploit restarts the trial function, and with it this read.
-        datasets, rows = data.ray_datasets(tspec, plan)
-        train_ds, val_ds = datasets["train"], datasets["val"]
-
-        def report(metrics: dict, folder: str | None) -> None:
-            # `done` on the trial's last epoch makes Tune end the trial before its scheduler sees the
-            # result. Without it, synchronous PBT could pause a trial on its final report (waiting for
-            # the population) and restore it from that checkpoint, where it reports the same last
-            # epoch again, is paused again, and so on: `jobs/pbt.yaml` never ended.
-            done = metrics["epoch"] >= tspec.train.epochs or metrics["early_stopped"]
-            tune.report({**metrics, "done": done},
-                        checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
-
-        # Tune sets CUDA_VISIBLE_DEVICES to the trial's (possibly shared) GPU.
-        device = torch.device("cuda" if tspec.scaling.use_gpu and torch.cuda.is_available() else "cpu")
-        train.fit(train.LoopConfig(tspec, plan.info, rows["train"]),
-                  train.Worker(rank=0, world=1, device=device, train_data=train_ds, val_data=val_ds,
-                               resume=tune.get_checkpoint(), report=report,
-                               adopt_hyperparameters=spec_has_pbt(raw)))
-    return trial
-
-
-def spec_has_pbt(raw: dict) -> bool:
-    return (raw.get("tune") or {}).get("scheduler", {}).get("name") in ("pbt", "pb2")
-
-
 # --------------------------------------------------------------------------------- the sweep
 def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None) -> tuple[int, str]:
     """Run the sweep (or, with `tune.group_by`, one per task) and write its folder.
@@ -178,54 +158,56 @@ def run_sweep(raw: dict, spec: JobSpec, source: str, address: str | None = None)
     if spec.tune.group_by:
         return run_grouped(raw, spec, source, address)
     t0 = time.perf_counter()
-    check_space(raw, spec, source)
-    train.prepare(spec, address)
+    check(raw, spec, source, address)
     sweep_dir = train.storage(spec)[1]
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    search_alg = searcher(spec)
-    return fit_sweep(raw, spec, source, address, sweep_dir, search_alg, t0), sweep_dir
+    return fit_sweep(raw, spec, source, address, sweep_dir, searcher(spec), t0), sweep_dir
+
+
+def trial_function(runner: Runner, raw: dict, sweep_dir: str, source: str, address: str | None):
+    """The Tune function of every trial: its spec (sampled values applied), run by the runner."""
+    def trial(values: dict) -> None:
+        from ray import tune
+        runner.run_trial(trial_spec(raw, values, sweep_dir, tune.get_context().get_trial_id(), source), address)
+    return trial
+
+
+def tuner(trainable, spec: JobSpec, sweep_dir: str, search_alg, trial_scheduler):
+    """The sweep's Tuner: restored from the sweep folder when an earlier run of it left one (a
+    re-run resumes: finished trials are not repeated), else a new one."""
+    from ray import tune
+    t = spec.tune
+    tune_dir = f"{sweep_dir}/{TUNE_DIR}"
+    if tune.Tuner.can_restore(tune_dir):
+        return tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    # PBT/PB2 restore a trial from another trial's checkpoint some time after it was reported; a
+    # limit on kept checkpoints can delete it first (seen: "holds no exported ftray model"). Keep all.
+    keep = None if t.scheduler.name in ("pbt", "pb2") else spec.run.keep_checkpoints
+    return tune.Tuner(
+        trainable, param_space=param_space(spec),
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=sweep_dir,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=keep)),
+        tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
+                                    max_concurrent_trials=t.max_concurrent, search_alg=search_alg,
+                                    scheduler=trial_scheduler))
 
 
 def fit_sweep(raw: dict, spec: JobSpec, source: str, address: str | None, sweep_dir: str, search_alg,
               t0: float) -> int:
     """Start (or restore) the Tuner of a checked sweep, fit it and write the sweep folder."""
     from ray import tune
-    t = spec.tune
-    packed = t.trial == "packed"
-    cpus = spec.scaling.cpus_per_worker
-    # A Train trial drives its own workers (1 CPU for the driver, plus theirs); a packed trial trains
-    # in place. One more CPU leaves Ray Data's tasks room to run beside every trial.
-    per_trial = cpus if packed else math.ceil(spec.scaling.num_workers * cpus) + 1
-    trial_scheduler = scheduler(spec)  # before Ray starts: PB2 refuses to build without scikit-learn
-    def trial(values: dict) -> None:
-        from ray.tune.integration.ray_train import TuneReportCallback
-        tspec = trial_spec(raw, values, sweep_dir, tune.get_context().get_trial_id(), source)
-        status, run_dir = train.run(tspec, address, callbacks=[TuneReportCallback()])
-        if status:
-            raise RuntimeError(f"trial failed; see {run_dir}/summary.json")
+    runner = runner_for(spec)
+    resources, _ = runner.trial_resources()
+    trial_scheduler = scheduler(spec, runner.trial_budget())  # before Ray: PB2 needs scikit-learn
+    trainable = tune.with_resources(trial_function(runner, raw, sweep_dir, source, address), resources)
+    with ray_context.use_ray(spec, address, cpus=ray_cpus(spec)):
+        results = tuner(trainable, spec, sweep_dir, search_alg, trial_scheduler).fit()
+        return write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0, source)
 
-    # PBT/PB2 restore a trial from another trial's checkpoint some time after it was reported; a
-    # limit on kept checkpoints can delete it first (seen: "holds no exported ftray model"). Keep all.
-    keep = None if t.scheduler.name in ("pbt", "pb2") else spec.run.keep_checkpoints
-    run_config = tune.RunConfig(name=TUNE_DIR, storage_path=sweep_dir,
-                                checkpoint_config=tune.CheckpointConfig(num_to_keep=keep))
-    tune_dir = f"{sweep_dir}/{TUNE_DIR}"
-    if packed:
-        gpu = t.gpu_fraction if spec.scaling.use_gpu else 0
-        trainable = tune.with_resources(packed_trial(raw, sweep_dir, source), {"CPU": cpus, "GPU": gpu})
-    else:
-        trainable = tune.with_resources(trial, {"CPU": 1})
-    with ray_context.use_ray(spec, address, cpus=math.ceil(t.max_concurrent * per_trial) + 1):
-        if tune.Tuner.can_restore(tune_dir):  # a re-run resumes: finished trials are not repeated
-            tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            tuner = tune.Tuner(
-                trainable, param_space=param_space(spec), run_config=run_config,
-                tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
-                                            max_concurrent_trials=t.max_concurrent, search_alg=search_alg,
-                                            scheduler=trial_scheduler))
-        results = tuner.fit()
-        return write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0)
+
+def ray_cpus(spec: JobSpec) -> int:
+    """Logical CPUs of a private Ray for the sweep: its concurrent trials, and one more."""
+    return math.ceil(spec.tune.max_concurrent * runner_for(spec).trial_resources()[1]) + 1
 
 
 def run_grouped(raw: dict, spec: JobSpec, source: str, address: str | None) -> tuple[int, str]:
@@ -271,23 +253,23 @@ def run_grouped(raw: dict, spec: JobSpec, source: str, address: str | None) -> t
         task_raw = apply_overrides(raw, overrides)
         task_source = f"{source} (tune.group_by {column} = {value!r})"
         task_spec = validate(task_raw, task_source)
-        check_space(task_raw, task_spec, task_source)
-        train.prepare(task_spec, address)
+        check(task_raw, task_spec, task_source, address)
         tasks.append((value, task_raw, task_spec, task_source, searcher(task_spec)))
 
     rows, status = [], 0
-    for value, task_raw, task_spec, task_source, search_alg in tasks:
-        folder = str(task_dir / names[value])
-        status |= fit_sweep(task_raw, task_spec, task_source, address, folder, search_alg, time.perf_counter())
-        summary = json.loads(Path(f"{folder}/summary.json").read_text())
-        best = summary["best"] or {}
-        rows.append({column: value, **best.get("config", {}), spec.tune.metric: best.get("metrics", {}).get(
-            spec.tune.metric), "trials": summary["trials"], "sweep": folder})
-        if best:
-            (Path(sweep_dir) / "best").mkdir(exist_ok=True)
-            text = Path(f"{folder}/best.yaml").read_text()
-            Path(sweep_dir, "best", f"{names[value]}.yaml").write_text(
-                f"# Task {column} = {value!r}: the best of its sweep ({folder}).\n" + text)
+    with ray_context.use_ray(spec, address, cpus=max(ray_cpus(t[2]) for t in tasks)):  # one Ray for every task
+        for value, task_raw, task_spec, task_source, search_alg in tasks:
+            folder = str(task_dir / names[value])
+            status |= fit_sweep(task_raw, task_spec, task_source, address, folder, search_alg, time.perf_counter())
+            summary = json.loads(Path(f"{folder}/summary.json").read_text())
+            best = summary["best"] or {}
+            rows.append({column: value, **best.get("config", {}), spec.tune.metric: best.get("metrics", {}).get(
+                spec.tune.metric), "trials": summary["trials"], "sweep": folder})
+            if best:
+                (Path(sweep_dir) / "best").mkdir(exist_ok=True)
+                text = Path(f"{folder}/best.yaml").read_text()
+                Path(sweep_dir, "best", f"{names[value]}.yaml").write_text(
+                    f"# Task {column} = {value!r}: the best of its sweep ({folder}).\n" + text)
     import pandas as pd
     pd.DataFrame(rows).to_csv(f"{sweep_dir}/tasks.csv", index=False)
     Path(f"{sweep_dir}/summary.json").write_text(json.dumps({
@@ -297,42 +279,24 @@ def run_grouped(raw: dict, spec: JobSpec, source: str, address: str | None) -> t
     return status, sweep_dir
 
 
-def checkpoint_path(result) -> str | None:
-    """A trial's latest checkpoint: Train trials name their Train checkpoint in the metrics, packed
-    trials report Tune checkpoints."""
-    m = result.metrics or {}
-    if m.get("checkpoint_path"):
-        return m["checkpoint_path"]
-    return result.checkpoint.path if result.checkpoint else None
-
-
-def ran_its_budget(result, spec: JobSpec) -> bool:
-    """A supervised trial trained every epoch of its own `train.epochs` (or stopped on its own
-    early-stopping rule); one that did not was stopped by the sweep's scheduler."""
-    m = result.metrics or {}
-    return m.get("training_iteration", 0) >= int((result.config or {}).get("train.epochs", spec.train.epochs)) \
-        or bool(m.get("early_stopped"))
-
-
-def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, seconds: float,
-                  ended_on_its_own: Callable = ran_its_budget, close_trial: Callable | None = None) -> int:
-    """Write the sweep folder. `ended_on_its_own(result, spec)` tells a trial the scheduler stopped
-    from one that ended by its own rule; `close_trial(result)` writes the summary of a trial that
-    did not write one (default: `close_trial_folder`, for supervised trials)."""
+def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, seconds: float, source: str) -> int:
+    """Write the sweep folder; every trial folder gets a summary (the runner's `summarise_trial`
+    for a trial that did not write one)."""
     t = spec.tune
+    runner = runner_for(spec)
     keys = list(t.space)
     rows = []
     for result in results:
         m = result.metrics or {}
+        trial_id = m.get("trial_id")
+        # The trial's own spec tells the trial's own budget (a searched `train.epochs`, say).
+        tspec = trial_spec(raw, result.config or {}, sweep_dir, str(trial_id), source) if trial_id else None
+        ended = "error" if result.error else "done" if tspec and runner.ended_on_its_own(result, tspec) else "stopped"
         rows.append({**{k: (result.config or {}).get(k) for k in keys},
                      t.metric: m.get(t.metric), "iterations": m.get("training_iteration", 0),
-                     "status": "error" if result.error else "done" if ended_on_its_own(result, spec) else "stopped",
-                     "trial_id": m.get("trial_id"), "run": str(Path(sweep_dir) / "trials" / str(m.get("trial_id")))})
-    for result in results:
-        if close_trial:
-            close_trial(result)
-        else:
-            close_trial_folder(result, sweep_dir, spec.train.epochs)
+                     "status": ended, "trial_id": trial_id, "run": str(Path(sweep_dir) / "trials" / str(trial_id))})
+        if tspec:
+            runner.summarise_trial(result, tspec)
     import pandas as pd
     table = pd.DataFrame(rows)
     table.to_csv(f"{sweep_dir}/trials.csv", index=False)
@@ -346,7 +310,7 @@ def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, seconds: fl
                "timings": {"total_s": round(seconds, 3)},
                "best": None, "spec": spec.model_dump(mode="json")}
     if ok:
-        best = results.get_best_result(metric=t.metric, mode=t.mode, filter_nan_and_inf=True)
+        best = ranked(ok, spec)[0]
         values = {k: best.config[k] for k in keys}
         trial_id = best.metrics["trial_id"]
         best_raw = apply_overrides(raw, list(values.items()) + [("run.name", f"{spec.run.name}_best"),
@@ -358,7 +322,7 @@ def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, seconds: fl
         summary["best"] = {"config": values, "trial_id": trial_id,
                            "metrics": {k: v for k, v in best.metrics.items()
                                        if k.startswith("val_") or k in (t.metric, "eval_return", "env_steps")},
-                           "checkpoint": checkpoint_path(best),
+                           "checkpoint": trial_checkpoint(best),
                            "run": f"{sweep_dir}/trials/{trial_id}"}
         if t.ensemble:
             summary["ensemble"] = build_ensemble(ok, spec, sweep_dir)
@@ -367,6 +331,19 @@ def write_outputs(results, raw: dict, spec: JobSpec, sweep_dir: str, seconds: fl
     Path(f"{sweep_dir}/summary.json").write_text(json.dumps(summary, indent=2, default=str))
     plot(results, table, keys, t.metric, sweep_dir)
     return 0 if ok else 1
+
+
+def ranked(finished: list, spec: JobSpec) -> list:
+    """Finished trials, best first by `tune.metric` (NaN and infinities last), ties by trial id: a
+    restored sweep names the same best trial (Tune's own pick follows the order of its results,
+    which a restore changes)."""
+    t = spec.tune
+    sign = -1.0 if t.mode == "max" else 1.0
+
+    def key(result):
+        value = result.metrics[t.metric]
+        return (not math.isfinite(value), sign * value if math.isfinite(value) else 0.0, result.metrics["trial_id"])
+    return sorted(finished, key=key)
 
 
 def pbt_log(sweep_dir: str) -> dict:
@@ -381,33 +358,6 @@ def pbt_log(sweep_dir: str) -> dict:
         steps.append({"trial": target, "copied": clone, "trial_iteration": target_iteration,
                       "copied_iteration": clone_iteration, "copied_config": copied, "new_config": new})
     return {"exploits": len(steps), "log": steps}
-
-
-def close_trial_folder(result, sweep_dir: str, epochs: int) -> None:
-    """A Train trial that a scheduler stopped (or that crashed) ended before it could write its
-    summary, and a packed trial never writes one: write it from the trial's last checkpoint so
-    every trial folder reads the same."""
-    m = result.metrics or {}
-    folder = Path(sweep_dir) / "trials" / str(m.get("trial_id"))
-    if not m.get("trial_id") or (folder / "summary.json").is_file():
-        return
-    ckpt = checkpoint_path(result)
-    try:
-        progress = load_progress(Path(ckpt)) if ckpt else {}
-    except OSError:  # a crashed trial's checkpoint may not have reached storage
-        progress, ckpt = {}, None
-    history = progress.get("history", [])
-    # Packed trials never write a summary themselves: one that trained every epoch (or stopped on its
-    # own early-stopping rule) succeeded.
-    finished = progress.get("epoch", 0) >= int((result.config or {}).get("train.epochs", epochs)) or \
-        bool(history and history[-1].get("early_stopped"))
-    status = "failed" if result.error else "succeeded" if finished else "stopped"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "summary.json").write_text(json.dumps(redact({
-        "status": status,
-        "error": str(result.error) if result.error else
-        None if status == "succeeded" else "stopped early by the sweep's scheduler",
-        **train.progress_summary(progress, ckpt), "config": result.config}), indent=2, default=str))
 
 
 def validation_batch(spec: JobSpec) -> dict:
@@ -428,10 +378,10 @@ def build_ensemble(finished: list, spec: JobSpec, sweep_dir: str) -> dict:
     from ftray.models import load_exported
     from ftray.models.ensemble import Ensemble, combine
     t, task = spec.tune, spec.data.task
-    ranked = sorted(finished, key=lambda r: r.metrics[t.metric], reverse=t.mode == "max")[:t.ensemble.top_k]
-    ids = [r.metrics["trial_id"] for r in ranked]
+    top = ranked(finished, spec)[:t.ensemble.top_k]
+    ids = [r.metrics["trial_id"] for r in top]
     # A trial that a scheduler stopped early has no final export: its last checkpoint's model is it.
-    members = [load_exported(f"{checkpoint_path(r)}/{MODEL_DIR}").eval() for r in ranked]
+    members = [load_exported(f"{trial_checkpoint(r)}/{MODEL_DIR}").eval() for r in top]
     batch = validation_batch(spec)
     with torch.no_grad():
         outputs = [m(batch) for m in members]
@@ -466,18 +416,16 @@ def build_ensemble(finished: list, spec: JobSpec, sweep_dir: str) -> dict:
 
 
 def plot(results, table, keys: list[str], metric: str, sweep_dir: str) -> None:
+    """`curves.png` (every trial's metric per training iteration) and `params.png` (the metric
+    against each searched value)."""
+    from ftray.plots import Panel, curves_png
+    curves = [(df["training_iteration"], df[metric], None) for df in (r.metrics_dataframe for r in results)
+              if df is not None and metric in df]
+    Path(f"{sweep_dir}/curves.png").write_bytes(curves_png([Panel("epoch (training iteration)", metric, curves,
+                                                                  title="every trial")]))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for result in results:
-        df = result.metrics_dataframe
-        if df is not None and metric in df:
-            ax.plot(df["training_iteration"], df[metric], "o-", alpha=0.7)
-    ax.set_xlabel("epoch (training iteration)"), ax.set_ylabel(metric), ax.set_title("every trial")
-    fig.tight_layout()
-    fig.savefig(f"{sweep_dir}/curves.png", dpi=100)
-    plt.close(fig)
     cols = min(4, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)

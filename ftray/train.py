@@ -96,6 +96,9 @@ class Worker:
     # PBT/PB2 restart a trial from another trial's checkpoint with mutated hyperparameters: the
     # trial's spec, not the checkpoint's optimizer state, then decides lr, weight decay, momentum.
     adopt_hyperparameters: bool = False
+    # The other datasets a method's `datasets` hook made (fisher rows, an old validation set), by
+    # name: a Train worker's shards of them, or in a packed trial the datasets themselves.
+    shard: Callable[[str], Any] = ray.train.get_dataset_shard
 
 
 @dataclass
@@ -112,7 +115,7 @@ class Loop:
         """This worker's part of the dataset `name`: `train`, `val`, or one a method's `datasets` added."""
         if name in ("train", "val"):
             return self.worker.train_data if name == "train" else self.worker.val_data
-        return ray.train.get_dataset_shard(name)
+        return self.worker.shard(name)
 
     def evaluate(self, model, name: str = "val") -> dict:
         """Loss and task metric of `model` on dataset `name`, over all workers."""
@@ -489,7 +492,7 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
     with ray_context.use_ray(spec, address) as ray_mode:
         t_ray = time.perf_counter()
         ray.data.DataContext.get_current().enable_progress_bars = False
-        datasets, rows = get_method(spec).datasets(plan, *data.ray_datasets(spec, plan))
+        datasets, rows = get_method(spec).inputs(plan)
         data_ready_s = round(time.time() - started_at, 3)
         callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", TASK_METRICS[spec.data.task])
         config = LoopConfig(spec, plan.info, rows["train"], started_at, fault_hooks())
@@ -610,15 +613,7 @@ def _location(spec: JobSpec, path: str | None) -> str | None:
 
 def latest_checkpoint(fs: pafs.FileSystem, run_dir: str) -> str | None:
     """The checkpoint folder with the highest epoch under a run folder (None if there is none)."""
-    best, best_epoch = None, -1
-    for entry in fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True)):
-        if entry.type == pafs.FileType.Directory and Path(entry.path).name.startswith("checkpoint_"):
-            if not checkpoint.is_complete(fs, entry.path):
-                continue  # a checkpoint whose write or upload was cut off
-            epoch = _read_json(fs, f"{entry.path}/{checkpoint.PROGRESS}")["epoch"]
-            if epoch > best_epoch:
-                best, best_epoch = entry.path, epoch
-    return best
+    return checkpoint.latest(fs, run_dir)
 
 
 def _best(history: list[dict], spec: JobSpec) -> dict | None:
@@ -630,23 +625,11 @@ def _best(history: list[dict], spec: JobSpec) -> dict | None:
 
 
 def plot_curves(history: list[dict], task_metric: str) -> bytes:
-    import io
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ftray.plots import Panel, curves_png
     epochs = [m["epoch"] for m in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [m["train_loss"] for m in history], "o-", label="train_loss")
-    ax1.plot(epochs, [m["val_loss"] for m in history], "o-", label="val_loss")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
-    ax2.plot(epochs, [m[task_metric] for m in history], "o-", color="C2")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel(task_metric)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return curves_png([Panel("epoch", "loss", [(epochs, [m["train_loss"] for m in history], "train_loss"),
+                                               (epochs, [m["val_loss"] for m in history], "val_loss")]),
+                       Panel("epoch", task_metric, [(epochs, [m[task_metric] for m in history], None)])])
 
 
 def _read_json(fs: pafs.FileSystem, path: str) -> dict:

@@ -76,12 +76,18 @@ def _section(text: str, title: str) -> str:
 
 
 def _modules() -> set[str]:
-    """Every module of ftray/ as README's Layout names it: `ftray/x.py`, a package as `ftray/x/`."""
+    """Every module of ftray/ as README's Layout names it: `ftray/x.py`, a package as `ftray/x/`;
+    a method's folder (`ftray/methods/NAME/`: its config.py and hooks.py, the same two files for
+    every method) by its folder alone."""
     names = set()
     for path in (REPO / "ftray").rglob("*.py"):
         if "__pycache__" in path.parts:
             continue
         rel = path.relative_to(REPO).as_posix()
+        parts = rel.split("/")
+        if len(parts) == 4 and parts[1] == "methods":  # ftray/methods/NAME/file.py
+            names.add("/".join(parts[:3]) + "/")
+            continue
         names.add(rel[:-len("__init__.py")] if path.name == "__init__.py" else rel)
     return names
 

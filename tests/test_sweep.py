@@ -79,16 +79,28 @@ def test_sweep_writes_its_folder_and_restores(ray_session, tmp_path, capsys):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["trials"] == 3
     best = summary["best"]
-    assert best["config"]["model.units"] in (8, 16) and 0.001 <= best["config"]["train.lr"] <= 0.1
-    assert 0 < best["metrics"]["val_accuracy"] <= 1
-    for trial in (folder / "trials").iterdir():  # finished or stopped early, every trial has a summary
-        trial_summary = json.loads((trial / "summary.json").read_text())
-        assert trial_summary["status"] == "succeeded" and trial_summary["history"]
     rows = list(csv.DictReader((folder / "trials.csv").open()))
     assert len(rows) == 3 and {"train.lr", "model.units", "val_accuracy", "iterations", "status"} <= set(rows[0])
-    assert max(float(r["val_accuracy"]) for r in rows) == pytest.approx(best["metrics"]["val_accuracy"])
+    assert len({r["trial_id"] for r in rows}) == 3 and all(r["status"] == "done" for r in rows)
+    # The best trial is trials.csv's best row: its values, its metric, the highest metric of all.
+    by_id = {r["trial_id"]: r for r in rows}
+    row = by_id[best["trial_id"]]
+    assert float(row["val_accuracy"]) == max(float(r["val_accuracy"]) for r in rows)
+    assert float(row["val_accuracy"]) == pytest.approx(best["metrics"]["val_accuracy"], abs=1e-9)
+    assert (float(row["train.lr"]), int(row["model.units"]), row["train.optimizer.name"]) == (
+        best["config"]["train.lr"], best["config"]["model.units"], best["config"]["train.optimizer.name"])
+    for trial_id, r in by_id.items():  # each trial folder: that trial's values trained, its metric reported
+        trial_summary = json.loads((folder / "trials" / trial_id / "summary.json").read_text())
+        assert trial_summary["status"] == "succeeded" and len(trial_summary["history"]) == 2
+        assert trial_summary["metrics"]["val_accuracy"] == pytest.approx(float(r["val_accuracy"]), abs=1e-9)
+        trained = trial_summary["spec"]
+        assert (trained["train"]["lr"], trained["model"]["units"], trained["train"]["optimizer"]["name"]) == (
+            float(r["train.lr"]), int(r["model.units"]), r["train.optimizer.name"])
+    # best.yaml is the sweep's spec with the best trial's values and no tune section.
     best_spec = load_spec(folder / "best.yaml")
-    assert best_spec.model.units == best["config"]["model.units"] and best_spec.tune is None
+    assert (best_spec.train.lr, best_spec.model.units, best_spec.train.optimizer.name) == (
+        best["config"]["train.lr"], best["config"]["model.units"], best["config"]["train.optimizer.name"])
+    assert best_spec.tune is None
     for png in ("curves.png", "params.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -101,11 +113,15 @@ def test_sweep_writes_its_folder_and_restores(ray_session, tmp_path, capsys):
     assert acc == pytest.approx(ens["metric"]["val_accuracy"])
     assert ens["best_single"]["val_accuracy"] == pytest.approx(best["metrics"]["val_accuracy"], abs=1e-6)
 
-    # A re-run restores the finished sweep: no trial runs again.
+    # A re-run restores the finished sweep: no trial runs again, and each trial's result, the best
+    # trial and its metric are the first run's, by trial id (a new Tuner would name new trials).
+    mtimes = {p: p.stat().st_mtime_ns for p in (folder / "trials").rglob("summary.json")}
     assert cli.main(["sweep", str(path)]) == 0
     capsys.readouterr()
-    again = list(csv.DictReader((folder / "trials.csv").open()))
-    assert sorted(r["trial_id"] for r in again) == sorted(r["trial_id"] for r in rows)
+    again = {r["trial_id"]: r for r in csv.DictReader((folder / "trials.csv").open())}
+    assert again == by_id
+    assert json.loads((folder / "summary.json").read_text())["best"] == best
+    assert {p: p.stat().st_mtime_ns for p in (folder / "trials").rglob("summary.json")} == mtimes
     assert len(list((folder / "trials").iterdir())) == 3
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ftray import data
 from ftray.checkpoint import MODEL_DIR
 from ftray.models import build_model, check_model_source, load_exported
 from ftray.models.base import FtModel
@@ -44,6 +45,12 @@ class Method:
     def check_source(self, info) -> None:
         """Driver-side check that the starting weights load (default: the model builder's check)."""
         check_model_source(self.spec, info)
+
+    def inputs(self, plan) -> tuple[dict, dict]:
+        """Driver-side, once Ray runs: every Ray Dataset the training loop reads (by name) and the
+        row counts, built the one way `ftray run` and both shapes of sweep trial build them: the
+        data's `train` and `val` (`data.ray_datasets`), then this method's `datasets` hook."""
+        return self.datasets(plan, *data.ray_datasets(self.spec, plan))
 
     def datasets(self, plan, datasets: dict, rows: dict) -> tuple[dict, dict]:
         """Driver-side, once Ray runs: the Ray Datasets the workers read (by name) and their row

@@ -10,6 +10,17 @@ from torch import nn
 EXPORT_CONFIG = "ftray_model.json"
 
 
+def param_mismatch(want: dict[str, tuple], saved: dict[str, tuple]) -> str:
+    """Missing, unexpected and differently shaped parameters, by name ('' when names and shapes
+    match): the one check that a saved start fits the model a spec builds (mlp starts, RL policies)."""
+    missing, unexpected = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
+    shapes = [f"{k} {saved[k]} != {want[k]}" for k in sorted(set(want) & set(saved)) if saved[k] != want[k]]
+    parts = [f"missing {missing}"] * bool(missing) + [f"unexpected {unexpected}"] * bool(unexpected)
+    if shapes:
+        parts.append(f"shape mismatch: saved vs this spec: {shapes}")
+    return "; ".join(parts)
+
+
 @dataclass
 class ModelInfo:
     """Facts about the data that shape the model, found by `ftray.data.inspect` before Ray starts."""

@@ -10,7 +10,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ftray.models.base import EXPORT_CONFIG, FtModel, ModelInfo
+from ftray.models.base import EXPORT_CONFIG, FtModel, ModelInfo, param_mismatch
 from ftray.schema import SpecError
 from ftray.spec.model import MLPModel
 
@@ -118,17 +118,8 @@ def _mismatch(model: nn.Module, saved: dict[str, tuple], skip_head: bool) -> str
     if skip_head:
         want = {k: v for k, v in want.items() if not k.startswith("classifier.")}
         saved = {k: v for k, v in saved.items() if not k.startswith("classifier.")}
-    missing = sorted(set(want) - set(saved))
-    unexpected = sorted(set(saved) - set(want))
-    shapes = [f"{k} {saved[k]} != {want[k]}" for k in sorted(set(want) & set(saved)) if saved[k] != want[k]]
-    parts = []
-    if missing:
-        parts.append(f"missing {missing}")
-    if unexpected:
-        parts.append(f"unexpected {unexpected}")
-    if shapes:
-        parts.append(f"shape mismatch: saved vs this spec: {shapes}")
-    head_differs = any(k.startswith("classifier.") for k in missing + unexpected + shapes)
-    if head_differs:
-        parts.append("(the head differs: use method.name: transfer with new_head: true)")
-    return "; ".join(parts)
+    text = param_mismatch(want, saved)
+    differs = {k for k in set(want) ^ set(saved)} | {k for k in set(want) & set(saved) if want[k] != saved[k]}
+    if any(k.startswith("classifier.") for k in differs):
+        text += "; (the head differs: use method.name: transfer with new_head: true)"
+    return text
