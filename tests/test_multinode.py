@@ -31,7 +31,8 @@ from ftray.storage_check import alive_node_ips
 
 spec = load_spec(spec_path)
 plan = train.prepare(spec, cluster.address)  # joins an existing cluster: the storage check runs
-status, run_dir = train.run(spec, cluster.address, plan)
+status, run_dir = train.run(spec, cluster.address, plan)  # joins, and leaves the cluster when done
+ray.init(address=cluster.address)  # this script's own connection, to read where the workers ran
 actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True,
                      raise_on_missing_output=False)
 json.dump({"status": status, "run_dir": run_dir,
