@@ -32,6 +32,7 @@ def test_flop_count_matches_the_model(size):
         assert 1.0e9 < sum(p.numel() for p in model.parameters()) < 1.2e9
 
 
+@pytest.mark.slow  # the GPU benchmark's CPU smoke (two ftray + torchrun runs, ~2 min idle); the step probe's smoke and the FLOP count stay in the default run
 def test_smoke_runs_both_paths(tmp_path):
     results = tmp_path / "results.jsonl"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "llm_bench.py"), "smoke",

@@ -188,6 +188,7 @@ def mid_run(trial_dir: Path, epochs: int) -> bool:
     return bool(done_epochs) and max(done_epochs) < epochs
 
 
+@pytest.mark.slow  # ~3 min; a restored sweep stays in the default run (tests/test_sweep.py::test_sweep_writes_its_folder_and_restores)
 def test_sweep_driver_killed_and_rerun(tmp_path):
     pq.write_table(blobs(120, seed=3), tmp_path / "d.parquet")
     spec = sweep_job(tmp_path, tmp_path / "d.parquet")

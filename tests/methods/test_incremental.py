@@ -236,6 +236,7 @@ def test_bad_input_exits_2_before_ray(world, capsys, no_ray, change, message):
         assert "Traceback" not in err
 
 
+@pytest.mark.slow  # ~2 min; incremental end to end stays in the default run through tests/test_runner.py (a run and a packed trial, equal metrics)
 def test_incremental_job_forgets_less_than_plain_fine_tuning(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)  # the job names its data relative to the repository root
     pre = job_summary(capsys, "run", "pretrain_digits.yaml", tmp_path, "--set", "train.epochs=3")

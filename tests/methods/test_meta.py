@@ -173,6 +173,7 @@ def test_fomaml_runs_end_to_end(ray_session, tmp_path, capsys):
     assert s["steps_done"] == 2 * 3  # 9 tasks in meta-batches of 4: 3 steps per epoch
 
 
+@pytest.mark.slow  # ~70 s; meta end to end stays in the default run (test_fomaml_runs_end_to_end, tests/test_runner.py)
 def test_meta_job_on_two_workers_beats_the_joint_baseline(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     s = job_summary(capsys, "run", "meta.yaml", tmp_path, "--set", "train.epochs=4", "--set", "scaling.num_workers=2")

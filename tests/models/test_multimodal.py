@@ -130,6 +130,7 @@ def test_frozen_encoders_keep_their_weights(ray_session, tmp_path, parquet_file,
     assert s["params"]["trainable"] == s["params"]["total"] - frozen_numel
 
 
+@pytest.mark.slow  # ~2 min; multimodal end to end stays in the default run (test_frozen_encoders_keep_their_weights)
 def test_multimodal_job_beats_each_single_modality(ray_session, tmp_path, capsys, monkeypatch):
     """`jobs/multimodal.yaml` as shipped gives README's fused accuracy; the task needs both
     modalities: dropping either encoder (the same model and code otherwise) leaves chance level."""
