@@ -41,6 +41,7 @@ def test_sharded_update_equals_one_worker(ray_session, tmp_path, capsys, accum):
         torch.testing.assert_close(sharded[key], one[key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # ~2.5 min; FSDP2's equal updates stay in the default run (test_sharded_update_equals_one_worker), exact resumption after kills too (tests/test_faults.py)
 def test_sharded_causal_lm_resumes_after_a_failure(ray_session, tmp_path, capsys, monkeypatch, tiny_gpt):
     """A 2-worker FSDP2 run of a Llama-style decoder fails after epoch 1, Ray Train restarts it from the
     full-state checkpoint (weights and AdamW moments re-sharded), and it ends where an uninterrupted
