@@ -62,7 +62,8 @@ def test_real_trainer_state_loads_with_weights_only(tmp_path):
     model({"x": torch.randn(2, 3)}).sum().backward()  # so that the optimizer has state to save
     optimizer.step()
     scheduler = make_scheduler(spec, optimizer, steps_per_epoch=4)
-    checkpoint.save(tmp_path, model, optimizer.state_dict(), scheduler, None, {"epoch": 1})
+    checkpoint.save(tmp_path, model, optimizer.state_dict(), scheduler, None, {"epoch": 1},
+                    spec.model_dump(mode="json"))
     state = checkpoint.load_trainer_state(tmp_path)  # weights_only=True inside
     assert set(state) == {"optimizer", "scheduler", "scaler", "rng"} and state["optimizer"]["state"]
 
