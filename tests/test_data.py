@@ -260,7 +260,7 @@ def rows_of(dataset) -> np.ndarray:
     return x[np.lexsort(x.T)]
 
 
-@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("streamed", [pytest.param(False, marks=pytest.mark.slow), True])  # False: the contrast, ~30 s
 def test_large_inputs_stream_and_are_read_again_each_epoch(ray_session, tmp_path, monkeypatch, streamed):
     """Over `MATERIALIZE_BYTES` (1 GiB; lowered here, the rule is the same), the Datasets stay
     lazy: every pass reads the files again (a file changed between two passes shows up in the

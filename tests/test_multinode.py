@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import REPO, blobs, mlp_spec, write_spec
 from tests.ray_head import client_env, cluster_script, free_port
@@ -44,6 +45,7 @@ json.dump({"status": status, "run_dir": run_dir,
 """)
 
 
+@pytest.mark.slow  # ~90 s; a run across nodes of a local multi-node cluster stays in the default run (tests/test_faults_elastic.py)
 def test_two_workers_run_on_two_nodes(tmp_path):
     data = tmp_path / "blobs.parquet"
     pq.write_table(blobs(240), data)

@@ -131,6 +131,7 @@ def run_sweep(head, tmp_path) -> None:
     assert s["status"] == "succeeded" and s["trials"] == 1
 
 
+@pytest.mark.slow  # ~2 min; a private Ray where a head's pointer is left stays in the default run (the test below)
 def test_run_and_sweep_beside_a_live_head_start_their_own_ray(head, tmp_path):
     assert head.pointer.read_text().strip().endswith(head.gcs_address.split(":")[1])
     run_quickstart(head, tmp_path / "run")
@@ -138,7 +139,6 @@ def test_run_and_sweep_beside_a_live_head_start_their_own_ray(head, tmp_path):
     assert head.drivers() == []  # neither command joined the head
 
 
-@pytest.mark.slow  # ~70 s; the private Ray beside a live head stays in the default run (the test above)
 def test_stop_head_removes_its_pointer_and_later_runs_start_their_own_ray(head, tmp_path):
     """cluster/stop-head.sh removes the pointer to the head it stopped (as `ray stop` does). A
     pointer left behind all the same (a head that crashed, or stopped by an older stop-head.sh)

@@ -143,6 +143,7 @@ def test_bad_input_exits_2_before_submitting(head, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------- `ftray submit` options
+@pytest.mark.slow  # ~45 s; a submitted job's logs and options stay in the default run (test_job_submitted_both_ways_succeeds)
 def test_env_reaches_the_job_and_logs_follow_it_to_the_end(head, tmp_path):
     """`--env`: the job's workers see FTRAY_STEP_LOG (they write the step log there) and its driver
     sees the secret (summary.json masks it, README "Secrets"); `jobs logs --follow` started while
@@ -167,6 +168,7 @@ def test_env_reaches_the_job_and_logs_follow_it_to_the_end(head, tmp_path):
     assert {(s["epoch"], s["workers"]) for s in logged} == {(1, 1)}
 
 
+@pytest.mark.slow  # ~45 s; submitting stays in the default run (test_job_submitted_both_ways_succeeds)
 def test_job_that_fails_in_the_cluster_exits_1(head, tmp_path):
     """The spec passes every check here; the worker then fails after epoch 1 (FTRAY_FAIL_AFTER_EPOCH,
     README "Fault injection", passed with --env): the job FAILED, `ftray submit` exits 1."""
