@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import ftray
-from ftray.methods import METHODS, get_method
+from ftray.methods import METHODS
 from ftray.methods.base import Method
 from ftray.reference import spec_reference
 from ftray.spec import JobSpec, SpecError, validate
