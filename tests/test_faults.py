@@ -91,6 +91,7 @@ def test_fault_injection_is_off_the_production_path(monkeypatch):
     assert train.fault_hooks() == faults.FaultHooks(kill_at_steps=(7, 15), fail_after_epoch=2)
 
 
+@pytest.mark.slow  # ~90 s; a SIGKILLed worker and exact resumption stay in the default run (the checkpoint kill below, tests/test_train.py's resume test)
 def test_worker_killed_mid_epoch_three_times(ray_session, tmp_path, data_file, straight, monkeypatch):
     kills = [18, 30, 42]  # mid-epoch 2, 3 and 4; each attempt first writes one checkpoint
     log = tmp_path / "steps.jsonl"

@@ -100,7 +100,8 @@ def test_resume_after_a_failure_matches_an_uninterrupted_run(ray_session, tmp_pa
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("workers, accum", [(2, 1), (2, 2)])
+# With accumulation: ~60 s; accumulation across workers stays in the default run (tests/test_parallel.py).
+@pytest.mark.parametrize("workers, accum", [(2, 1), pytest.param(2, 2, marks=pytest.mark.slow)])
 def test_data_parallel_update_equals_one_worker(ray_session, tmp_path, capsys, workers, accum):
     """Full-batch SGD on 64 rows: the update only depends on the global batch, not on how it is split."""
     pq.write_table(blobs(64, seed=1), tmp_path / "train.parquet")
@@ -126,6 +127,7 @@ def test_data_parallel_update_equals_one_worker(ray_session, tmp_path, capsys, w
     assert start is not None and not torch.equal(start["classifier.weight"], one["classifier.weight"])
 
 
+@pytest.mark.slow  # ~65 s; Hugging Face classifiers and causal LMs stay end to end in the default run (tests/test_jobs.py: text classifier, LLM SFT)
 def test_hf_sequence_classifier_and_causal_lm(ray_session, tmp_path, tiny_bert, tiny_gpt, capsys):
     write_jsonl(tmp_path / "cls.jsonl", texts(64))
     cls = write_spec(tmp_path / "cls.yaml", {
