@@ -222,6 +222,7 @@ def test_validate_accepts_many_specs_and_overrides(tmp_path, blobs_parquet, caps
     assert load_spec(a, ["train.optimizer.name=rmsprop"]).train.optimizer.name == "rmsprop"
 
 
+@pytest.mark.slow  # ~100 s; distillation stays end to end in the default run (tests/test_jobs.py: text classifier then distill)
 def test_precomputed_teacher_logits_train_the_same_student(ray_session, tmp_path, capsys):
     """Distillation with the teacher's logits computed once by Ray Data equals running it in the worker."""
     from ftray.models import ModelInfo, build_model
