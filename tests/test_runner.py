@@ -137,7 +137,7 @@ def _spec_only(method: str) -> dict:
 
 def one_point_sweep(raw: dict, shape: str) -> dict:
     """The same spec as a sweep of one trial with the spec's own values."""
-    if raw["method"]["name"] == "rl":
+    if (raw.get("method") or {}).get("name", "full") == "rl":
         space, metric, mode = {"method.lr": {"grid": [3e-4]}}, "episode_return_mean", "max"
         raw["method"]["lr"] = 3e-4
     else:
