@@ -25,7 +25,7 @@ from ftray.models.base import ModelInfo
 from ftray.schema import SpecError
 
 if TYPE_CHECKING:
-    from ftray.spec import JobSpec
+    from ftray.spec.job import JobSpec
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
            ".ndjson": "jsonl", ".csv": "csv"}

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    from ftray.spec import JobSpec
+    from ftray.spec.job import JobSpec
 
 
 def make_optimizer(spec: JobSpec, groups: list[dict]) -> torch.optim.Optimizer:

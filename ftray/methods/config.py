@@ -7,13 +7,10 @@ methods have. Config modules import only pydantic (through `ftray.schema`): `ftr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import importlib
+from typing import ClassVar
 
 from ftray.schema import Strict
-
-if TYPE_CHECKING:
-    from ftray.methods.base import Method
-    from ftray.spec import JobSpec
 
 
 class MethodConfig(Strict):
@@ -36,10 +33,16 @@ class MethodConfig(Strict):
         """Whether a teacher's logits are computed once with Ray Data and streamed as a column."""
         return False
 
-    def check_job(self, spec: JobSpec) -> None:
-        """This method's rules across the spec's sections; raise ValueError (JobSpec reports it)."""
+    def check_job(self, spec) -> None:
+        """This method's rules across the spec's sections (`spec`: the whole JobSpec); raise
+        ValueError (JobSpec reports it). Not typed here: the spec is built from these classes, and a
+        config module imports nothing above `ftray.schema`."""
 
     @classmethod
-    def hooks(cls) -> type[Method]:
-        """The method's training hooks (`ftray.methods.base.Method`), imported on first use."""
-        raise NotImplementedError(f"{cls.__name__} has no training hooks")
+    def hooks(cls) -> type:
+        """The method's training hooks (`ftray.methods.base.Method`): `HOOKS` of the `hooks.py` beside
+        this config, imported on first use. Looked up by that fixed layout rather than imported
+        here, so that the spec's layer never imports the training layer (torch, models)."""
+        if not cls.supervised:
+            raise NotImplementedError(f"{cls.__name__} has no training hooks (it runs through its own runner)")
+        return importlib.import_module(cls.__module__.rpartition(".")[0] + ".hooks").HOOKS

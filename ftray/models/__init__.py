@@ -22,7 +22,7 @@ from ftray.models.multimodal import Multimodal
 from ftray.schema import SpecError
 
 if TYPE_CHECKING:
-    from ftray.spec import JobSpec
+    from ftray.spec.job import JobSpec
 
 MODELS: dict[str, type[FtModel]] = {"mlp": MLP, "hf": HFClassifier, "multimodal": Multimodal,
                                     "ensemble": Ensemble}

@@ -13,8 +13,3 @@ class AttentionMethod(LoraParams):
         "Only the attention projections (q, k, v, o) of the base model train (and the task head).",
         "attention")
     lora: bool = describe("Train them through LoRA (r, alpha, dropout) instead of directly.", False)
-
-    @classmethod
-    def hooks(cls):
-        from ftray.methods.attention.hooks import Attention
-        return Attention

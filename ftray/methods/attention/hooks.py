@@ -29,3 +29,6 @@ class Attention(Lora):
                 module.requires_grad_(True)
         if model.info.task != "causal_lm":
             model.head().requires_grad_(True)
+
+
+HOOKS = Attention  # what `MethodConfig.hooks` finds beside the config

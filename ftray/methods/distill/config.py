@@ -29,8 +29,3 @@ class DistillMethod(MethodConfig):
         if self.precompute and spec.data.task == "causal_lm":
             raise ValueError("method.precompute: token-level logits (vocabulary x sequence per row) are too "
                              "large to store; run the teacher in the workers (precompute: false)")
-
-    @classmethod
-    def hooks(cls):
-        from ftray.methods.distill.hooks import Distill
-        return Distill

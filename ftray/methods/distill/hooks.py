@@ -67,3 +67,6 @@ class Distill(Method):
     def extra_summary(self, loop):
         params = sum(p.numel() for p in self.teacher.parameters())
         return {"teacher": {"metrics": loop.evaluate(self.teacher), "params": {"total": params, "trainable": 0}}}
+
+
+HOOKS = Distill  # what `MethodConfig.hooks` finds beside the config

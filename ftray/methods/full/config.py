@@ -10,8 +10,3 @@ from ftray.schema import describe
 
 class FullMethod(MethodConfig):
     name: Literal["full"] = describe("Train every parameter of the model.", "full")
-
-    @classmethod
-    def hooks(cls):
-        from ftray.methods.full.hooks import Full
-        return Full

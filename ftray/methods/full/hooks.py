@@ -5,3 +5,6 @@ from ftray.methods.base import Method
 
 class Full(Method):
     pass
+
+
+HOOKS = Full  # what `MethodConfig.hooks` finds beside the config

@@ -26,8 +26,3 @@ class IncrementalMethod(MethodConfig):
     def check_job(self, spec):
         if not spec.model.init_from:
             raise ValueError("method.name: incremental continues an earlier run: set model.init_from")
-
-    @classmethod
-    def hooks(cls):
-        from ftray.methods.incremental.hooks import Incremental
-        return Incremental

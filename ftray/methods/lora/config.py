@@ -28,8 +28,3 @@ class LoraMethod(LoraParams):
         "Continue the adapter of an earlier lora run (its run folder) instead of a fresh one.", None)
 
     path_fields = ("adapter_from",)
-
-    @classmethod
-    def hooks(cls):
-        from ftray.methods.lora.hooks import Lora
-        return Lora

@@ -103,3 +103,6 @@ def _adapter_of(run_dir: str) -> Path:
         if (cand / "adapter_config.json").is_file():
             return cand
     raise SpecError(f"method.adapter_from: {run_dir!r} holds no exported LoRA adapter")
+
+
+HOOKS = Lora  # what `MethodConfig.hooks` finds beside the config

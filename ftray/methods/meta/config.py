@@ -28,8 +28,3 @@ class MetaMethod(MethodConfig):
             raise ValueError("method.name: meta needs model.name: mlp and a classification or regression task")
         if spec.train.grad_accum_steps != 1:
             raise ValueError("train.grad_accum_steps: meta takes one step per meta-batch (set 1)")
-
-    @classmethod
-    def hooks(cls):
-        from ftray.methods.meta.hooks import Meta
-        return Meta

@@ -194,3 +194,6 @@ class Meta(Method):
     def epoch_summary(self, extra, metrics):
         metric = extra["fewshot"]["metric"]
         return {**extra, "fewshot": {**extra["fewshot"], "meta": metrics[metric]}}
+
+
+HOOKS = Meta  # what `MethodConfig.hooks` finds beside the config

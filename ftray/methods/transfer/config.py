@@ -24,8 +24,3 @@ class TransferMethod(MethodConfig):
         if spec.model.name == "mlp" and self.unfreeze_last > spec.model.layers:
             raise ValueError(f"method.unfreeze_last: {self.unfreeze_last} blocks asked, the mlp has "
                              f"{spec.model.layers} (model.layers)")
-
-    @classmethod
-    def hooks(cls):
-        from ftray.methods.transfer.hooks import Transfer
-        return Transfer

@@ -32,3 +32,6 @@ class Transfer(Method):
         if k > len(blocks):
             raise ValueError(f"method.unfreeze_last: {k} blocks asked, the model has {len(blocks)}")
         return blocks[-k:] if k else []
+
+
+HOOKS = Transfer  # what `MethodConfig.hooks` finds beside the config
