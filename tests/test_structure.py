@@ -22,21 +22,15 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING" or (
-        isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
-
-
 def _imports(tree: ast.Module, name: str, is_package: bool, modules: set[str]) -> set[str]:
-    """The ftray modules a module imports, at its top or inside a function (a lazy import still
-    makes the two modules depend on each other); not those under `if TYPE_CHECKING:`."""
+    """The ftray modules a module imports, at its top, inside a function (a lazy import still makes
+    the two modules depend on each other) or for type checking only (a type-only import is still a
+    dependency a reader must follow)."""
     found: set[str] = set()
     package = name if is_package else name.rpartition(".")[0]
 
     def visit(stmts):
         for node in stmts:
-            if isinstance(node, ast.If) and _is_type_checking(node):
-                continue
             if isinstance(node, ast.Import):
                 found.update(a.name for a in node.names if a.name in modules)
             elif isinstance(node, ast.ImportFrom):
@@ -53,9 +47,9 @@ def _imports(tree: ast.Module, name: str, is_package: bool, modules: set[str]) -
                 for field in ("body", "orelse", "finalbody", "handlers"):
                     visit([n for n in getattr(node, field, []) if isinstance(n, ast.AST)])
     visit(tree.body)
-    # A package's own submodules may reach back into it (a registry such as models.MODELS that a
-    # submodule looks up lazily): the package is their public face, not a separate layer.
-    return {m for m in found if m != name and not name.startswith(m + ".")}
+    # A package imports its own submodules through its __init__ (its public face): not a cycle of
+    # modules. A submodule importing its package is an edge like any other.
+    return {m for m in found if m != name and not m.startswith(name + ".")}
 
 
 def import_graph() -> dict[str, set[str]]:
