@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from ftray import checkpoint
 from ftray.redact import redact
 from ftray.spec import JobSpec, SpecError
+from ftray.storage_check import storage
 
 # Keys (or key prefixes) a re-run may change and still resume:
 # - train.epochs: more epochs go on training; fewer than done leave nothing to train;
@@ -44,15 +44,6 @@ RESUMABLE = ("train.epochs", "train.early_stopping.patience", "scaling.num_worke
 # An rl run (`ftray.rl`) may change its stop conditions (a later stop goes on training) and how
 # many checkpoints it keeps; its rollout and learner settings decide what is trained.
 RL_RESUMABLE = ("method.stop", "run.keep_checkpoints", "run.max_failures", "run.storage_path", "tune")
-
-
-def storage(spec: JobSpec) -> tuple[pafs.FileSystem, str, str]:
-    """(filesystem, run folder inside it, storage path for Ray) of `run.storage_path`."""
-    if "://" in spec.run.storage_path:
-        fs, root = pafs.FileSystem.from_uri(spec.run.storage_path)
-        return fs, f"{root.rstrip('/')}/{spec.run.name}", spec.run.storage_path
-    root = str(Path(spec.run.storage_path).expanduser().resolve())
-    return pafs.LocalFileSystem(), f"{root}/{spec.run.name}", root
 
 
 def recorded_spec(spec: JobSpec) -> dict:

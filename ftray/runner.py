@@ -12,11 +12,11 @@ and `ftray.rl`, whose modules read top to bottom.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from ftray.spec import JobSpec, SpecError
+from ftray.spec import JobSpec
+from ftray.storage_check import check_writable
 
 
 class Runner(Protocol):
@@ -65,23 +65,6 @@ def trial_checkpoint(result) -> str | None:
     if m.get("checkpoint_path"):
         return m["checkpoint_path"]
     return result.checkpoint.path if result.checkpoint else None
-
-
-def check_writable(spec: JobSpec) -> None:
-    """`run.storage_path` must be a folder this process can create and write (a local path; on
-    object storage the credentials decide, and they are checked when the run writes)."""
-    path = spec.run.storage_path
-    if "://" in path:
-        return
-    target = Path(path).expanduser()
-    if target.exists() and not target.is_dir():
-        raise SpecError(f"run.storage_path: {path}: exists and is not a folder")
-    existing = next(p for p in (target, *target.parents) if p.exists())
-    if not existing.is_dir():
-        raise SpecError(f"run.storage_path: {path}: {existing} is a file, so the folder cannot be created")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise SpecError(f"run.storage_path: {path}: {existing} is not writable by this user, so the run "
-                        "folder cannot be created")
 
 
 def _population_based(spec: JobSpec) -> bool:

@@ -1,4 +1,5 @@
-"""Refuse a node-local `run.storage_path` for a run on a cluster that spans several machines.
+"""Where a run folder lives (`storage`), and the checks of `run.storage_path`: a folder this process
+can create (`check_writable`), and no node-local path on a cluster that spans several machines.
 
 Ray Train writes checkpoints from every node into `run.storage_path`, and the driver reads them
 back: on a cluster of several machines that path must be shared storage (an object-store URI such
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import pyarrow.fs as pafs
 
 from ftray.auth import auth_headers, explicit_address
 from ftray.spec import JobSpec, SpecError
@@ -98,3 +101,29 @@ def filesystem_type(path: str, mounts: str | None = None) -> str | None:
         if inside and len(point) > len(best):
             best, best_type = point, fields[2]
     return best_type
+
+
+def storage(spec: JobSpec) -> tuple[pafs.FileSystem, str, str]:
+    """(filesystem, run folder inside it, storage path for Ray) of `run.storage_path`."""
+    if "://" in spec.run.storage_path:
+        fs, root = pafs.FileSystem.from_uri(spec.run.storage_path)
+        return fs, f"{root.rstrip('/')}/{spec.run.name}", spec.run.storage_path
+    root = str(Path(spec.run.storage_path).expanduser().resolve())
+    return pafs.LocalFileSystem(), f"{root}/{spec.run.name}", root
+
+
+def check_writable(spec: JobSpec) -> None:
+    """`run.storage_path` must be a folder this process can create and write (a local path; on
+    object storage the credentials decide, and they are checked when the run writes)."""
+    path = spec.run.storage_path
+    if "://" in path:
+        return
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise SpecError(f"run.storage_path: {path}: exists and is not a folder")
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise SpecError(f"run.storage_path: {path}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError(f"run.storage_path: {path}: {existing} is not writable by this user, so the run "
+                        "folder cannot be created")

@@ -33,7 +33,7 @@ from ftray.methods import get_method
 from ftray.models import ModelInfo
 from ftray.numerics import all_sum, improved, l1_penalty, make_optimizer, make_scheduler
 from ftray.redact import redact
-from ftray.resume import storage  # noqa: F401 - where a run folder lives; also this module's API
+from ftray.storage_check import storage  # noqa: F401 - where a run folder lives; also this module's API
 from ftray.spec import TASK_METRICS, JobSpec
 
 # Fault injection for tests (`ftray.faults`) is switched on by these variables of the driver's
