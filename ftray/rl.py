@@ -510,6 +510,8 @@ def run(spec: JobSpec, address: str | None = None, plan: RLPlan | None = None) -
     if (ckpt := latest_checkpoint(run_dir)) is not None:  # the resume contract (ftray.resume)
         resume.check_resume(resume.read_spec(LocalFileSystem(), str(ckpt), str(run_dir)), spec, str(ckpt),
                             resume.RL_RESUMABLE)
+        if finished_run(spec, run_dir, ckpt):
+            return 0, str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with ray_context.use_ray(spec, address, cpus=spec.method.env_runners + spec.scaling.num_workers + 2) as ray_mode:
         t_ray = time.perf_counter()
@@ -528,6 +530,25 @@ def run(spec: JobSpec, address: str | None = None, plan: RLPlan | None = None) -
                           "fit_s": round(t_fit - t_ray, 3)}
     (run_dir / "summary.json").write_text(json.dumps(redact(summary), indent=2))
     return (1 if error else 0), str(run_dir)
+
+
+def finished_run(spec: JobSpec, run_dir: Path, ckpt: Path) -> bool:
+    """True when a re-run has nothing left to train: its last checkpoint met `spec`'s stop rule
+    and the run folder's summary is that checkpoint's, so the run returns before Ray starts, its
+    folder as it was. One killed before its summary goes on through `fit`, which restores the
+    checkpoint, trains nothing and writes the summary."""
+    progress = json.loads((ckpt / PROGRESS).read_text())
+    if not _stopped(spec, progress):
+        return False
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    done = summary.get("status") == "succeeded" and summary.get("checkpoint") == str(ckpt)
+    print(f"[ftray] {spec.run.name}: nothing left to train ({progress['iteration']} iterations, "
+          f"{progress['env_steps']} environment steps done; method.stop is met)"
+          + ("" if done else "; writing its summary from its last checkpoint"), flush=True)
+    return done
 
 
 def write_outputs(spec: JobSpec, plan: RLPlan, run_dir: Path, progress: dict, error: str | None) -> dict:

@@ -25,10 +25,12 @@ class Runner(Protocol):
 
     spec: JobSpec
 
-    def check(self, address: str | None = None, devices: bool = True) -> Any:
+    def check(self, address: str | None = None, devices: bool = True, local_storage: bool = True) -> Any:
         """Everything that can be checked before Ray starts (raises SpecError, exit 2); returns the
         plan `run` takes. `devices=False` leaves out this machine's devices and the cluster's
-        storage (a trial, already placed by Tune, checks only its own spec)."""
+        storage (a trial, already placed by Tune, checks only its own spec). `local_storage=False`
+        leaves out that `run.storage_path` can be written from this machine: `ftray submit` checks
+        a job that writes on the cluster, not here."""
 
     def run(self, plan: Any, address: str | None = None) -> tuple[int, str]:
         """A whole run: start or join Ray, train, write the run folder. (exit status, run folder)."""
@@ -80,9 +82,10 @@ class TrainRunner:
     def __init__(self, spec: JobSpec):
         self.spec = spec
 
-    def check(self, address: str | None = None, devices: bool = True):
+    def check(self, address: str | None = None, devices: bool = True, local_storage: bool = True):
         from ftray import train
-        check_writable(self.spec)
+        if local_storage:
+            check_writable(self.spec)
         return train.prepare(self.spec, address)
 
     def run(self, plan, address: str | None = None) -> tuple[int, str]:
@@ -184,9 +187,10 @@ class RLRunner:
     def __init__(self, spec: JobSpec):
         self.spec = spec
 
-    def check(self, address: str | None = None, devices: bool = True):
+    def check(self, address: str | None = None, devices: bool = True, local_storage: bool = True):
         from ftray import rl
-        check_writable(self.spec)
+        if local_storage:
+            check_writable(self.spec)
         return rl.prepare(self.spec, address, devices=devices)
 
     def run(self, plan, address: str | None = None) -> tuple[int, str]:

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from ftray.auth import auth_headers, explicit_address  # noqa: F401 - also this module's API (tests)
-from ftray.spec import JobSpec, SpecError, load_spec
+from ftray.spec import JobSpec, SpecError, load_spec_and_raw
 
 # Left out of the uploaded working directory: run folders, caches, virtualenvs and VCS data.
 EXCLUDES = [".git/", ".venv/", "venv/", "runs/", "**/__pycache__/", ".pytest_cache/", ".mypy_cache/",
@@ -207,9 +207,15 @@ def build_submission(spec_path: str, overrides: list[str], *, sweep: bool = Fals
     spec must lie inside it. Data paths stay relative (the job reads the uploaded copy); the run
     folder (`run.storage_path`) and `model.init_from`, which live outside the upload, are passed to
     the job as the absolute paths they have here."""
-    from ftray import train
-    spec = load_spec(spec_path, overrides)
-    train.prepare(spec, address or "auto")  # "auto": a job always runs on a cluster, never an embedded Ray
+    from ftray import sweep as sweeps
+    from ftray.runner import runner_for
+    spec, raw = load_spec_and_raw(spec_path, overrides)
+    # As `ftray run`/`sweep` would check it, but for the cluster ("auto": a job always runs on
+    # one, never an embedded Ray), whose storage the job writes, not this machine's.
+    if sweep:
+        sweeps.check(raw, spec, spec_path, address or "auto", local_storage=False)
+    else:
+        runner_for(spec).check(address or "auto", local_storage=False)
 
     runtime_env = _runtime_env(runtime_env_file, pip, env)
     workdir = runtime_env["working_dir"]

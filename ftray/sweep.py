@@ -49,15 +49,16 @@ def check_space(raw: dict, spec: JobSpec, source: str) -> None:
                                 f"{str(e).split(': ', 2)[-1]}") from None
 
 
-def check(raw: dict, spec: JobSpec, source: str, address: str | None = None):
+def check(raw: dict, spec: JobSpec, source: str, address: str | None = None, local_storage: bool = True):
     """Everything a sweep checks before Ray starts: a tune section, every searched key and value,
     the run's own checks (`Runner.check`), and that the searcher and scheduler can be built (their
-    packages are installed). Returns the runner's plan. `ftray validate` runs this too."""
+    packages are installed). Returns the runner's plan. `ftray validate` and `ftray submit --sweep`
+    run this too."""
     if spec.tune is None:
         raise SpecError(f"{source}: tune: a sweep needs a tune section (space, metric, mode, ...)")
     check_space(raw, spec, source)
     runner = runner_for(spec)
-    plan = runner.check(address)
+    plan = runner.check(address, local_storage=local_storage)
     searcher(spec)
     scheduler(spec, runner.trial_budget())  # PB2 refuses to build without scikit-learn
     return plan

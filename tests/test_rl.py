@@ -16,7 +16,7 @@ import pytest
 import torch
 from ray.rllib.algorithms.ppo import PPOConfig
 
-from ftray import cli, rl
+from ftray import cli, ray_context, rl
 from ftray.models.base import ModelInfo
 from ftray.models.mlp import MLP
 from ftray.spec import JobSpec, MLPModel, load_spec
@@ -154,7 +154,7 @@ def test_collect_refuses_a_policy_of_other_spaces(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------ runs
-def test_supervised_start_then_resume_collect_and_transfer(ray_session, tmp_path, capsys):
+def test_supervised_start_then_resume_collect_and_transfer(ray_session, tmp_path, capsys, monkeypatch):
     """A supervised export that balances the pole is the policy's start (its greedy evaluation is
     the maximum, 500, where random weights score ~10-50); the run resumes; its policy collects
     demonstrations RLlib's reader accepts; its checkpoint starts a run on a changed environment."""
@@ -184,6 +184,19 @@ def test_supervised_start_then_resume_collect_and_transfer(ray_session, tmp_path
     assert s2["history"][0] == s["history"][0]
     # keep_checkpoints: 1 dropped the first iteration's checkpoint once the second was finished.
     assert not (run_dir / "checkpoint_000001").exists() and len(list(run_dir.glob("checkpoint_*"))) == 1
+
+    # The same stop again: nothing left to train. It returns before Ray would start, the folder as it was.
+    def no_ray(*a, **k):
+        raise AssertionError("a finished rl run must not start Ray")
+    monkeypatch.setattr(ray_context, "use_ray", no_ray)
+    done = (run_dir / "summary.json").read_bytes(), sorted(p.name for p in run_dir.glob("checkpoint_*"))
+    code, out, err = run_cli(["run", str(path), "--set", "method.stop.iterations=2",
+                              "--set", "run.keep_checkpoints=1"], capsys)
+    assert code == 0, err[-3000:]
+    assert "from_supervised: nothing left to train (2 iterations, 400 environment steps done" in out
+    assert out.strip().splitlines()[-1] == str(run_dir)
+    assert ((run_dir / "summary.json").read_bytes(), sorted(p.name for p in run_dir.glob("checkpoint_*"))) == done
+    monkeypatch.undo()
 
     demos = tmp_path / "demos.parquet"
     code, out, err = run_cli(["rl", "collect", str(run_dir), "--episodes", "2", "--out", str(demos)], capsys)

@@ -129,6 +129,11 @@ def test_bad_input_exits_2_before_submitting(head, tmp_path, capsys):
                          "train.epochs"),
         "missing data": (["submit", "jobs/quickstart.yaml", "--address", url, "--set", "data.path=nope.parquet"],
                          "nope.parquet"),
+        # Checked as `ftray validate` checks them (the runner's and the sweep's own checks).
+        "rl spec": (["submit", "jobs/rl_finetune.yaml", "--address", url, "--set", "method.env=NoSuchEnv-v0"],
+                    "method.env: unknown Gymnasium environment 'NoSuchEnv-v0'"),
+        "sweep space": (["submit", "jobs/sweep.yaml", "--sweep", "--address", url,
+                         "--set", "tune.space={model.nope: {choice: [1, 2]}}"], "tune.space.model.nope = 1: unknown key"),
         "spec outside the upload": (["submit", str(outside), "--address", url], "inside the uploaded working"),
         "runtime env": (["submit", "jobs/quickstart.yaml", "--address", url, "--runtime-env", str(bad_env)],
                         "expected a mapping"),
