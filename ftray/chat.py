@@ -31,7 +31,7 @@ ROLES = ("system", "user", "assistant", "tool")
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
           "+ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
           "{% endif %}")
-TEMPLATES = {"chatml": CHATML}  # the names `data.chat_template` accepts
+TEMPLATES = {"chatml": CHATML}  # the built-in templates `data.chat_template` may name
 
 
 # ------------------------------------------------------------------------------- checking rows
@@ -89,24 +89,23 @@ def explain_unreadable_jsonl(fs, path: str, key: str, column: str) -> None:
 
 # ------------------------------------------------------------------------------- the template
 def template_for(tok, spec: JobSpec) -> str | None:
-    """The template to render with: `data.chat_template`'s built-in one when set (it overrides the
-    tokenizer's: a user who names one means it), else None for the tokenizer's own. ValueError
-    when neither exists."""
+    """The template to render with: `data.chat_template`'s built-in one when it names one (it
+    overrides the tokenizer's: a user who names one means it), else None for the tokenizer's own.
+    ValueError when the tokenizer has none."""
     name = spec.data.chat_template
-    if name:
+    if name != "tokenizer":
         return TEMPLATES[name]
     if not tok.chat_template:
-        raise ValueError("the tokenizer has no chat template; set data.chat_template "
-                         f"(one of {', '.join(TEMPLATES)})")
+        raise ValueError("the tokenizer has no chat template; set data.chat_template to a built-in one "
+                         f"({', '.join(TEMPLATES)})")
     return None
 
 
 def check_tokenizer(tok, spec: JobSpec, key: str) -> None:
     """SpecError unless this tokenizer can encode chats: a template, and character offsets."""
-    try:
-        template_for(tok, spec)
-    except ValueError as e:
-        raise SpecError(f"data.chat_template: {key}: {e}") from None
+    if spec.data.chat_template == "tokenizer" and not tok.chat_template:
+        raise SpecError(f"data.chat_template: the tokenizer at {key} has no chat template; set "
+                        f"data.chat_template to a built-in one ({', '.join(TEMPLATES)})")
     try:
         tok("a", add_special_tokens=False, return_offsets_mapping=True)
     except NotImplementedError:

@@ -217,5 +217,5 @@ def test_a_template_that_renders_earlier_turns_differently_is_refused(tmp_path, 
 
 def test_a_tokenizer_without_a_template_needs_data_chat_template(tmp_path):
     spec = chat_spec(tmp_path, minilm_path())
-    with pytest.raises(SpecError, match="data.chat_template: .* has no chat template; set data.chat_template"):
+    with pytest.raises(SpecError, match="data.chat_template: .* has no chat template; set data.chat_template to a built-in one"):
         data.check_lengths(spec, data.inspect(spec), minilm_path())

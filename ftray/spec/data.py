@@ -27,9 +27,8 @@ class DataSpec(Strict):
     messages: str | None = describe(
         "`causal_lm` chat tuning: column whose rows are lists of {role, content} turns (system, user, "
         "assistant, tool), rendered by the chat template.", None)
-    chat_template: Literal["chatml"] | None = describe(
-        "`data.messages`: a built-in chat template to render with instead of the tokenizer's own (None: "
-        "the tokenizer's, which must have one).", None)
+    chat_template: Literal["tokenizer", "chatml"] = describe(
+        "`data.messages`: the tokenizer's own chat template, or a built-in one that overrides it.", "tokenizer")
     train_on: Literal["assistant", "last_assistant", "all"] = describe(
         "`data.messages`: which tokens carry the loss: every assistant turn, the last one, or the whole "
         "rendered chat.", "assistant")

@@ -91,7 +91,7 @@ def _check_chat(d: DataSpec) -> None:
         raise ValueError("data.messages: give data.messages or data.text or data.prompt/response, not several")
     if d.messages and d.task != "causal_lm":
         raise ValueError("data.messages: chat columns are for data.task: causal_lm")
-    if not d.messages and d.chat_template:
+    if not d.messages and d.chat_template != "tokenizer":
         raise ValueError("data.chat_template: a chat template is for data.messages")
     if not d.messages and d.train_on != "assistant":
         raise ValueError("data.train_on: train_on is for data.messages (prompt/response train on the response)")
