@@ -125,12 +125,14 @@ def render(tok, template: str | None, turns: list[dict], generation_prompt: bool
 # ------------------------------------------------------------------------------- encoding
 @dataclass
 class Chat:
-    """A row's turns (only role and content) and, per turn, whether its tokens carry loss."""
+    """A row's turns (only role and content) and, per turn, whether its tokens carry loss (`whole`:
+    every token of the rendered chat does, the template's own included)."""
     turns: list[dict]
     trained: list[bool]
+    whole: bool = False
 
     def part(self, keep: list[int]) -> "Chat":
-        return Chat([self.turns[i] for i in keep], [self.trained[i] for i in keep])
+        return Chat([self.turns[i] for i in keep], [self.trained[i] for i in keep], self.whole)
 
 
 def chat_of(row: list[dict], train_on: str) -> Chat:
@@ -138,7 +140,7 @@ def chat_of(row: list[dict], train_on: str) -> Chat:
     turns = [{"role": t["role"], "content": t["content"]} for t in row]
     assistant = [t["role"] == "assistant" for t in turns]
     if train_on == "all":
-        return Chat(turns, [True] * len(turns))
+        return Chat(turns, [True] * len(turns), whole=True)
     if train_on == "last_assistant":
         last = max(i for i, a in enumerate(assistant) if a)
         return Chat(turns, [i == last for i in range(len(turns))])
@@ -147,7 +149,7 @@ def chat_of(row: list[dict], train_on: str) -> Chat:
 
 def loss_spans(tok, template: str | None, chat: Chat, text: str) -> list[tuple[int, int]]:
     """Character ranges of `text` (the whole chat rendered) that carry loss."""
-    if all(chat.trained):  # train_on: all, templating included
+    if chat.whole:
         return [(0, len(text))]
     spans = []
     for k, trained in enumerate(chat.trained):
