@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from ftray import chat
 from ftray.models.base import ModelInfo
 from ftray.schema import SpecError
 
@@ -98,6 +99,8 @@ def read_table(src: Source, columns: list[str]) -> pa.Table:
 
 def text_columns(spec: JobSpec) -> list[str]:
     d = spec.data
+    if d.messages:
+        return [d.messages]
     return [d.text] if d.text else [d.prompt, d.response]
 
 
@@ -189,9 +192,9 @@ def inspect(spec: JobSpec) -> DataPlan:
     train = resolve(d.path, d.format, "data.path")
     val = resolve(d.val_path, d.format, "data.val_path") if d.val_path else None
     cols = needed_columns(spec)
-    tables = [(f"data.path: {train.uri}", read_table(train, cols))]
+    tables = [(f"data.path: {train.uri}", _read_checked(spec, train, cols))]
     if val:
-        tables.append((f"data.val_path: {val.uri}", read_table(val, cols)))
+        tables.append((f"data.val_path: {val.uri}", _read_checked(spec, val, cols)))
     for where, t in tables:
         if t.num_rows == 0:
             raise SpecError(f"{where}: no rows")
@@ -202,6 +205,8 @@ def inspect(spec: JobSpec) -> DataPlan:
             _check_multimodal(spec, t, where, info)
         elif spec.model.name == "mlp":
             _check_features(spec, t, where, info)
+        elif d.messages:
+            chat.check_rows(t.column(d.messages).to_pylist(), d.messages, where)
         else:
             for name in text_columns(spec):
                 _check_text(t, name, where)
@@ -221,6 +226,17 @@ def inspect(spec: JobSpec) -> DataPlan:
         raise SpecError(f"data.val_fraction: {d.val_fraction} of {train_rows} rows leaves no "
                         f"{'validation' if n_val < 1 else 'training'} rows")
     return DataPlan(info, train, val, class_index, tables=tables)
+
+
+def _read_checked(spec: JobSpec, src: Source, cols: list[str]) -> pa.Table:
+    """`read_table`, except that a chat JSONL file pyarrow refuses is read again line by line to
+    name the row whose turns are wrong (pyarrow's message gives no usable row)."""
+    try:
+        return read_table(src, cols)
+    except SpecError:
+        if spec.data.messages and src.format == "jsonl" and src.fs.get_file_info(src.path).is_file:
+            chat.explain_unreadable_jsonl(src.fs, src.path, src.key, spec.data.messages)
+        raise
 
 
 def _check_features(spec: JobSpec, t: pa.Table, where: str, info: ModelInfo) -> None:
@@ -311,10 +327,12 @@ def check_lengths(spec: JobSpec, plan: DataPlan, tokenizer_source: str) -> None:
     """Tokenize every example once in the driver so that an example the truncation rule cannot
     handle stops the job (exit 2, naming the row) before Ray starts. Plain text under `right` or
     `left` truncation always fits, so it is not tokenized here (seconds on large data)."""
-    if not spec.data.prompt and spec.data.truncation != "none":
+    if not (spec.data.prompt or spec.data.messages) and spec.data.truncation != "none":
         return
     from ftray.models.hf import load_tokenizer
     tok = load_tokenizer(tokenizer_source)
+    if spec.data.messages:
+        chat.check_tokenizer(tok, spec, tokenizer_source)
     for where, table in plan.tables:
         rows = zip(*(table.column(c).to_pylist() for c in text_columns(spec)))
         for i, row in enumerate(rows):
@@ -324,9 +342,12 @@ def check_lengths(spec: JobSpec, plan: DataPlan, tokenizer_source: str) -> None:
                 raise SpecError(f"{where}: row {i}: {e}") from None
 
 
-def encode(tok, spec: JobSpec, *texts: str) -> tuple[list[int], list[int] | None]:
-    """Token ids (and LM labels, -100 where no loss) of one example under `data.truncation`."""
+def encode(tok, spec: JobSpec, *texts) -> tuple[list[int], list[int] | None]:
+    """Token ids (and LM labels, -100 where no loss) of one example under `data.truncation`: its
+    text, its prompt and response, or its chat turns (`ftray.chat`)."""
     d, limit = spec.data, spec.model.max_length
+    if d.messages:
+        return chat.encode_chat(tok, spec, texts[0])
     if not d.prompt:
         return _fit_text(tok(texts[0], add_special_tokens=True)["input_ids"], spec)
     prompt, response = texts
@@ -391,7 +412,7 @@ class TokenizedRows:
     def __call__(self, batch: pa.Table) -> dict:
         from ftray.models.hf import load_tokenizer
         tok, spec, limit = load_tokenizer(self.source), self.spec, self.spec.model.max_length
-        if spec.data.prompt:
+        if spec.data.prompt or spec.data.messages:
             examples = [encode(tok, spec, *row) for row in
                         zip(*(batch.column(c).to_pylist() for c in text_columns(spec)))]
         else:  # one tokenizer call per batch (its batch path: parallel where TOKENIZERS_PARALLELISM allows)

@@ -127,6 +127,15 @@ ENTRIES = [
            also=("→ {1.91} in 6 epochs",)),
     Setting("llm_sft.epochs", ("after epoch 1,", "after epoch 6"), "the epochs the figures are of"),
     Untested("llm_sft.wall", ("in 6 epochs, 60 s.",), f"{WALL}: `ftray run jobs/llm_sft.yaml`"),
+    # ----------------------------------------------------------------------------- chat SFT
+    Figure("chat_sft.untrained", "val perplexity {30983} untrained", 50, f"{JOBS}::test_chat_sft_short", scale=1,
+           also=("({30983} before training",)),
+    Figure("chat_sft.ppl_epoch1", "untrained, {105} after epoch 1", 3, f"{JOBS}::test_chat_sft", scale=1,
+           also=("assistant tokens {105} →",)),
+    Figure("chat_sft.ppl_final", "{2.18} after epoch 4", 0.05, f"{JOBS}::test_chat_sft", scale=1,
+           also=("→ {2.18} in 4 epochs",)),
+    Setting("chat_sft.epochs", ("after epoch 4", "in 4 epochs"), "the epochs the figures are of"),
+    Setting("chat_sft.vocabulary", ("among the 30522 tokens",), "the tokenizer's vocabulary size"),
     # -------------------------------------------------------------------------- LoRA, attention
     Figure("lora.val_accuracy", "LoRA r=8 on MiniLM's attention projections + new head | {100}% val accuracy", 0.006,
            f"{JOBS}::test_lora_job", also=("`ftray run jobs/lora.yaml`: {100}% with",)),

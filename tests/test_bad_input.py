@@ -136,6 +136,25 @@ def hf(w: World, d: Path, model: dict | None = None, method: dict | None = None,
     return spec(d, raw)
 
 
+GOOD_CHAT = [{"role": "system", "content": "be brief."}, {"role": "user", "content": "hi"},
+             {"role": "assistant", "content": "hello."}]
+TINY_LLAMA = {"model_type": "llama", "vocab_size": 30522, "hidden_size": 16, "intermediate_size": 32,
+              "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 64}
+
+
+def chat(w: World, d: Path, *rows, model: dict | None = None, **data_fields) -> list[str]:
+    """A chat-tuning spec over a JSONL file of three good chats and then `rows` (one `messages`
+    value each): the first bad row is row 3. `data_fields` go into the data section."""
+    path = d / "chats.jsonl"
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in [GOOD_CHAT] * 3 + list(rows)))
+    raw = {"model": {"name": "hf", "path": str(w.bert), "max_length": 64, "config": TINY_LLAMA, **(model or {})},
+           "data": {"path": str(path), "task": "causal_lm", "messages": "messages", "chat_template": "chatml",
+                    "label": None, "val_fraction": 0.25, **data_fields},
+           "train": {"epochs": 1, "batch_size": 4},
+           "run": {"name": "bad", "storage_path": str(d / "runs")}}
+    return spec(d, raw)
+
+
 def csv_data(w: World, d: Path, body: str) -> list[str]:
     """A CSV training file with one scalar feature column `f0`."""
     return with_data(w, d, file_with(d, body), features=["f0"])
@@ -346,6 +365,42 @@ CASES: dict[str, Case] = {
     "hf example too long": C(lambda w, d: hf(w, d, path=str(write_jsonl(d / "t.jsonl", [
         {"text": "short", "label": 0}, {"text": "word " * 40, "label": 1}])), truncation="none", val_fraction=0.5),
                              ("t.jsonl: row 1: ", "model.max_length is 16 (data.truncation: none)")),
+    # -- chat data (data.messages)
+    "chat row that is not a list of turns": C(lambda w, d: chat(w, d, "hello"),
+                                              ("chats.jsonl: row 3: 'messages' is not a list of {role, content} turns",)),
+    "chat turn that is not a mapping": C(lambda w, d: chat(w, d, ["hi", "there"]),
+                                         ("chats.jsonl: row 3: 'messages' turn 0 is not a {role, content} mapping",)),
+    "chat turn with an unknown role": C(lambda w, d: chat(w, d, [{"role": "user", "content": "hi"},
+                                                                {"role": "bot", "content": "hey"}]),
+                                        ("chats.jsonl: row 3: 'messages' turn 1 has unknown role 'bot'",)),
+    "chat turn without content": C(lambda w, d: chat(w, d, [{"role": "user"}, {"role": "assistant", "content": "a"}]),
+                                   ("chats.jsonl: row 3: 'messages' turn 0 (user) has no content",)),
+    "chat content that is not a string": C(lambda w, d: chat(w, d, [{"role": "user", "content": 3},
+                                                                   {"role": "assistant", "content": "a"}]),
+                                           ("row 3: 'messages' turn 0 (user): content is int, not a string",)),
+    "chat without an assistant turn": C(lambda w, d: chat(w, d, GOOD_CHAT[:2]),
+                                        ("chats.jsonl: row 3: 'messages' has no assistant turn",)),
+    "chat data without the messages column": C(lambda w, d: chat(w, d, messages="conversation"),
+                                               ("chats.jsonl: no column 'conversation' (columns: messages)",)),
+    "chat messages stored as strings": C(lambda w, d: chat(w, d, path=str(parquet(d, pa.table(
+        {"messages": [json.dumps(GOOD_CHAT)] * 4})))), ("bad.parquet: row 0: 'messages' is not a list of",)),
+    "chat too long without truncation": C(lambda w, d: chat(w, d, [GOOD_CHAT[0], {"role": "user", "content": "hi " * 80},
+                                                                  GOOD_CHAT[2]], truncation="none"),
+                                          ("chats.jsonl: row 3: the chat is ", "data.truncation is none")),
+    "chat whose first reply cannot fit": C(lambda w, d: chat(w, d, [{"role": "system", "content": "be " * 80},
+                                                                   *GOOD_CHAT[1:]]),
+                                           ("chats.jsonl: row 3: the turns before the first assistant reply",
+                                            "no assistant token would be learned")),
+    "chat tokenizer without a template": C(lambda w, d: chat(w, d, chat_template="tokenizer"),
+                                           ("data.chat_template: ", "has no chat template; set data.chat_template",)),
+    "chat beside prompt columns": C(lambda w, d: chat(w, d, prompt="p", response="r"),
+                                    ("data.messages: give data.messages or data.text or data.prompt/response",)),
+    "chat template without messages": C(lambda w, d: hf(w, d, chat_template="chatml"),
+                                        ("data.chat_template: a chat template is for data.messages",)),
+    "train_on without messages": C(lambda w, d: hf(w, d, train_on="all"), ("data.train_on: train_on is for data.messages",)),
+    "chat for a classifier": C(lambda w, d: chat(w, d, task="classification", label="label"),
+                               ("data.messages: chat columns are for data.task: causal_lm",)),
+    "unknown chat template": C(lambda w, d: chat(w, d, chat_template="llama9"), ("data.chat_template: Input should be",)),
     # -- exported models and checkpoints (model.init_from, method.teacher, method.adapter_from)
     "init_from a missing folder": C(lambda w, d: init_from(w, d, d / "no_run"),
                                     ("model.init_from: ", "holds no exported ftray model")),
@@ -444,6 +499,7 @@ def test_the_good_inputs_the_cases_start_from_are_valid(world, tmp_path, capsys,
         "hf": lambda w, d: hf(w, d),
         "lora": lambda w, d: hf(w, d, method={"name": "lora", "target_modules": ["query", "value"]}),
         "csv": lambda w, d: csv_data(w, d, "f0,label\n1,0\n2,1\n3,0\n4,1\n5,0\n"),
+        "chat": lambda w, d: chat(w, d, GOOD_CHAT),
     }
     for name, make in bases.items():
         (tmp_path / name).mkdir()

@@ -78,6 +78,7 @@ class HFClassifier(FtModel):
     def __init__(self, hf_model: nn.Module, info: ModelInfo, source: str):
         super().__init__()
         self.hf, self.info, self.source = hf_model, info, source
+        self.chat_template: str | None = None  # the built-in template it is tuned with, if any
 
     def forward(self, batch: dict) -> torch.Tensor:
         mask = batch.get("attention_mask")
@@ -155,6 +156,9 @@ class HFClassifier(FtModel):
                                      random_config=spec.model.config)
         if new_head:
             model.new_head()
+        if spec.data and spec.data.chat_template != "tokenizer":
+            from ftray.chat import TEMPLATES
+            model.chat_template = TEMPLATES[spec.data.chat_template]
         if spec.model.kernels == "liger":
             apply_liger(model.hf)
         if spec.model.gradient_checkpointing:
@@ -187,7 +191,11 @@ class HFClassifier(FtModel):
             hf.save_pretrained(str(out_dir / "adapter"))
             hf = copy.deepcopy(hf).merge_and_unload()
         hf.save_pretrained(str(out_dir), safe_serialization=True)
-        load_tokenizer(self.source).save_pretrained(str(out_dir))
+        tok = load_tokenizer(self.source)
+        if self.chat_template:  # the export renders chats as the model was tuned on them
+            tok = copy.deepcopy(tok)
+            tok.chat_template = self.chat_template
+        tok.save_pretrained(str(out_dir))
         (out_dir / EXPORT_CONFIG).write_text(json.dumps({"builder": "hf", "info": self.info.to_dict()},
                                                         indent=2))
 

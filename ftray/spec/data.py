@@ -24,9 +24,18 @@ class DataSpec(Strict):
         "`multimodal`: image column, one fixed-shape numeric array per row (HxW or CxHxW nested lists).", None)
     prompt: str | None = describe("`causal_lm` instruction tuning: prompt column (no loss on its tokens).", None)
     response: str | None = describe("`causal_lm` instruction tuning: response column (the loss).", None)
+    messages: str | None = describe(
+        "`causal_lm` chat tuning: column whose rows are lists of {role, content} turns (system, user, "
+        "assistant, tool), rendered by the chat template.", None)
+    chat_template: Literal["tokenizer", "chatml"] = describe(
+        "`data.messages`: the tokenizer's own chat template, or a built-in one that overrides it.", "tokenizer")
+    train_on: Literal["assistant", "last_assistant", "all"] = describe(
+        "`data.messages`: which tokens carry the loss: every assistant turn, the last one, or the whole "
+        "rendered chat.", "assistant")
     truncation: Literal["none", "right", "left"] = describe(
         "Examples longer than `model.max_length`: error (`none`), cut the end (`right`), or cut the "
-        "start of the prompt (`left`).", "right")
+        "start of the prompt (`left`); chats drop whole trailing (`right`) or leading (`left`, after the "
+        "system prompt) turns first.", "right")
     packing: bool = describe("`causal_lm`: pack several examples into each `model.max_length` sequence.",
                              False)
     label: str | None = describe("Label column (classification, regression).", "label")

@@ -64,8 +64,9 @@ def _check_columns(spec: JobSpec) -> None:
     d, model = spec.data, spec.model
     if model.name == "mlp" and not d.features:
         raise ValueError("data.features: an mlp model needs at least one feature column")
-    if model.name == "hf" and not (d.text or (d.prompt and d.response)):
-        raise ValueError("data.text: an hf model needs a text column (or data.prompt and data.response)")
+    if model.name == "hf" and not (d.text or (d.prompt and d.response) or d.messages):
+        raise ValueError("data.text: an hf model needs a text column (or data.prompt and data.response, "
+                         "or data.messages)")
     if model.name == "multimodal":
         columns = {"image": ("data.image", d.image), "text": ("data.text", d.text),
                    "tabular": ("data.features", d.features)}
@@ -79,8 +80,21 @@ def _check_columns(spec: JobSpec) -> None:
         raise ValueError("data.prompt: give both data.prompt and data.response, or neither")
     if d.prompt and d.task != "causal_lm":
         raise ValueError("data.prompt: prompt/response columns are for data.task: causal_lm")
+    _check_chat(d)
     if d.packing and d.task != "causal_lm":
         raise ValueError("data.packing: packing is for data.task: causal_lm")
+
+
+def _check_chat(d: DataSpec) -> None:
+    """`data.messages` is a causal-LM input of its own; its options mean nothing without it."""
+    if d.messages and (d.text or d.prompt):
+        raise ValueError("data.messages: give data.messages or data.text or data.prompt/response, not several")
+    if d.messages and d.task != "causal_lm":
+        raise ValueError("data.messages: chat columns are for data.task: causal_lm")
+    if not d.messages and d.chat_template != "tokenizer":
+        raise ValueError("data.chat_template: a chat template is for data.messages")
+    if not d.messages and d.train_on != "assistant":
+        raise ValueError("data.train_on: train_on is for data.messages (prompt/response train on the response)")
 
 
 def _check_task(spec: JobSpec) -> None:

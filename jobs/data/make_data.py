@@ -9,6 +9,9 @@
   distillation.
 - instructions.jsonl: `prompt`/`response` pairs (arithmetic, opposites, colours, word reversal)
   for instruction tuning of a small decoder.
+- chats.jsonl: multi-turn `messages` (a system prompt, then 2-3 exchanges) for chat tuning. The
+  system prompt picks the reply style (terse or full sentences), a follow-up question refers to the
+  previous answer ("now double it"), and some chats carry a `tool` turn whose result the reply uses.
 - topics.jsonl: short sentences about four topics, `text` and a string `label`, built from
   templates with many word choices so that the classifier has to read the content words.
 - digit_questions*.parquet: an 8x8 digit `image` (nested lists) with a yes/no `question` about it
@@ -108,6 +111,42 @@ def instructions(rows: int = 800) -> None:
             f.write(json.dumps({"prompt": pair[0], "response": pair[1]}) + "\n")
 
 
+SYSTEMS = {"terse": "you are a calculator. reply with the result only.",
+           "full": "you are a patient tutor. reply in a full sentence."}
+WEATHER = ["sunny", "rainy", "cloudy", "windy", "snowy"]
+CITIES = ["paris", "oslo", "lima", "cairo", "tokyo", "quito"]
+
+
+def _chat(rng: random.Random, style: str) -> list[dict]:
+    """One chat in `style`: an addition, a follow-up on its result, then a colour or a tool lookup."""
+    terse = style == "terse"
+    a, b = rng.randint(0, 20), rng.randint(0, 20)
+    turns = [{"role": "system", "content": SYSTEMS[style]},
+             {"role": "user", "content": f"add {a} and {b}."},
+             {"role": "assistant", "content": f"{a + b}." if terse else f"{a} plus {b} is {a + b}."},
+             {"role": "user", "content": "now double it."},
+             {"role": "assistant", "content": f"{2 * (a + b)}." if terse else f"double {a + b} is {2 * (a + b)}."}]
+    if rng.random() < 0.5:
+        thing = rng.choice(sorted(COLORS))
+        turns += [{"role": "user", "content": f"what color is {thing}?"},
+                  {"role": "assistant", "content": f"{COLORS[thing]}." if terse else f"{thing} is {COLORS[thing]}."}]
+    else:
+        city, sky = rng.choice(CITIES), rng.choice(WEATHER)
+        turns += [{"role": "user", "content": f"what is the weather in {city}?"},
+                  {"role": "assistant", "content": f"weather({city})"},
+                  {"role": "tool", "content": f"{city}: {sky}"},
+                  {"role": "assistant", "content": f"{sky}." if terse else f"it is {sky} in {city}."}]
+    return turns
+
+
+def chats(rows: int = 240) -> None:
+    """Multi-turn chats for `jobs/chat_sft.yaml` (see the module docstring)."""
+    rng = random.Random(5)
+    with open(OUT / "chats.jsonl", "w") as f:
+        for i in range(rows):
+            f.write(json.dumps({"messages": _chat(rng, ("terse", "full")[i % 2])}) + "\n")
+
+
 # Phrasings of the four properties a question asks about (a digit is even or odd, small (0-4) or big).
 QUESTIONS = {
     "even": ["is it even?", "is this digit even?", "an even number?", "is the number divisible by two?"],
@@ -169,6 +208,7 @@ if __name__ == "__main__":
     topics("topics_noisy", rows=640, seed=2, noise=0.4)  # distillation: the student's noisy labels
     topics("topics_val", rows=200, seed=3)  # distillation: clean held-out sentences
     instructions()
+    chats()
     digit_questions()
     digits_old_task()
     sine_tasks()
