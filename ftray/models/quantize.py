@@ -133,6 +133,14 @@ def dense_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def keep_out_of_ddp(model: nn.Module) -> None:
+    """DDP broadcasts rank 0's parameters when it wraps a model, which NF4 weights cannot take part
+    in; every replica quantized the same weights itself, so they are left out of DDP's view."""
+    from torch.nn.parallel import DistributedDataParallel
+    names = [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, NF4Linear)]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
+
+
 def is_quantized(module: nn.Module) -> bool:
     """Whether any layer under `module` is an NF4Linear."""
     return any(isinstance(m, NF4Linear) for m in module.modules())

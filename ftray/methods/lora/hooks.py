@@ -13,6 +13,7 @@ from ftray.checkpoint import MODEL_DIR
 from ftray.methods.base import Method
 from ftray.models import build_model
 from ftray.models.hf import ADAPTER_DIR
+from ftray.models.quantize import check_quantizable, check_torchao, keep_out_of_ddp, quantize_blocks
 from ftray.schema import SpecError
 
 
@@ -56,7 +57,6 @@ class Lora(Method):
 
     def check(self, info):
         from ftray.models.hf import HFClassifier
-        from ftray.models.quantize import check_quantizable, check_torchao
         quantize = self.spec.method.quantize != "none"
         if quantize:
             check_torchao()
@@ -73,9 +73,8 @@ class Lora(Method):
     def build(self, info, checkpoint_dir: Path | None):
         from peft import PeftModel, get_peft_model
         model = build_model(self.spec, info)
-        if self.spec.method.quantize == "nf4":
-            # Before peft wraps the layers: peft's LoRA then wraps the NF4 layers as nn.Linear.
-            from ftray.models.quantize import quantize_blocks
+        quantized = self.spec.method.quantize == "nf4"
+        if quantized:  # before peft wraps the layers: its LoRA then wraps the NF4 layers as nn.Linear
             quantize_blocks(model.blocks())
         adapter = (checkpoint_dir / MODEL_DIR / ADAPTER_DIR if checkpoint_dir else
                    _adapter_of(self._adapter_from()) if self._adapter_from() else None)
@@ -85,6 +84,8 @@ class Lora(Method):
             model.hf = get_peft_model(model.hf, self._config(model, info))
         if self.spec.train.precision != "fp32":
             skip_input_casts(model.hf)
+        if quantized:
+            keep_out_of_ddp(model)
         model.merge_on_export = self.spec.method.export == "merged"
         return model
 
