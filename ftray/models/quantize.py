@@ -102,6 +102,11 @@ class NF4Linear(nn.Linear):
         """The weight in its storage dtype (bf16), dense."""
         return self.weight.get_original_weight()
 
+    def storage_bytes(self) -> int:
+        """Bytes the weight takes in memory: the 4-bit codes, the scales and their scales."""
+        names, _ = self.weight.__tensor_flatten__()
+        return sum(getattr(self.weight, name).nbytes for name in names)
+
     def to_linear(self) -> nn.Linear:
         """A plain nn.Linear holding the dequantized weight (bf16: exactly the values the quantized
         forward computes with) and a copy of the bias."""
