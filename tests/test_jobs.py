@@ -98,6 +98,15 @@ def test_qlora_short(ray_session, tmp_path, capsys, monkeypatch):
     assert not any("lora" in n for n, _ in merged.named_parameters())
 
 
+@pytest.mark.slow
+def test_qlora_job(ray_session, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    s = job_summary(capsys, "run", "qlora.yaml", tmp_path)
+    FIGURES["qlora.ppl_epoch1"].check(s["history"][0]["val_perplexity"])
+    FIGURES["qlora.ppl_final"].check(s["metrics"]["val_perplexity"])
+    FIGURES["qlora.trainable_share"].check(s["params"]["trainable"] / s["params"]["total"])
+
+
 @pytest.mark.parametrize("job, max_share", [("lora.yaml", 0.01), ("attention.yaml", 0.2)])
 def test_parameter_efficient_jobs_short(ray_session, tmp_path, capsys, monkeypatch, job, max_share):
     monkeypatch.chdir(REPO)
