@@ -81,7 +81,7 @@ def check_resume(old: dict | None, spec: JobSpec, where: str, resumable: tuple[s
     record, as in checkpoints older than this contract: resume). `where` names the checkpoint."""
     if old is None:
         return
-    refused = refused_changes(old, recorded_spec(spec), resumable)
+    refused = refused_changes(with_defaults(old), recorded_spec(spec), resumable)
     if refused:
         raise SpecError(
             f"run.name: {spec.run.name!r} has a checkpoint ({where}) made from a different spec: "
@@ -89,6 +89,16 @@ def check_resume(old: dict | None, spec: JobSpec, where: str, resumable: tuple[s
             f"run cannot change "
             f"{'it' if len(refused) == 1 else 'them'}. Start afresh under a new name "
             f"(--set run.name=NEW_NAME), or pass --restart to move the old run folder aside")
+
+
+def with_defaults(old: dict) -> dict:
+    """A recorded spec with the keys ftray has gained since it was recorded, at their defaults:
+    a field added later (say `method.quantize`) is no change to a run that never named it. A
+    record this version cannot read (a field since removed) is compared as it is."""
+    try:
+        return recorded_spec(JobSpec.model_validate(old))
+    except Exception:  # noqa: BLE001 - any failure to read it: compare the raw record
+        return old
 
 
 def read_spec(fs: pafs.FileSystem, ckpt: str, run_dir: str) -> dict | None:

@@ -35,6 +35,20 @@ def test_only_keys_that_may_change_mid_run_pass():
     assert changed(run={"seed": 1}) == {"run.seed": (0, 1)}
 
 
+def test_keys_added_to_ftray_since_a_checkpoint_are_no_change_at_their_defaults():
+    """A record from before fields existed (here `data.messages` and `data.train_on`) resumes
+    under a spec that leaves them at their defaults; a changed key is still refused."""
+    from ftray.spec import SpecError
+    spec = JobSpec.model_validate(mlp_spec("d.parquet", "runs", "r"))
+    old = resume.recorded_spec(spec)
+    del old["data"]["messages"], old["data"]["train_on"]
+    resume.check_resume(old, spec, "ckpt")  # no error
+    changed = JobSpec.model_validate(mlp_spec("d.parquet", "runs", "r", data={"path": "d.parquet",
+                                                                             "val_fraction": 0.3}))
+    with pytest.raises(SpecError, match=r"data.val_fraction \(0.2 -> 0.3\)"):
+        resume.check_resume(old, changed, "ckpt")
+
+
 def steps(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
 
