@@ -81,11 +81,19 @@ class HFClassifier(FtModel):
 
     def forward(self, batch: dict) -> torch.Tensor:
         mask = batch.get("attention_mask")
-        if mask is None:  # packed language-model rows: see `ftray.data.TokenizedRows`
-            return self.hf(input_ids=batch["input_ids"]).logits
+        if mask is None:  # packed language-model rows (`ftray.packing`): examples kept apart
+            return self.packed_logits(batch["input_ids"], batch["position_ids"])
         width = int(mask.sum(dim=1).max())  # rows are padded to max_length: cut the common padding
         logits = self.hf(input_ids=batch["input_ids"][:, :width], attention_mask=mask[:, :width]).logits
         return logits.squeeze(-1) if self.info.task == "regression" else logits
+
+    def packed_logits(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of packed rows, no token attending to another example: with `position_ids`
+        restarting at each example and no attention mask, transformers builds the block-diagonal
+        causal mask itself (sdpa, eager, flex) or passes the boundaries to flash-attention's
+        varlen kernel. It does so only without a cache: `use_cache` (on by default in most
+        configs) would make it skip packed-sequence detection and let attention cross examples."""
+        return self.hf(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
 
     def _plain(self) -> nn.Module:
         """The transformers model, under a peft wrapper if there is one."""
