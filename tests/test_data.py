@@ -221,7 +221,7 @@ def test_batch_tokenized_text_rows_equal_each_example_encoded_alone(tmp_path, ti
 
 def test_packing_fills_rows(tmp_path, tiny_gpt):
     """Several whole examples per row (tests/test_packing.py checks that none is split), the
-    same scored labels, and rows no emptier than one example would leave them."""
+    same scored labels, and no two rows whose examples would fit in one (first fit)."""
     rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(20)]
     batch = pa.Table.from_pylist(rows)
     packed = data.TokenizedRows(sft_spec(tmp_path, tiny_gpt, packing=True), {}, str(tiny_gpt))(batch)

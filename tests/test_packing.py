@@ -19,6 +19,7 @@ from tests.conftest import minilm_path
 LIMIT = 40
 # flex_attention compiles its kernel (minutes on a CPU): checked where a GPU runs the tests.
 ATTENTION = ["sdpa", "eager"] + (["flex_attention"] if torch.cuda.is_available() else [])
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU host, its kernels are the ones checked
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +77,11 @@ def locate(packed_ids: np.ndarray, ids: np.ndarray) -> tuple[int, int]:
 def llama(model_dir, attn: str = "sdpa") -> HFClassifier:
     from transformers import AutoModelForCausalLM
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
-    return HFClassifier(hf.eval(), ModelInfo(task="causal_lm"), str(model_dir))
+    return HFClassifier(hf.eval().to(DEVICE), ModelInfo(task="causal_lm"), str(model_dir))
 
 
 def tensors(batch: dict) -> dict:
-    return {k: torch.from_numpy(v) for k, v in batch.items()}
+    return {k: torch.from_numpy(v).to(DEVICE) for k, v in batch.items()}
 
 
 # ----------------------------------------------------------------------------------- the rows
@@ -121,7 +122,7 @@ def test_packed_per_example_loss_equals_unpacked(tmp_path, tiny_llama, attn):
     model = llama(tiny_llama, attn)
     with torch.no_grad():
         p_out, u_out = model(tensors(packed)), model(tensors(plain))
-    p_lab, u_lab = torch.from_numpy(packed["labels"]), torch.from_numpy(plain["labels"])
+    p_lab, u_lab = tensors(packed)["labels"], tensors(plain)["labels"]
     p_tok = task_loss("causal_lm", p_out, {"labels": p_lab}, "none").view(len(p_lab), -1)
     u_tok = task_loss("causal_lm", u_out, {"labels": u_lab[:, :u_out.shape[1]]}, "none").view(len(u_lab), -1)
     for k, (ids, _) in enumerate(unpacked_examples(plain)):
