@@ -160,3 +160,18 @@ def test_isolation_holds_under_lora_in_training_mode(tmp_path, tiny_llama):
     changed["input_ids"][0, s0:e0] = 1500
     before, after = model(tensors(packed))[0], model(tensors(changed))[0]
     assert (before[e0:] - after[e0:]).abs().max() <= 1e-6
+
+
+def test_model_attention_picks_the_implementation(tmp_path, tiny_llama):
+    """`model.attention` reaches transformers; flex_attention is refused without GPUs (its CPU
+    kernel compiles for minutes), with a message naming the key."""
+    from ftray.models.hf import HFClassifier
+    raw = spec(tmp_path, tiny_llama, True).model_dump()
+    raw["model"]["attention"] = "eager"
+    built = HFClassifier.build(JobSpec.model_validate(raw), ModelInfo(task="causal_lm"))
+    assert built.hf.config._attn_implementation == "eager"
+    raw["model"]["attention"] = "flex_attention"
+    with pytest.raises(ValueError, match="model.attention: flex_attention is for GPUs"):
+        JobSpec.model_validate(raw)
+    raw["scaling"]["use_gpu"] = True
+    assert JobSpec.model_validate(raw).model.attention == "flex_attention"

@@ -140,12 +140,14 @@ class HFClassifier(FtModel):
 
     @classmethod
     def _from_pretrained(cls, source: str, info: ModelInfo, dropout, new_head: bool,
-                         random_config: dict | None = None) -> "HFClassifier":
+                         random_config: dict | None = None, attention: str = "auto") -> "HFClassifier":
         config = cls._config(source, info, dropout, random_config)
         auto = cls._auto(info.task)
+        extra = {} if attention == "auto" else {"attn_implementation": attention}
         if random_config:
-            return cls(auto.from_config(config, dtype=torch.float32), info, source)
-        extra = {} if info.task == "causal_lm" else {"ignore_mismatched_sizes": new_head}
+            return cls(auto.from_config(config, dtype=torch.float32, **extra), info, source)
+        if info.task != "causal_lm":
+            extra["ignore_mismatched_sizes"] = new_head
         return cls(auto.from_pretrained(source, config=config, dtype=torch.float32, **extra), info, source)
 
     @classmethod
@@ -160,7 +162,7 @@ class HFClassifier(FtModel):
     def build(cls, spec, info):
         new_head = spec.method.replaces_head
         model = cls._from_pretrained(resolve_source(spec), info, spec.model.dropout, new_head,
-                                     random_config=spec.model.config)
+                                     random_config=spec.model.config, attention=spec.model.attention)
         if new_head:
             model.new_head()
         if spec.model.kernels == "liger":
