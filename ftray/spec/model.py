@@ -36,6 +36,10 @@ class HFModel(Strict):
         "`liger`: Liger's fused Triton kernels for RMSNorm, rotary embeddings and the gated MLP, on GPUs, "
         "for the decoder families Liger supports (Llama, Mistral, Qwen, Gemma, ...); needs "
         "`pip install liger-kernel`. `default`: transformers' own layers.", "default")
+    attention: Literal["auto", "sdpa", "eager", "flex_attention"] = describe(
+        "transformers' attention implementation: `auto` (its default, sdpa where the model has it), "
+        "`sdpa`, `eager`, or `flex_attention` (compiled block-sparse kernels on GPUs: packed rows skip "
+        "the blocks between examples).", "auto")
     config: dict[str, Any] | None = describe(
         "Build with random weights from this transformers config (with `model_type`); `path` then only "
         "supplies the tokenizer.", None)
