@@ -600,7 +600,7 @@ def _read(src: Source, columns: list[str], schema: pa.Schema):
     ranges = [{"file": f, "start": start, "end": min(start + JSONL_RANGE_BYTES, size)}
               for f, size in _files(src.fs, src.path) for start in range(0, size, JSONL_RANGE_BYTES)]
     return ray.data.from_items(ranges, override_num_blocks=max(1, len(ranges))).map_batches(
-        JsonlRanges(src.fs, schema.select(columns)), batch_size=1, batch_format="pyarrow")
+        JsonlRanges(src.fs, pa.schema([schema.field(c) for c in columns])), batch_size=1, batch_format="pyarrow")
 
 
 JSONL_RANGE_BYTES = 64 << 20  # one Ray Data read task's share of a JSONL file
