@@ -130,8 +130,8 @@ def test_a_hub_id_loads_through_load_dataset_or_exits_2(tmp_path):
 def test_arrow_files_stream_batch_by_batch(tmp_path):
     """The workers' reader yields a split's rows from its Arrow files one record batch at a time,
     in order, only the columns asked for."""
-    table = blobs(2500)
-    dataset_of(table).save_to_disk(str(tmp_path / "s"), max_shard_size="40KB")
+    table = blobs(5000)
+    dataset_of(table).save_to_disk(str(tmp_path / "s"), max_shard_size="100KB")  # 3 files of 2 batches
     ds = datasets.load_from_disk(str(tmp_path / "s"))
     files = hf_datasets.arrow_files(ds)
     assert len(files) > 1
