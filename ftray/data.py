@@ -13,15 +13,16 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.json as pajson
 
-from ftray import chat
+from ftray import chat, hf_datasets
 from ftray.models.base import ModelInfo
 from ftray.packing import pack
 from ftray.schema import SpecError
@@ -36,12 +37,21 @@ _ARROW_FORMAT = {"parquet": "parquet", "jsonl": "json", "csv": "csv"}
 
 @dataclass
 class Source:
-    """One data location, resolved: the key it came from, its filesystem and path, its format."""
+    """One data location, resolved: the key it came from, its filesystem and path, its format
+    (`hf`: a Hugging Face dataset's `split`, loaded as `dataset`), and its size on disk."""
     key: str
     uri: str
     fs: pafs.FileSystem
     path: str
     format: str
+    nbytes: int = 0
+    split: str | None = None
+    dataset: Any = field(default=None, repr=False)
+
+    @property
+    def where(self) -> str:
+        """How messages name this source: the key and the location (and the split)."""
+        return f"{self.key}: {self.uri}" + (f" [split {self.split!r}]" if self.split else "")
 
 
 @dataclass
@@ -52,14 +62,40 @@ class DataPlan:
     val: Source | None
     class_index: dict = field(default_factory=dict)
     tables: list = field(default_factory=list, repr=False)  # (where, table) as read by inspect
+    # Over MATERIALIZE_BYTES on disk the data streams: `tables` then hold the first SAMPLE_ROWS
+    # rows of each source only, and `row_counts` the sources' row counts.
+    streamed: bool = False
+    row_counts: list = field(default_factory=list)
+    nbytes: int = 0  # as read (the tables), or on disk when streamed
 
     @property
     def train_table(self) -> pa.Table:
         """The training rows as read by `inspect` (validation rows are split off this table)."""
         return self.tables[0][1]
 
+    def batches(self, columns: list[str]) -> Iterator[tuple[str, int, pa.Table]]:
+        """Every row of `columns` as (where, number of the first row, rows): the tables `inspect`
+        read, or for streamed data each source read again a batch at a time (bounded memory)."""
+        if not self.streamed:
+            yield from ((where, 0, t) for where, t in self.tables)
+            return
+        for src in (self.train, self.val):
+            start = 0
+            for batch in _source_batches(src, columns):
+                yield src.where, start, batch
+                start += batch.num_rows
 
-def resolve(uri: str, fmt: str, key: str) -> Source:
+
+def resolve(uri: str, fmt: str, key: str, split: str | None = None, split_key: str = "data.split") -> Source:
+    """Where `uri` is and what it holds; SpecError naming `key` if it cannot be read. A folder that
+    `save_to_disk` wrote, or (with `fmt` auto) a Hub id that is no local path, is a Hugging Face
+    dataset, of which `split` is read (`split_key` names the key that chose it)."""
+    local_hf = "://" not in uri and hf_datasets.is_saved_dataset(Path(uri).expanduser())
+    if local_hf or (fmt == "auto" and hf_datasets.looks_like_hub_id(uri, FORMATS)):
+        return _resolve_hf(uri, key, split or "train", split_key, local_hf)
+    if split is not None:
+        raise SpecError(f"{split_key}: {split!r} names a split of a Hugging Face dataset; {key} {uri!r} is a "
+                        "file or folder of files (give the validation data as data.val_path, or data.val_fraction)")
     if "://" in uri:
         try:
             fs, path = pafs.FileSystem.from_uri(uri)
@@ -80,22 +116,74 @@ def resolve(uri: str, fmt: str, key: str) -> Source:
             raise SpecError(f"{key}: cannot tell the format of {uri!r}; set data.format "
                             f"(one of parquet, jsonl, csv)")
         fmt = FORMATS[suffix]
-    return Source(key, uri if "://" in uri else path, fs, path, fmt)
+    return Source(key, uri if "://" in uri else path, fs, path, fmt, nbytes=sum(size for _, size in _files(fs, path)))
+
+
+def _resolve_hf(uri: str, key: str, split: str, split_key: str, local: bool) -> Source:
+    ds = hf_datasets.load_split(uri, key, split, split_key, local)
+    path = str(Path(uri).expanduser().resolve()) if local else uri
+    nbytes = sum(Path(f).stat().st_size for f in hf_datasets.arrow_files(ds)) or hf_datasets.table(ds).nbytes
+    return Source(key, path, pafs.LocalFileSystem(), path, "hf", nbytes=nbytes, split=split, dataset=ds)
+
+
+def _files(fs: pafs.FileSystem, path: str) -> list[tuple[str, int]]:
+    """(path, size) of the data files at `path`: the file, or a folder's files in name order
+    (hidden and `_` files skipped, as pyarrow's datasets skip them)."""
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.Directory:
+        return [(path, info.size)]
+    children = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sorted((c.path, c.size) for c in children if c.type == pafs.FileType.File
+                  and not any(part.startswith((".", "_")) for part in Path(c.path[len(path):]).parts))
+
+
+def _check_columns(src: Source, names: list[str], columns: list[str]) -> None:
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise SpecError(f"{src.where}: no column {missing[0]!r} (columns: {', '.join(names)})")
+
+
+def _scan(src: Source, columns: list[str], read):
+    """`read(dataset)` over a file source's pyarrow dataset, after checking its `columns`; read
+    errors as a SpecError naming the source."""
+    try:
+        dataset = pads.dataset(src.path, filesystem=src.fs, format=_ARROW_FORMAT[src.format])
+        _check_columns(src, dataset.schema.names, columns)
+        return read(dataset)
+    except SpecError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise SpecError(f"{src.where}: cannot read as {src.format}: {e}".splitlines()[0]) from None
 
 
 def read_table(src: Source, columns: list[str]) -> pa.Table:
     """Read `columns` of a source with pyarrow (projection: Parquet reads only those)."""
-    try:
-        dataset = pads.dataset(src.path, filesystem=src.fs, format=_ARROW_FORMAT[src.format])
-        missing = [c for c in columns if c not in dataset.schema.names]
-        if missing:
-            raise SpecError(f"{src.key}: {src.uri}: no column {missing[0]!r} "
-                            f"(columns: {', '.join(dataset.schema.names)})")
-        return dataset.to_table(columns=columns)
-    except SpecError:
-        raise
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise SpecError(f"{src.key}: {src.uri}: cannot read as {src.format}: {e}".splitlines()[0]) from None
+    if src.format == "hf":
+        _check_columns(src, src.dataset.column_names, columns)
+        return hf_datasets.table(src.dataset).select(columns)
+    return _scan(src, columns, lambda d: d.to_table(columns=columns))
+
+
+def read_head(src: Source, columns: list[str], rows: int) -> pa.Table:
+    """The first `rows` rows of `columns` (a JSONL or CSV file is parsed only that far)."""
+    if src.format == "hf":
+        return read_table(src, columns).slice(0, rows)
+    return _scan(src, columns, lambda d: d.head(rows, columns=columns))
+
+
+def count_rows(src: Source) -> int:
+    """The source's row count: Parquet's and Arrow's metadata, or a streamed scan (bounded memory)."""
+    if src.format == "hf":
+        return src.dataset.num_rows
+    return _scan(src, [], lambda d: d.count_rows())
+
+
+def _source_batches(src: Source, columns: list[str]) -> Iterator[pa.Table]:
+    if src.format == "hf":
+        yield from (pa.Table.from_batches([b]) for b in read_table(src, columns).to_batches(max_chunksize=4096))
+        return
+    for batch in _scan(src, columns, lambda d: d.to_batches(columns=columns, batch_size=4096)):
+        yield pa.Table.from_batches([batch])
 
 
 def text_columns(spec: JobSpec) -> list[str]:
@@ -187,19 +275,52 @@ def label_classes(spec: JobSpec, tables: list[tuple[str, pa.Table]]) -> list:
     return classes
 
 
-def inspect(spec: JobSpec) -> DataPlan:
-    """Check the job's data without Ray and return what shapes the model. Raises SpecError."""
+SAMPLE_ROWS = 1000  # rows of each source that `inspect` checks when the data streams
+
+
+def sources(spec: JobSpec) -> tuple[Source, Source | None]:
+    """The training source and the validation one (None: a `val_fraction` split of the training
+    rows): files, or splits of Hugging Face datasets (`data.split`, `data.val_split`)."""
     d = spec.data
-    train = resolve(d.path, d.format, "data.path")
-    val = resolve(d.val_path, d.format, "data.val_path") if d.val_path else None
-    cols = needed_columns(spec)
-    tables = [(f"data.path: {train.uri}", _read_checked(spec, train, cols))]
-    if val:
-        tables.append((f"data.val_path: {val.uri}", _read_checked(spec, val, cols)))
-    for where, t in tables:
-        if t.num_rows == 0:
+    split = None if d.split == "train" else d.split  # the default names no split of a file
+    train = resolve(d.path, d.format, "data.path", split, "data.split")
+    if d.val_path:
+        val_split, key = (d.val_split, "data.val_split") if d.val_split else (split, "data.split")
+        return train, resolve(d.val_path, d.format, "data.val_path", val_split, key)
+    if d.val_split:
+        if d.val_split == d.split:
+            raise SpecError(f"data.val_split: {d.val_split!r} is data.split too: validation would be the training rows")
+        return train, resolve(d.path, d.format, "data.path", d.val_split, "data.val_split")
+    return train, None
+
+
+def _read_sources(spec: JobSpec, srcs: list[Source]) -> tuple[list, bool, list[int], int]:
+    """(tables, streamed, row counts, bytes): every row of the needed columns, or, for data over
+    MATERIALIZE_BYTES on disk, the first SAMPLE_ROWS of each source and its counted rows (the
+    driver never holds the data)."""
+    cols, total = needed_columns(spec), sum(s.nbytes for s in srcs)
+    if total <= MATERIALIZE_BYTES:
+        tables = [(s.where, _read_checked(spec, s, cols)) for s in srcs]
+        return tables, False, [t.num_rows for _, t in tables], sum(t.nbytes for _, t in tables)
+    if len(srcs) == 1:
+        raise SpecError(f"{srcs[0].where}: {total / 2**30:.2f} GiB on disk, more than the "
+                        f"{MATERIALIZE_BYTES / 2**30:.2f} GiB that the driver splits by data.val_fraction; "
+                        "give the validation data as data.val_path (or data.val_split of a Hugging Face dataset)")
+    return [(s.where, read_head(s, cols, SAMPLE_ROWS)) for s in srcs], True, [count_rows(s) for s in srcs], total
+
+
+def inspect(spec: JobSpec) -> DataPlan:
+    """Check the job's data without Ray and return what shapes the model. Raises SpecError.
+    Streamed data (over MATERIALIZE_BYTES) is checked on its first rows (and, for classes, its
+    whole label column); the workers meet any later bad row."""
+    d = spec.data
+    train, val = sources(spec)
+    srcs = [train] + ([val] if val else [])
+    tables, streamed, counts, nbytes = _read_sources(spec, srcs)
+    for (where, _), n in zip(tables, counts):
+        if n == 0:
             raise SpecError(f"{where}: no rows")
-    train_rows = tables[0][1].num_rows
+    train_rows = counts[0]
     info = ModelInfo(task=d.task)
     for where, t in tables:
         if spec.model.name == "multimodal":
@@ -220,13 +341,13 @@ def inspect(spec: JobSpec) -> DataPlan:
                 raise SpecError(f"{where}: row {_first_bad_row(~np.isfinite(arr))}: target is NaN or infinite")
     class_index = {}
     if d.task == "classification":
-        info.classes = label_classes(spec, tables)
+        info.classes = label_classes(spec, [(s.where, read_table(s, [d.label])) for s in srcs] if streamed else tables)
         class_index = {c: i for i, c in enumerate(info.classes)}
     n_val = round(train_rows * d.val_fraction)
     if not val and (n_val < 1 or n_val >= train_rows):
         raise SpecError(f"data.val_fraction: {d.val_fraction} of {train_rows} rows leaves no "
                         f"{'validation' if n_val < 1 else 'training'} rows")
-    return DataPlan(info, train, val, class_index, tables=tables)
+    return DataPlan(info, train, val, class_index, tables=tables, streamed=streamed, row_counts=counts, nbytes=nbytes)
 
 
 def _read_checked(spec: JobSpec, src: Source, cols: list[str]) -> pa.Table:
@@ -327,16 +448,17 @@ def hashed_words(texts: list[str], buckets: int, max_length: int) -> np.ndarray:
 def check_lengths(spec: JobSpec, plan: DataPlan, tokenizer_source: str) -> None:
     """Tokenize every example once in the driver so that an example the truncation rule cannot
     handle stops the job (exit 2, naming the row) before Ray starts. Plain text under `right` or
-    `left` truncation always fits, so it is not tokenized here (seconds on large data)."""
+    `left` truncation always fits, so it is not tokenized here (seconds on large data). Streamed
+    data is read again a batch at a time: memory stays bounded, the time is one tokenizing pass."""
     if not (spec.data.prompt or spec.data.messages) and spec.data.truncation != "none":
         return
     from ftray.models.hf import load_tokenizer
     tok = load_tokenizer(tokenizer_source)
     if spec.data.messages:
         chat.check_tokenizer(tok, spec, tokenizer_source)
-    for where, table in plan.tables:
+    for where, first, table in plan.batches(text_columns(spec)):
         rows = zip(*(table.column(c).to_pylist() for c in text_columns(spec)))
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows, first):
             try:
                 encode(tok, spec, *row)
             except ValueError as e:
@@ -479,14 +601,64 @@ def split_table(table: pa.Table, val_fraction: float, seed: int) -> tuple[pa.Tab
     return table.take(np.sort(order[n_val:])), table.take(np.sort(order[:n_val]))
 
 
-def _read(src: Source):
+def _read(src: Source, columns: list[str], schema: pa.Schema):
+    """`columns` of a source as a streaming Ray Dataset (read tasks spread over the cluster)."""
     import ray.data
+    if src.format == "hf":
+        return hf_datasets.read_arrow_files(src.dataset, columns)
     if src.format == "parquet":
-        return ray.data.read_parquet(src.path, filesystem=src.fs)
+        return ray.data.read_parquet(src.path, filesystem=src.fs).select_columns(columns)
     if src.format == "csv":
-        return ray.data.read_csv(src.path, filesystem=src.fs)
-    # pyarrow's JSON reader (lines=False) reads newline-delimited JSON and takes a filesystem.
-    return ray.data.read_json(src.path, filesystem=src.fs, file_extensions=None)
+        return ray.data.read_csv(src.path, filesystem=src.fs).select_columns(columns)
+    # Ray's JSON reader holds a whole file in one task's memory; byte ranges of JSONL_RANGE_BYTES
+    # keep a task's memory bounded and read one large file in parallel.
+    ranges = [{"file": f, "start": start, "end": min(start + JSONL_RANGE_BYTES, size)}
+              for f, size in _files(src.fs, src.path) for start in range(0, size, JSONL_RANGE_BYTES)]
+    return ray.data.from_items(ranges, override_num_blocks=max(1, len(ranges))).map_batches(
+        JsonlRanges(src.fs, pa.schema([schema.field(c) for c in columns])), batch_size=1, batch_format="pyarrow")
+
+
+JSONL_RANGE_BYTES = 64 << 20  # one Ray Data read task's share of a JSONL file
+
+
+class JsonlRanges:
+    """map_batches UDF: each (file, start, end) row -> the JSON lines that begin in that byte range,
+    parsed with the schema `inspect` read (columns outside it are skipped)."""
+
+    def __init__(self, fs: pafs.FileSystem, schema: pa.Schema):
+        self.fs, self.schema = fs, schema
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        for f, start, end in zip(*(batch.column(c).to_pylist() for c in ("file", "start", "end"))):
+            text = read_lines(self.fs, f, start, end)
+            if text.strip():
+                yield pajson.read_json(
+                    pa.BufferReader(text), read_options=pajson.ReadOptions(block_size=len(text) + 1),
+                    parse_options=pajson.ParseOptions(explicit_schema=self.schema,
+                                                      unexpected_field_behavior="ignore"))
+
+
+def read_lines(fs: pafs.FileSystem, path: str, start: int, end: int) -> bytes:
+    """The whole lines of a file that begin at a byte offset in [start, end): every line belongs
+    to exactly one range of a split of the file."""
+    with fs.open_input_file(path) as f:
+        first = 0 if start == 0 else _line_end(f, start - 1)
+        if first >= end:
+            return b""
+        last = _line_end(f, end - 1)
+        f.seek(first)
+        return f.read(last - first)
+
+
+def _line_end(f, pos: int) -> int:
+    """The offset just past the first newline at or after `pos` (the file's end if none)."""
+    f.seek(pos)
+    while chunk := f.read(1 << 16):
+        i = chunk.find(b"\n")
+        if i >= 0:
+            return pos + i + 1
+        pos += len(chunk)
+    return pos
 
 
 def row_transform(spec: JobSpec, plan: DataPlan):
@@ -502,6 +674,9 @@ def row_transform(spec: JobSpec, plan: DataPlan):
 
 def split_tables(spec: JobSpec, plan: DataPlan) -> tuple[pa.Table, pa.Table]:
     """(training, validation) rows, exactly those the run uses (the two files, or the seeded split)."""
+    if plan.streamed:
+        raise SpecError(f"{plan.train.where}: the data streams ({plan.nbytes / 2**30:.2f} GiB on disk, over "
+                        f"{MATERIALIZE_BYTES / 2**30:.2f} GiB); this needs its rows in the driver")
     if plan.val:
         return plan.tables[0][1], plan.tables[1][1]
     return split_table(plan.train_table, spec.data.val_fraction, spec.run.seed)
@@ -519,20 +694,24 @@ MATERIALIZE_BYTES = 1 << 30  # up to this size, by Ray Data tasks once, not ever
 def ray_datasets(spec: JobSpec, plan: DataPlan) -> tuple[dict, dict]:
     """The `train` and `val` Ray Datasets, rows already turned into tensors, and their row counts."""
     import ray.data
-    train_table, val_table = split_tables(spec, plan)
-    rows = {"train": train_table.num_rows, "val": val_table.num_rows}
+    if plan.streamed:  # never in this process: counted by `inspect`, read by Ray Data tasks
+        train_table = val_table = None
+        rows = {"train": plan.row_counts[0], "val": plan.row_counts[1]}
+    else:
+        train_table, val_table = split_tables(spec, plan)
+        rows = {"train": train_table.num_rows, "val": val_table.num_rows}
     udf = row_transform(spec, plan)
     precompute = spec.method.precomputes_teacher
-    size = sum(t.nbytes for _, t in plan.tables)
-    if size <= TRANSFORM_HERE_BYTES and not precompute:
+    size = plan.nbytes
+    if not plan.streamed and size <= TRANSFORM_HERE_BYTES and not precompute:
         # Small data (`inspect` already holds it in this process): transform it here, once, into
         # the object store. Each epoch then streams ready blocks, and no Ray Data task has to
         # start (and import the tokenizer) before the first step: seconds on any machine.
         datasets = {"train": _transformed_here(train_table, udf), "val": _transformed_here(val_table, udf)}
         return datasets, _model_rows(spec, datasets, rows)
     if plan.val:  # separate files: each is read by Ray Data tasks, in parallel across the cluster
-        cols = needed_columns(spec)
-        train, val = _read(plan.train).select_columns(cols), _read(plan.val).select_columns(cols)
+        cols, (train_schema, val_schema) = needed_columns(spec), (t.schema for _, t in plan.tables)
+        train, val = _read(plan.train, cols, train_schema), _read(plan.val, cols, val_schema)
     else:  # a seeded split of the table `inspect` already read (a Ray shuffle costs far more)
         train, val = ray.data.from_arrow(train_table), ray.data.from_arrow(val_table)
     datasets = {name: ds.map_batches(udf, batch_format="pyarrow") for name, ds in
@@ -541,7 +720,7 @@ def ray_datasets(spec: JobSpec, plan: DataPlan) -> tuple[dict, dict]:
         datasets["train"] = datasets["train"].map_batches(
             TeacherLogits, fn_constructor_args=(spec.method.teacher,), batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=1))
-    if size <= MATERIALIZE_BYTES:
+    if not plan.streamed and size <= MATERIALIZE_BYTES:
         # Mid-sized data: transformed by parallel Ray Data tasks (tokenizing this much in one
         # process would take minutes), once, so each epoch streams ready blocks instead of
         # re-running the read and transform tasks.

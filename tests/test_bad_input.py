@@ -205,6 +205,17 @@ def hf_truncated_export(w: World, d: Path) -> list[str]:
     return hf(w, d, model={"path": None, "init_from": str(model)})
 
 
+def saved_dataset(w: World, d: Path, **data_fields) -> list[str]:
+    """The world's blobs as a Hugging Face DatasetDict (`train`, `test`) saved to disk."""
+    import datasets
+    datasets.disable_progress_bars()  # the case's own stderr must hold only ftray's message
+    table = pq.read_table(w.blobs)
+    datasets.DatasetDict({"train": datasets.Dataset(datasets.table.InMemoryTable(table)),
+                          "test": datasets.Dataset(datasets.table.InMemoryTable(table.slice(0, 20)))}
+                         ).save_to_disk(str(d / "dict"))
+    return with_data(w, d, d / "dict", **data_fields)
+
+
 def nested(depth: int) -> str:
     return "model: " + "[" * depth + "]" * depth + "\n"
 
@@ -479,6 +490,13 @@ CASES: dict[str, Case] = {
     "hf model with corrupt config.json": C(hf_corrupt_config, ("model.path: cannot load a model from",)),
     "hf init_from with truncated weights": C(hf_truncated_export,
                                              ("model.init_from: ", "unreadable safetensors file")),
+    # -- Hugging Face datasets (save_to_disk folders)
+    "dataset folder without the split": C(lambda w, d: saved_dataset(w, d, val_split="validation"),
+                                          ("data.val_split: split 'validation' not in ['test', 'train']",)),
+    "dataset folder without the column": C(lambda w, d: saved_dataset(w, d, features=["pixels"]),
+                                           ("data.path: ", "[split 'train']: no column 'pixels' (columns: x, label)")),
+    "split of a plain file": C(lambda w, d: with_data(w, d, w.blobs, val_split="test"),
+                               ("data.val_split: 'test' names a split of a Hugging Face dataset",)),
 }
 
 

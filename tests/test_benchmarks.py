@@ -77,3 +77,18 @@ def test_step_probe_smoke_trains_full_and_lora(tmp_path):
         # figures time); a summed loss, or logits over part of the vocabulary, is far from it.
         assert abs(r["loss_first"] - math.log(llm_bench.SIZES["tiny"]["vocab_size"])) < 0.05, r
         assert math.isfinite(r["loss_last"])
+
+
+def test_data_scale_smoke_streams_a_jsonl_through_ftray_run(tmp_path):
+    """benchmarks/data_scale.py's smoke mode: 2 MiB of JSONL over a lowered streaming limit, one
+    epoch of `ftray run`; its row reports every generated row trained on and the data files gone."""
+    results = tmp_path / "scale.jsonl"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "data_scale.py"), "smoke",
+                           "--work", str(tmp_path / "work"), "--results", str(results)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [row] = [json.loads(line) for line in results.read_text().splitlines()]
+    assert row["streamed"] and row["train_rows"] == row["rows"]
+    assert row["steps"] == math.ceil(row["rows"] / row["batch"])
+    assert 0 < row["peak_driver_rss_mib"] <= row["peak_tree_rss_mib"] and row["tokens_per_s"] > 0
+    assert not list((tmp_path / "work").glob("*.jsonl"))

@@ -149,7 +149,8 @@ def test_packed_chats_keep_every_label(tmp_path, zephyr_tokenizer):
     packed = data.TokenizedRows(chat_spec(tmp_path, zephyr_tokenizer, max_length=64, packing=True), {},
                                 str(zephyr_tokenizer))(table)
     assert len(packed["input_ids"]) < len(plain["input_ids"])
-    assert (packed["labels"] != -100).sum() == (plain["labels"] != -100).sum() > 0
+    # The labels the loss reads (position 0 of a row, and of each packed example, is no target).
+    assert (packed["labels"][:, 1:] != -100).sum() == (plain["labels"][:, 1:] != -100).sum() > 0
 
 
 # ------------------------------------------------------------------------------ truncation

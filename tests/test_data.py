@@ -119,9 +119,11 @@ def test_validation_file_must_match_training_width(tmp_path):
 
 @pytest.mark.parametrize("fmt, here", [("parquet", True), ("jsonl", True), ("parquet", False), ("jsonl", False)])
 def test_ray_pipelines_yield_tensors(ray_session, tmp_path, monkeypatch, fmt, here):
-    """Small data is transformed in the driver, larger data by Ray Data tasks: the same tensors."""
+    """Small data is transformed in the driver, larger data by Ray Data tasks: the same tensors
+    (JSONL read in byte ranges, here ~200 bytes each so that lines straddle them)."""
     if not here:
         monkeypatch.setattr(data, "TRANSFORM_HERE_BYTES", 0)
+        monkeypatch.setattr(data, "JSONL_RANGE_BYTES", 200)
     for name, table in (("train", blobs(40, classes=2, width=3, label_offset=5)),
                         ("val", blobs(10, classes=2, width=3, label_offset=5, seed=1))):
         if fmt == "parquet":
@@ -273,7 +275,11 @@ def test_large_inputs_stream_and_are_read_again_each_epoch(ray_session, tmp_path
         monkeypatch.setattr(data, "MATERIALIZE_BYTES", 0)
     write_train_val(tmp_path)
     spec = spec_for(tmp_path / "train.parquet", tmp_path, val_path=str(tmp_path / "val.parquet"))
-    datasets, _ = data.ray_datasets(spec, data.inspect(spec))
+    plan = data.inspect(spec)
+    # Streamed, the driver holds only the checked sample (SAMPLE_ROWS, more than these files have).
+    assert plan.streamed == streamed and plan.row_counts == [64, 16]
+    datasets, rows = data.ray_datasets(spec, plan)
+    assert rows == {"train": 64, "val": 16}
     from ray.data.dataset import MaterializedDataset
     assert all(isinstance(ds, MaterializedDataset) != streamed for ds in datasets.values())
     first = rows_of(datasets["val"])
@@ -320,3 +326,52 @@ def test_streamed_inputs_train_like_materialized_ones(ray_session, tmp_path, mon
     import torch
     for key in one:
         torch.testing.assert_close(other[key], one[key], rtol=1e-5, atol=1e-6)
+
+
+def test_jsonl_byte_ranges_hold_every_line_once(tmp_path):
+    """However a JSONL file is cut into byte ranges, each line is in exactly one range, whole."""
+    import pyarrow.fs as pafs
+    rng = np.random.default_rng(0)
+    lines = [json.dumps({"text": "w" * int(n)}) + "\n" for n in rng.integers(0, 300, size=200)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(lines) + '{"text": "no newline at the end"}')
+    body, fs = path.read_bytes(), pafs.LocalFileSystem()
+    for step in (1, 7, 64, 333, 4096, len(body)):
+        parts = [data.read_lines(fs, str(path), s, min(s + step, len(body))) for s in range(0, len(body), step)]
+        assert b"".join(parts) == body, step
+        whole = [p for p in parts if p]
+        assert all(p.endswith(b"\n") for p in whole[:-1]) and not whole[-1].endswith(b"\n"), step
+
+
+def write_lm(path, n: int, long_row: int | None = None) -> None:
+    rows = [{"text": f"short text {i}"} for i in range(n)]
+    if long_row is not None:
+        rows[long_row]["text"] = "word " * 40
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_streamed_data_is_sampled_in_the_driver_and_length_checked_in_batches(tmp_path, tiny_gpt, monkeypatch):
+    """Over MATERIALIZE_BYTES (lowered here; the rule is the same) `inspect` reads only the first
+    SAMPLE_ROWS rows and counts the rest; `check_lengths` under `truncation: none` still reads
+    every row, batch by batch, and names a row far past the sample and the first batch."""
+    monkeypatch.setattr(data, "MATERIALIZE_BYTES", 1000)
+    monkeypatch.setattr(data, "SAMPLE_ROWS", 10)
+    write_lm(tmp_path / "lm.jsonl", 6000, long_row=5000)
+    write_lm(tmp_path / "val.jsonl", 30)
+    spec = text_spec(tmp_path, tiny_gpt, truncation="none", val_path=str(tmp_path / "val.jsonl"))
+    plan = data.inspect(spec)
+    assert plan.streamed and plan.row_counts == [6000, 30]
+    assert [t.num_rows for _, t in plan.tables] == [10, 10]
+    with pytest.raises(SpecError, match="data.path: .*lm.jsonl: row 5000: .* tokens, model.max_length is 12"):
+        data.check_lengths(spec, plan, str(tiny_gpt))
+    with pytest.raises(SpecError, match="streams"):  # what needs every row in the driver says so
+        data.split_tables(spec, plan)
+
+
+def test_streamed_data_needs_its_own_validation_data(tmp_path, tiny_gpt, monkeypatch):
+    """A `val_fraction` split happens in the driver, so data over the limit must name its validation rows."""
+    monkeypatch.setattr(data, "MATERIALIZE_BYTES", 1000)
+    write_lm(tmp_path / "lm.jsonl", 200)
+    with pytest.raises(SpecError, match="more than the 0.00 GiB that the driver splits by data.val_fraction; "
+                                        "give the validation data as data.val_path"):
+        data.inspect(text_spec(tmp_path, tiny_gpt))

@@ -7,10 +7,17 @@ from typing import Literal
 from ftray.schema import Strict, describe
 
 class DataSpec(Strict):
-    path: str = describe("Training data: a Parquet, JSONL or CSV file or folder (local path or URI).")
-    val_path: str | None = describe("Validation data in the same layout; None splits `path`.", None)
-    val_fraction: float = describe("Share of `path` held out for validation when `val_path` is None.",
-                                   0.2, gt=0.0, lt=1.0)
+    path: str = describe(
+        "Training data: a Parquet, JSONL or CSV file or folder (local path or URI), a folder that Hugging "
+        "Face `datasets` wrote with `save_to_disk`, or a Hub dataset id (`owner/name`).")
+    val_path: str | None = describe("Validation data in the same layout; None splits `path` (or takes "
+                                    "its `val_split`).", None)
+    split: str = describe("Split of a Hugging Face dataset (a DatasetDict or Hub id) to train on.", "train")
+    val_split: str | None = describe(
+        "Split of a Hugging Face dataset to validate on: of `val_path` if given, else of `path` (None: "
+        "`val_path`'s `split`, or a `val_fraction` split).", None)
+    val_fraction: float = describe("Share of `path` held out for validation when neither `val_path` nor "
+                                   "`val_split` is given.", 0.2, gt=0.0, lt=1.0)
     format: Literal["auto", "parquet", "jsonl", "csv"] = describe(
         "File format; `auto` goes by the file extension.", "auto")
     task: Literal["classification", "regression", "causal_lm"] = describe(

@@ -196,8 +196,9 @@ def with_absolute_paths(spec: JobSpec) -> JobSpec:
         "model": model,
         "method": method,
         "data": spec.data and spec.data.model_copy(update={
-            "path": _absolute(spec.data.path, "data.path"),
-            "val_path": _absolute(spec.data.val_path, "data.val_path")}),
+            # A Hugging Face Hub dataset id (`owner/name`) is no local path.
+            "path": _absolute(spec.data.path, "data.path", local_only_if_exists=True),
+            "val_path": _absolute(spec.data.val_path, "data.val_path", local_only_if_exists=True)}),
         "run": spec.run.model_copy(update={"storage_path": _absolute(spec.run.storage_path,
                                                                      "run.storage_path")}),
     })
