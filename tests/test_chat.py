@@ -144,9 +144,9 @@ def test_the_named_template_overrides_the_tokenizers_own(tmp_path, zephyr_tokeni
 
 def test_packed_chats_keep_every_label(tmp_path, zephyr_tokenizer):
     table = pa.Table.from_pylist([{"messages": r} for r in rows()] * 4)
-    spec = chat_spec(tmp_path, zephyr_tokenizer, max_length=64)
+    spec = chat_spec(tmp_path, zephyr_tokenizer, max_length=256)
     plain = data.TokenizedRows(spec, {}, str(zephyr_tokenizer))(table)
-    packed = data.TokenizedRows(chat_spec(tmp_path, zephyr_tokenizer, max_length=64, packing=True), {},
+    packed = data.TokenizedRows(chat_spec(tmp_path, zephyr_tokenizer, max_length=256, packing=True), {},
                                 str(zephyr_tokenizer))(table)
     assert len(packed["input_ids"]) < len(plain["input_ids"])
     # The labels the loss reads (position 0 of a row, and of each packed example, is no target).

@@ -166,13 +166,18 @@ def read_spec_file(path: str | os.PathLike) -> dict:
     return parse_yaml(text, str(path))
 
 
+# A name ending so is a data file (missing, it is reported as one), never a Hub dataset id.
+DATA_FILE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
+
+
 def _absolute(path: str | None, key: str, local_only_if_exists: bool = False) -> str | None:
     """Local paths made absolute against the current directory; URIs (and hub ids) left alone."""
     if path is None or "://" in path or path.startswith("package:"):
         return path
     try:
         local = Path(path).expanduser()
-        if local_only_if_exists and not (local.exists() or path.startswith((".", "/", "~"))):
+        if local_only_if_exists and not (local.exists() or path.startswith((".", "/", "~"))
+                                         or local.suffix.lower() in DATA_FILE_SUFFIXES):
             return path  # a hub id such as org/model
         return str(local.resolve())
     except (RuntimeError, ValueError, OSError) as e:  # `~nosuchuser/...`, a NUL byte, a symlink loop
