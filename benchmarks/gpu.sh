@@ -25,10 +25,9 @@ b() { timeout "${BENCH_TIMEOUT:-900}" python3 benchmarks/llm_bench.py "$@" --wor
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 case $set_name in
   8b-lora)          # one GPU, 8B shape: the plain step with ftray's in-place adapter add, then ftray's
-    #               LoRA with that add and the fused loss (model.fused_loss), twice
+    #               LoRA with that add and the fused loss (model.fused_loss)
     b prepare --size 8b --steps 16 --batch 4
     b profile --size 8b --batch 2 --steps 6 --fused-ce --lora-addmm
-    b ftray --size 8b --method lora --kernels liger --batch-override 2 --set model.fused_loss=true
     b ftray --size 8b --method lora --kernels liger --batch-override 2 --set model.fused_loss=true ;;
   8b-lora-probe)    # one GPU, Llama-3-8B shape at 4096: the LoRA step in plain PyTorch by kernel kind with
     #               the fused cross-entropy and the addmm adapter add, then ftray's LoRA at batch 2

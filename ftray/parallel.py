@@ -31,7 +31,8 @@ def wrap(model, spec, device):
         # Frozen weights never update and autocast casts them to bf16 at every use: keep them in
         # bf16 (half the memory, no per-step casts). Same forward and backward values.
         for p in model.parameters():
-            if not p.requires_grad and p.is_floating_point():
+            # (A plain tensor only: `.to` would dequantize a 4-bit NF4 weight, `method.quantize`.)
+            if not p.requires_grad and p.is_floating_point() and type(p.data) is torch.Tensor:
                 p.data = p.data.to(torch.bfloat16)
     if spec.train.compile:
         model.compile()  # in place: parameter names (and so checkpoints) stay the same

@@ -191,6 +191,12 @@ def nested(depth: int) -> str:
 
 
 # ---------------------------------------------------------------------------------- the corpus
+# Random-weight model shapes (`model.config`) that NF4 cannot store.
+GPT2_CONFIG = {"model_type": "gpt2", "vocab_size": 30522, "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64}
+ODD_BERT_CONFIG = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 36, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}
+
+
 @dataclass(frozen=True)
 class Case:
     make: Callable[[World, Path], list[str]]
@@ -392,6 +398,19 @@ CASES: dict[str, Case] = {
     "lora adapter_from without adapter": C(lambda w, d: hf(w, d, method={"name": "lora",
                                                                          "adapter_from": str(w.export)}),
                                            ("method.adapter_from: ", "holds no exported LoRA adapter")),
+    # -- QLoRA (`method.quantize: nf4`) on a model or set-up that cannot take it
+    "quantize a GPT-2 (Conv1D layers)": C(lambda w, d: hf(w, d, model={"config": GPT2_CONFIG},
+                                                          method={"name": "lora", "quantize": "nf4"}),
+                                          ("method.quantize: nf4: ", "no nn.Linear layers", "Conv1D")),
+    "quantize layers of odd size": C(lambda w, d: hf(w, d, model={"config": ODD_BERT_CONFIG},
+                                                     method={"name": "lora", "quantize": "nf4"}),
+                                     ("method.quantize: nf4 stores weights in blocks of 64",
+                                      "0.attention.self.query")),
+    "quantize without adapters": C(lambda w, d: hf(w, d, method={"name": "attention", "quantize": "nf4"}),
+                                   ("method.quantize: needs method.lora: true",)),
+    "quantize under fsdp": C(lambda w, d: hf(w, d, method={"name": "lora", "quantize": "nf4"})
+                             + ["--set", "scaling.strategy=fsdp"],
+                             ("method.quantize: nf4 runs under scaling.strategy: ddp only",)),
     "liger kernels on CPU": C(lambda w, d: hf(w, d, model={"kernels": "liger"}),
                               ("model.kernels: liger's kernels run on GPUs",)),
     # Without the liger-kernel package (CI) the message says so; with it, BERT has no Liger kernels.
@@ -445,6 +464,7 @@ def test_the_good_inputs_the_cases_start_from_are_valid(world, tmp_path, capsys,
         "teacher": lambda w, d: teacher(w, d, w.export),
         "hf": lambda w, d: hf(w, d),
         "lora": lambda w, d: hf(w, d, method={"name": "lora", "target_modules": ["query", "value"]}),
+        "qlora": lambda w, d: hf(w, d, method={"name": "lora", "quantize": "nf4", "dora": True}),
         "csv": lambda w, d: csv_data(w, d, "f0,label\n1,0\n2,1\n3,0\n4,1\n5,0\n"),
     }
     for name, make in bases.items():

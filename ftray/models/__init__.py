@@ -52,6 +52,9 @@ def exported_model_dir(run_or_model_dir: str, key: str) -> Path:
             if export_config(d, key)["builder"] != "ensemble":  # an ensemble's weights are its members'
                 _check_weights(d, key)
             return d
+        if (cand / "adapter" / "adapter_config.json").is_file():
+            raise SpecError(f"{key}: {run_or_model_dir!r} holds only a LoRA adapter (a run with method.export: "
+                            "adapter): continue it with method.adapter_from, or load it with peft on its base")
     raise SpecError(f"{key}: {run_or_model_dir!r} holds no exported ftray model "
                     f"(expected {EXPORT_CONFIG} in it or in its model/ folder)")
 

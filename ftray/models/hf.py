@@ -15,6 +15,7 @@ from torch import nn
 from ftray.models.base import EXPORT_CONFIG, FtModel, ModelInfo
 from ftray.schema import SpecError
 
+ADAPTER_DIR = "adapter"  # under LoRA, the adapter alone inside an export folder
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
                 "hidden_dropout", "attention_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
 
@@ -74,7 +75,20 @@ def apply_liger(hf_model: nn.Module) -> None:
                                     layer_norm=True, cross_entropy=False, fused_linear_cross_entropy=False)
 
 
+def merged(peft_model: nn.Module) -> nn.Module:
+    """A copy of a peft model with its adapters merged into the base weights (the live model is
+    untouched). A 4-bit NF4 base is dequantized first and the merged model is bf16 throughout:
+    each merged weight is rounded to bf16 once, after the fp32 sum of base and update."""
+    from ftray.models.quantize import STORAGE_DTYPE, dense_copy, is_quantized
+    if not is_quantized(peft_model):
+        return copy.deepcopy(peft_model).merge_and_unload()
+    return dense_copy(peft_model).merge_and_unload().to(STORAGE_DTYPE)
+
+
 class HFClassifier(FtModel):
+    # Under LoRA: whether `export` writes the merged model beside the adapter (`method.export`).
+    merge_on_export: bool = True
+
     def __init__(self, hf_model: nn.Module, info: ModelInfo, source: str):
         super().__init__()
         self.hf, self.info, self.source = hf_model, info, source
@@ -199,13 +213,17 @@ class HFClassifier(FtModel):
 
     # -------------------------------------------------------------------------------- export
     def export(self, out_dir: Path) -> None:
-        """save_pretrained + tokenizer; under LoRA, the adapter alone in `adapter/` and the merged
-        model beside it (so the export loads like any other model)."""
+        """save_pretrained + tokenizer; under LoRA, the adapter alone in `adapter/` and (unless
+        `merge_on_export` is off: `method.export: adapter`) the merged model beside it, so that the
+        export loads like any other model."""
         out_dir.mkdir(parents=True, exist_ok=True)
         hf = self.hf
         if hasattr(hf, "merge_and_unload"):
-            hf.save_pretrained(str(out_dir / "adapter"))
-            hf = copy.deepcopy(hf).merge_and_unload()
+            hf.save_pretrained(str(out_dir / ADAPTER_DIR))
+            if not self.merge_on_export:
+                load_tokenizer(self.source).save_pretrained(str(out_dir / ADAPTER_DIR))
+                return
+            hf = merged(hf)
         hf.save_pretrained(str(out_dir), safe_serialization=True)
         load_tokenizer(self.source).save_pretrained(str(out_dir))
         (out_dir / EXPORT_CONFIG).write_text(json.dumps({"builder": "hf", "info": self.info.to_dict()},

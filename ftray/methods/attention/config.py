@@ -13,3 +13,13 @@ class AttentionMethod(LoraParams):
         "Only the attention projections (q, k, v, o) of the base model train (and the task head).",
         "attention")
     lora: bool = describe("Train them through LoRA (r, alpha, dropout) instead of directly.", False)
+
+    def check_job(self, spec):
+        super().check_job(spec)
+        # The LoRA options only mean something with adapters; without them the projections
+        # themselves train, and a trained weight cannot stay quantized.
+        if not self.lora:
+            for key, default in (("quantize", "none"), ("dora", False), ("rslora", False), ("export", "merged")):
+                if getattr(self, key) != default:
+                    raise ValueError(f"method.{key}: needs method.lora: true (without adapters the "
+                                     "attention projections themselves train)")

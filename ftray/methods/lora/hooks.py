@@ -1,5 +1,7 @@
 """`lora`: low-rank adapters through peft on the modules a preset or a name list picks; the base
-weights stay frozen. Exports the adapter alone (`model/adapter/`) beside the merged model."""
+weights stay frozen, in 4-bit NF4 under `method.quantize: nf4` (QLoRA, `ftray.models.quantize`),
+with DoRA or rank-stabilised scaling on request. Exports the adapter alone (`model/adapter/`) beside
+the merged model (or, with `method.export: adapter`, the adapter only)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ from torch import nn
 from ftray.checkpoint import MODEL_DIR
 from ftray.methods.base import Method
 from ftray.models import build_model
+from ftray.models.hf import ADAPTER_DIR
+from ftray.models.quantize import check_quantizable, check_torchao, keep_out_of_ddp, quantize_blocks
 from ftray.schema import SpecError
-
-ADAPTER_DIR = "adapter"
 
 
 def linear_modules(model: nn.Module, blocks: list[nn.Module]) -> dict[str, str]:
@@ -56,15 +58,25 @@ class Lora(Method):
 
     def check(self, info):
         from ftray.models.hf import HFClassifier
+        quantize = self.spec.method.quantize != "none"
+        if quantize:
+            check_torchao()
         if self._adapter_from():
             _adapter_of(self._adapter_from())
+        if self._adapter_from() and not quantize:
             return
         model = HFClassifier.skeleton(self.spec, info)
-        target_modules(model.hf, model.blocks(), self._targets())
+        if not self._adapter_from():
+            target_modules(model.hf, model.blocks(), self._targets())
+        if quantize:
+            check_quantizable(model.blocks())
 
     def build(self, info, checkpoint_dir: Path | None):
         from peft import PeftModel, get_peft_model
         model = build_model(self.spec, info)
+        quantized = self.spec.method.quantize == "nf4"
+        if quantized:  # before peft wraps the layers: its LoRA then wraps the NF4 layers as nn.Linear
+            quantize_blocks(model.blocks())
         adapter = (checkpoint_dir / MODEL_DIR / ADAPTER_DIR if checkpoint_dir else
                    _adapter_of(self._adapter_from()) if self._adapter_from() else None)
         if adapter:
@@ -74,6 +86,9 @@ class Lora(Method):
         if self.spec.train.precision != "fp32":
             skip_input_casts(model.hf)
         add_adapters_in_place(model.hf)
+        if quantized:
+            keep_out_of_ddp(model)
+        model.merge_on_export = self.spec.method.export == "merged"
         return model
 
     def _config(self, model, info):
@@ -81,7 +96,8 @@ class Lora(Method):
         m = self.spec.method
         head = [n for n, child in model.hf.named_children()
                 if n != model.hf.base_model_prefix and any(True for _ in child.parameters())]
-        return LoraConfig(r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
+        return LoraConfig(r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout, use_dora=m.dora,
+                          use_rslora=m.rslora,
                           target_modules=target_modules(model.hf, model.blocks(), self._targets()),
                           modules_to_save=head if info.task != "causal_lm" else None)
 
