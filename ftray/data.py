@@ -22,6 +22,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from ftray.models.base import ModelInfo
+from ftray.packing import pack
 from ftray.schema import SpecError
 
 if TYPE_CHECKING:
@@ -383,7 +384,8 @@ class TabularRows:
 class TokenizedRows:
     """map_batches UDF: text (or prompt + response) -> padded `input_ids`/`attention_mask`, plus
     `y` for classifiers or `labels` (-100 where there is no loss) for language models; with
-    `data.packing`, a batch's examples are concatenated into full `max_length` rows."""
+    `data.packing`, a batch's whole examples share `max_length` rows, kept apart by `position_ids`
+    (`ftray.packing`)."""
 
     def __init__(self, spec: JobSpec, class_index: dict, tokenizer_source: str):
         self.spec, self.class_index, self.source = spec, class_index, tokenizer_source
@@ -398,23 +400,16 @@ class TokenizedRows:
             encoded = tok(batch.column(spec.data.text).to_pylist(), add_special_tokens=True)["input_ids"]
             examples = [_fit_text(row, spec) for row in encoded]
         if spec.data.packing:
-            ids = [t for e in examples for t in e[0]]
-            lab = [t for e in examples for t in e[1]]
-            examples = [(ids[i:i + limit], lab[i:i + limit]) for i in range(0, len(ids), limit)]
+            # No attention_mask: the model reads the example boundaries from position_ids.
+            return pack(examples, limit, tok.pad_token_id)
         n = len(examples)
-        out = {"input_ids": np.full((n, limit), tok.pad_token_id, np.int64)}
-        # Packed rows are full but for each batch's last, which is padded on the right. Under causal
-        # attention no real token sees padding after it, and padding has no labels: a mask would
-        # change nothing the loss reads. Without one the model needs no host sync to trim padding
-        # and attention runs its causal (flash) kernel.
-        if not spec.data.packing:
-            out["attention_mask"] = np.zeros((n, limit), np.int64)
+        out = {"input_ids": np.full((n, limit), tok.pad_token_id, np.int64),
+               "attention_mask": np.zeros((n, limit), np.int64)}
         if spec.data.task == "causal_lm":
             out["labels"] = np.full((n, limit), -100, np.int64)
         for i, (ids, lab) in enumerate(examples):
             out["input_ids"][i, :len(ids)] = ids
-            if "attention_mask" in out:
-                out["attention_mask"][i, :len(ids)] = 1
+            out["attention_mask"][i, :len(ids)] = 1
             if lab is not None:
                 out["labels"][i, :len(lab)] = lab
         if spec.data.task != "causal_lm":

@@ -323,7 +323,7 @@ def end_epoch(t: Training, epoch: int, started: float, loss_sum, seen: int, toke
     elapsed = time.perf_counter() - started
     metrics.update(lr=t.optimizer.param_groups[0]["lr"], epoch_time_s=elapsed,
                    samples_per_s=seen_total / elapsed, train_time_s=train_time)
-    if tokens_total:  # padding included; with `data.packing` there is none
+    if tokens_total:  # padding included (with `data.packing`, only what is left at rows' ends)
         metrics["tokens_per_s"] = tokens_total / train_time
     if device.type == "cuda":
         metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30

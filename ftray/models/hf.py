@@ -98,8 +98,8 @@ class HFClassifier(FtModel):
         mask = batch.get("attention_mask")
         if self.fused_loss is not None and self.training:
             return self._fused_lm_loss(batch, mask)
-        if mask is None:  # packed language-model rows: see `ftray.data.TokenizedRows`
-            return self.hf(input_ids=batch["input_ids"]).logits
+        if mask is None:  # packed language-model rows (`ftray.packing`): examples kept apart
+            return self.packed_logits(batch["input_ids"], batch["position_ids"])
         width = int(mask.sum(dim=1).max())  # rows are padded to max_length: cut the common padding
         logits = self.hf(input_ids=batch["input_ids"][:, :width], attention_mask=mask[:, :width]).logits
         return logits.squeeze(-1) if self.info.task == "regression" else logits
@@ -111,12 +111,23 @@ class HFClassifier(FtModel):
         if mask is not None:  # padded rows: cut the common padding, as `forward`
             width = int(mask.sum(dim=1).max())
             ids, labels, mask = ids[:, :width], labels[:, :width], mask[:, :width]
-        hidden = self._base()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+        # Packed rows: position ids restarting at each example and no cache, as `packed_logits`.
+        rows = ({"attention_mask": mask} if mask is not None else
+                {"position_ids": batch["position_ids"], "use_cache": False})
+        hidden = self._base()(input_ids=ids, **rows).last_hidden_state[:, :-1]
         head = self._plain().get_output_embeddings().weight
         dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
             else head.dtype  # the head's product in the autocast dtype, as the unfused path runs it
         return self.fused_loss(head.to(dtype), hidden.reshape(-1, hidden.shape[-1]).to(dtype),
                                labels[:, 1:].reshape(-1))
+
+    def packed_logits(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of packed rows, no token attending to another example: with `position_ids`
+        restarting at each example and no attention mask, transformers builds the block-diagonal
+        causal mask itself (sdpa, eager, flex) or passes the boundaries to flash-attention's
+        varlen kernel. It does so only without a cache: `use_cache` (on by default in most
+        configs) would make it skip packed-sequence detection and let attention cross examples."""
+        return self.hf(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
 
     def _plain(self) -> nn.Module:
         """The transformers model, under a peft wrapper if there is one."""
@@ -163,12 +174,14 @@ class HFClassifier(FtModel):
 
     @classmethod
     def _from_pretrained(cls, source: str, info: ModelInfo, dropout, new_head: bool,
-                         random_config: dict | None = None) -> "HFClassifier":
+                         random_config: dict | None = None, attention: str = "auto") -> "HFClassifier":
         config = cls._config(source, info, dropout, random_config)
         auto = cls._auto(info.task)
+        extra = {} if attention == "auto" else {"attn_implementation": attention}
         if random_config:
-            return cls(auto.from_config(config, dtype=torch.float32), info, source)
-        extra = {} if info.task == "causal_lm" else {"ignore_mismatched_sizes": new_head}
+            return cls(auto.from_config(config, dtype=torch.float32, **extra), info, source)
+        if info.task != "causal_lm":
+            extra["ignore_mismatched_sizes"] = new_head
         return cls(auto.from_pretrained(source, config=config, dtype=torch.float32, **extra), info, source)
 
     @classmethod
@@ -183,7 +196,7 @@ class HFClassifier(FtModel):
     def build(cls, spec, info):
         new_head = spec.method.replaces_head
         model = cls._from_pretrained(resolve_source(spec), info, spec.model.dropout, new_head,
-                                     random_config=spec.model.config)
+                                     random_config=spec.model.config, attention=spec.model.attention)
         if new_head:
             model.new_head()
         if spec.model.kernels == "liger":

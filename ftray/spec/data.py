@@ -27,8 +27,9 @@ class DataSpec(Strict):
     truncation: Literal["none", "right", "left"] = describe(
         "Examples longer than `model.max_length`: error (`none`), cut the end (`right`), or cut the "
         "start of the prompt (`left`).", "right")
-    packing: bool = describe("`causal_lm`: pack several examples into each `model.max_length` sequence.",
-                             False)
+    packing: bool = describe(
+        "`causal_lm`: put several whole examples in each `model.max_length` row, kept apart (positions "
+        "restart at each example, no attention or loss across examples).", False)
     label: str | None = describe("Label column (classification, regression).", "label")
     classes: list[str | int] | None = describe(
         "Label values in head order; None means integer labels 0..K-1 with K inferred.", None)

@@ -95,6 +95,10 @@ def _check_devices(spec: JobSpec) -> None:
     train, scaling = spec.train, spec.scaling
     if scaling.strategy == "fsdp" and (train.l1 or train.precision == "fp16"):
         raise ValueError("scaling.strategy: fsdp supports neither train.l1 nor fp16 (use bf16)")
+    if spec.model.name == "hf" and spec.model.attention == "flex_attention" and not scaling.use_gpu:
+        # On a CPU its kernel takes minutes to compile (and gave NaN logits under packing here).
+        raise ValueError("model.attention: flex_attention is for GPUs; set scaling.use_gpu: true "
+                         "(or model.attention: sdpa)")
     if spec.model.name == "hf" and spec.model.kernels == "liger" and not scaling.use_gpu:
         raise ValueError("model.kernels: liger's kernels run on GPUs; set scaling.use_gpu: true "
                          "(or model.kernels: default)")

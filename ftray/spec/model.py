@@ -41,6 +41,10 @@ class HFModel(Strict):
         "with Liger's fused linear cross-entropy, chunk by chunk, so the logits (tokens x vocabulary) "
         "are never held (Llama-3-8B, 2 x 4096 tokens: 15 GiB less peak memory, 1.4% faster on an "
         "H200). Same loss; validation computes logits as before.", False)
+    attention: Literal["auto", "sdpa", "eager", "flex_attention"] = describe(
+        "transformers' attention implementation: `auto` (its default, sdpa where the model has it), "
+        "`sdpa`, `eager`, or `flex_attention` (compiled block-sparse kernels on GPUs: packed rows skip "
+        "the blocks between examples).", "auto")
     config: dict[str, Any] | None = describe(
         "Build with random weights from this transformers config (with `model_type`); `path` then only "
         "supplies the tokenizer.", None)
