@@ -29,6 +29,20 @@ case $set_name in
     b prepare --size 8b --steps 16 --batch 4
     b profile --size 8b --batch 2 --steps 6 --fused-ce --lora-addmm
     b ftray --size 8b --method lora --kernels liger --batch-override 2 --set model.fused_loss=true ;;
+  8b-qlora-pack)    # one GPU: QLoRA on the 8B shape (NF4 base, fused loss, adapter-only export; again
+    #               without the fused loss if that fails), then packing's isolation on the 1B shape:
+    #               LoRA on short documents (several per row, attention kept apart) against one per row
+    b prepare --size 8b --steps 16 --batch 4
+    b ftray --size 8b --method lora --kernels liger --batch-override 2 --quantize nf4 \
+      --set model.fused_loss=true --set method.export=adapter
+    grep -q '"quantize": "nf4"' "$results" || b ftray --size 8b --method lora --kernels liger --batch-override 2 \
+      --quantize nf4 --set method.export=adapter
+    base=$work
+    for docs in 0 512; do
+      work=$base/1b-docs$docs; mkdir -p "$work"; cp -r "$base/tokenizer" "$work/"
+      if [ "$docs" = 0 ]; then b prepare --size 1b --steps 48 --batch 8; else b prepare --size 1b --steps 48 --batch 8 --doc-words $docs; fi
+      b ftray --size 1b --method lora --kernels liger --set model.fused_loss=true --set method.export=adapter
+    done ;;
   8b-lora-probe)    # one GPU, Llama-3-8B shape at 4096: the LoRA step in plain PyTorch by kernel kind with
     #               the fused cross-entropy and the addmm adapter add, then ftray's LoRA at batch 2
     b prepare --size 8b --steps 16 --batch 4

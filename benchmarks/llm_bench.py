@@ -187,7 +187,7 @@ def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu
     cfg, seq = SIZES[size], SEQ[size]
     trainable = s["params"]["trainable"] if method == "lora" else None  # frozen base: 4N, not 6N
     return {"path": "ftray", "size": size, "method": method, "quantize": quantize, "packing": packing,
-            "set": list(extra), "gpus": gpus, "compile": compile_,
+            "set": list(extra), "work": str(work), "gpus": gpus, "compile": compile_,
             "strategy": strategy, "gradient_checkpointing": checkpointing, "kernels": kernels,
             "accum": accum, "batch": batch or yaml.safe_load(spec.read_text())["train"]["batch_size"], "gpu": gpu_name(),
             "tokens_per_s": last["tokens_per_s"], "tokens_per_s_per_gpu": last["tokens_per_s"] / gpus,
