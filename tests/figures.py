@@ -127,6 +127,13 @@ ENTRIES = [
            also=("→ {1.91} in 6 epochs",)),
     Setting("llm_sft.epochs", ("after epoch 1,", "after epoch 6"), "the epochs the figures are of"),
     Untested("llm_sft.wall", ("in 6 epochs, 60 s.",), f"{WALL}: `ftray run jobs/llm_sft.yaml`"),
+    # ---------------------------------------------------------------------------------- QLoRA
+    Figure("qlora.ppl_epoch1", "val perplexity {19370} after epoch 1", 200, f"{JOBS}::test_qlora_job", scale=1),
+    Figure("qlora.ppl_final", "{14691} after epoch 4", 150, f"{JOBS}::test_qlora_job", scale=1),
+    Figure("qlora.trainable_share", "the 4-bit path is the point), {0.86}% trainable", 0.00005,
+           f"{JOBS}::test_qlora_job"),
+    Setting("qlora.bits", ("its frozen base in 4-bit NF4", "the 4-bit path is the point"), "NF4's 4 bits a weight"),
+    Setting("qlora.epochs", ("19370 after epoch 1,", "14691 after epoch 4"), "the epochs the figures are of"),
     # -------------------------------------------------------------------------- LoRA, attention
     Figure("lora.val_accuracy", "LoRA r=8 on MiniLM's attention projections + new head | {100}% val accuracy", 0.006,
            f"{JOBS}::test_lora_job", also=("`ftray run jobs/lora.yaml`: {100}% with",)),

@@ -411,6 +411,9 @@ CASES: dict[str, Case] = {
     "quantize under fsdp": C(lambda w, d: hf(w, d, method={"name": "lora", "quantize": "nf4"})
                              + ["--set", "scaling.strategy=fsdp"],
                              ("method.quantize: nf4 runs under scaling.strategy: ddp only",)),
+    "adapter-only export into an ensemble": C(lambda w, d: hf(w, d, method={"name": "lora", "export": "adapter"})
+                                              + ["--set", "tune={space: {train.lr: {loguniform: [0.001, 0.01]}}, ensemble: {top_k: 2}}"],
+                                              ("method.export: adapter leaves no merged model for tune.ensemble",)),
     "liger kernels on CPU": C(lambda w, d: hf(w, d, model={"kernels": "liger"}),
                               ("model.kernels: liger's kernels run on GPUs",)),
     # Without the liger-kernel package (CI) the message says so; with it, BERT has no Liger kernels.

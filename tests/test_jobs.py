@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from ftray import data
 from ftray.spec import load_spec
@@ -81,6 +82,29 @@ def test_llm_sft_short(ray_session, tmp_path, capsys, monkeypatch):
     s = job_summary(capsys, "run", "llm_sft.yaml", tmp_path, "--set", "train.epochs=2")
     ppl = [m["val_perplexity"] for m in s["history"]]
     assert ppl[1] < ppl[0]
+
+
+def test_qlora_short(ray_session, tmp_path, capsys, monkeypatch):
+    """jobs/qlora.yaml for 2 epochs: 2 DDP workers train adapters on a 4-bit base, the perplexity
+    falls, and the run's model/ is a merged bf16 model that plain transformers loads."""
+    from transformers import AutoModelForCausalLM
+    monkeypatch.chdir(REPO)
+    s = job_summary(capsys, "run", "qlora.yaml", tmp_path, "--set", "train.epochs=2")
+    ppl = [m["val_perplexity"] for m in s["history"]]
+    assert ppl[1] < ppl[0]
+    assert 0 < s["params"]["trainable"] < 0.1 * s["params"]["total"]
+    merged = AutoModelForCausalLM.from_pretrained(s["model"])
+    assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+@pytest.mark.slow
+def test_qlora_job(ray_session, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    s = job_summary(capsys, "run", "qlora.yaml", tmp_path)
+    FIGURES["qlora.ppl_epoch1"].check(s["history"][0]["val_perplexity"])
+    FIGURES["qlora.ppl_final"].check(s["metrics"]["val_perplexity"])
+    FIGURES["qlora.trainable_share"].check(s["params"]["trainable"] / s["params"]["total"])
 
 
 @pytest.mark.parametrize("job, max_share", [("lora.yaml", 0.01), ("attention.yaml", 0.2)])

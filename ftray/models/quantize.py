@@ -2,14 +2,14 @@
 
 `quantize_blocks` replaces every `nn.Linear` inside the backbone blocks by an `NF4Linear`: still an
 `nn.Linear` (so peft's LoRA wraps it like any other), whose weight is a frozen NF4Tensor: 4 bits a
-weight plus one 8-bit scale per 64 weights (double quantization), ~0.53 bytes a weight against 2
+weight plus one 8-bit scale per 64 weights (double quantization), ~0.52 bytes a weight against 2
 in bf16. Each forward dequantizes the weight to the compute dtype (torchao's `linear_nf4`, also in
 backward) and keeps no copy. Embeddings, the LM head and a classifier's head are not quantized: they
 sit outside the blocks, the LM head's logits are the most precision-sensitive matrix product, and a
 classifier's head trains. On an 8B Llama the blocks hold 7.0 of the 8.0 B weights.
 
-`dense_copy` copies a model with its NF4Linear layers turned back into plain bf16 `nn.Linear` layers: the base a merged
-export is built on (the same weights the quantized forward computed with).
+`dense_copy` copies a model with its NF4Linear layers turned back into plain bf16 `nn.Linear`
+layers: the base a merged export is built on (the same weights the quantized forward computed with).
 """
 
 from __future__ import annotations
@@ -127,6 +127,8 @@ def quantize_blocks(blocks: list[nn.Module]) -> int:
                 if isinstance(child, nn.Linear) and not isinstance(child, NF4Linear):
                     setattr(parent, name, NF4Linear(child))
                     count += 1
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # hand back the dense weights' memory (the 8B shape: 28 GB in fp32)
     return count
 
 

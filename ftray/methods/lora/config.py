@@ -29,6 +29,8 @@ class LoraParams(MethodConfig):
         # Adapters (and the attention preset) name a transformer's projection layers.
         if spec.model.name != "hf":
             raise ValueError(f"method.name: {self.name} needs model.name: hf")
+        if self.export == "adapter" and spec.tune is not None and spec.tune.ensemble is not None:
+            raise ValueError("method.export: adapter leaves no merged model for tune.ensemble to combine")
         if self.quantize != "none" and spec.scaling.strategy == "fsdp":
             # FSDP2 would have to shard and gather NF4 tensors, and checkpoints gather full weights:
             # untested here, so refused rather than half working. One GPU is what QLoRA is for.
