@@ -507,7 +507,8 @@ def ray_datasets(spec: JobSpec, plan: DataPlan) -> tuple[dict, dict]:
         # Small data (`inspect` already holds it in this process): transform it here, once, into
         # the object store. Each epoch then streams ready blocks, and no Ray Data task has to
         # start (and import the tokenizer) before the first step: seconds on any machine.
-        return {"train": _transformed_here(train_table, udf), "val": _transformed_here(val_table, udf)}, rows
+        datasets = {"train": _transformed_here(train_table, udf), "val": _transformed_here(val_table, udf)}
+        return datasets, _model_rows(spec, datasets, rows)
     if plan.val:  # separate files: each is read by Ray Data tasks, in parallel across the cluster
         cols = needed_columns(spec)
         train, val = _read(plan.train).select_columns(cols), _read(plan.val).select_columns(cols)
@@ -524,7 +525,17 @@ def ray_datasets(spec: JobSpec, plan: DataPlan) -> tuple[dict, dict]:
         # process would take minutes), once, so each epoch streams ready blocks instead of
         # re-running the read and transform tasks.
         datasets = {name: ds.materialize() for name, ds in datasets.items()}
+        rows = _model_rows(spec, datasets, rows)
     return datasets, rows
+
+
+def _model_rows(spec: JobSpec, datasets: dict, rows: dict) -> dict:
+    """The row counts the workers will see: with `data.packing`, the packed rows (fewer than the
+    examples; they size an epoch and so the LR schedule), counted from the materialized datasets'
+    metadata. Streamed data keeps its example count: counting would run the pipeline once more."""
+    if not spec.data.packing:
+        return rows
+    return {name: datasets[name].count() for name in rows}
 
 
 def _transformed_here(table: pa.Table, udf, block_rows: int = 1024):
