@@ -4,7 +4,8 @@
 #                                                  fsdp-liger-again | fsdp-lora | fsdp-plain-accum | first-step-cached |
 #                                                  kernels | kernels-accum | kernels-lora |
 #                                                  kernels-repeat | single | single-more | compile | fsdp1 |
-#                                                  multi | multi-fsdp | multi4
+#                                                  multi | multi-fsdp | multi4 |
+#                                                  8b-lora-probe | 8b-lora | 8b-qlora-pack
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
 # the offline bundle made by ../shared/gpu/offline-wheels.sh .whl (installed first when .whl exists).
 set -euo pipefail
@@ -14,9 +15,43 @@ if [ -d .whl ]; then
   export PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-b() { timeout "${BENCH_TIMEOUT:-900}" python3 benchmarks/llm_bench.py "$@" --results "$results" || echo "FAILED: $*"; }
+# BENCH_WORK: the work folder (data, spec, run folders; e.g. on a tmpfs, where checkpoints of an 8B
+# model write in seconds); it gets the tokenizer of benchmarks/out/work when it has none.
+work=${BENCH_WORK:-benchmarks/out/work}
+if [ "$work" != benchmarks/out/work ] && [ ! -d "$work/tokenizer" ]; then
+  mkdir -p "$work" && cp -r benchmarks/out/work/tokenizer "$work/"
+fi
+b() { timeout "${BENCH_TIMEOUT:-900}" python3 benchmarks/llm_bench.py "$@" --work "$work" --results "$results" || echo "FAILED: $*"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 case $set_name in
+  8b-lora)          # one GPU, 8B shape: the plain step with ftray's in-place adapter add, then ftray's
+    #               LoRA with that add and the fused loss (model.fused_loss)
+    b prepare --size 8b --steps 16 --batch 4
+    b profile --size 8b --batch 2 --steps 6 --fused-ce --lora-addmm
+    b ftray --size 8b --method lora --kernels liger --batch-override 2 --set model.fused_loss=true ;;
+  8b-qlora-pack)    # one GPU: QLoRA on the 8B shape (NF4 base, fused loss, adapter-only export; again
+    #               without the fused loss if that fails), then packing's isolation on the 1B shape:
+    #               LoRA on short documents (several per row, attention kept apart) against one per row
+    b prepare --size 8b --steps 16 --batch 4
+    b ftray --size 8b --method lora --kernels liger --batch-override 2 --quantize nf4 \
+      --set model.fused_loss=true --set method.export=adapter
+    grep -q '"quantize": "nf4"' "$results" || b ftray --size 8b --method lora --kernels liger --batch-override 2 \
+      --quantize nf4 --set method.export=adapter
+    base=$work
+    for docs in 0 512; do
+      work=$base/1b-docs$docs; mkdir -p "$work"; cp -r "$base/tokenizer" "$work/"
+      if [ "$docs" = 0 ]; then b prepare --size 1b --steps 48 --batch 8; else b prepare --size 1b --steps 48 --batch 8 --doc-words $docs; fi
+      b ftray --size 1b --method lora --kernels liger --set model.fused_loss=true --set method.export=adapter
+    done ;;
+  8b-lora-probe)    # one GPU, Llama-3-8B shape at 4096: the LoRA step in plain PyTorch by kernel kind with
+    #               the fused cross-entropy and the addmm adapter add, then ftray's LoRA at batch 2
+    b prepare --size 8b --steps 16 --batch 4
+    b profile --size 8b --batch 2 --steps 6
+    b profile --size 8b --batch 2 --steps 6 --fused-ce
+    b profile --size 8b --batch 2 --steps 6 --fused-ce --lora-addmm
+    b profile --size 8b --batch 4 --steps 4 --fused-ce --lora-addmm
+    b profile --size 8b --batch 8 --steps 2 --fused-ce --lora-addmm --gradient-checkpointing
+    b ftray --size 8b --method lora --kernels liger --batch-override 2 ;;
   fsdp-liger)       # one GPU, FSDP2 (bf16 compute copies of fp32 weights) + Liger: ftray, plain, Ray Train's floor
     b prepare --size 1b --steps 64 --batch 8
     b ftray --size 1b --method full --kernels liger --strategy fsdp

@@ -3,6 +3,9 @@ PyTorch DDP (torchrun), tokens/s, MFU, peak GPU memory and time to the first opt
 
     python benchmarks/llm_bench.py prepare --size 1b --steps 40            # data, tokenizer, spec
     python benchmarks/llm_bench.py ftray   --size 1b --method full [--gpus N] [--compile]
+    python benchmarks/llm_bench.py ftray   --size 8b --method lora --kernels liger --batch-override 4 \
+        [--quantize nf4] [--packing true|false] [--gradient-checkpointing] [--set KEY=VALUE ...]
+    python benchmarks/llm_bench.py profile --size 8b --batch 2 [--fused-ce]  # LoRA step, plain, by kernel
     python benchmarks/llm_bench.py plain   --size 1b [--gpus N] [--compile]  # torchrun, same step
     python benchmarks/llm_bench.py floor   --size 1b                         # Ray Train start-up alone
     python benchmarks/llm_bench.py smoke                                     # tiny, CPU, both paths
@@ -14,6 +17,17 @@ cross-entropy on fp32 logits); the plain path feeds token tensors already on the
 also charges ftray for its input pipeline (Ray Data) and its per-epoch bookkeeping.
 Throughput is the last epoch's (the first one carries compilation and warm-up). Not a test: the
 `smoke` mode runs in the test suite so that the script does not rot.
+
+MFU is model FLOPs per second over the GPU's dense bf16 peak (989.4 TFLOP/s for an H100 or H200).
+Model FLOPs per token, with N the parameters that do matrix products (all but the input embedding
+and the norms), L layers, d the model width and s the sequence length:
+    full fine-tuning:   6 N + 12 L d s
+    LoRA and QLoRA:     4 N + 6 T + 12 L d s      (T the trainable adapter parameters)
+Every weight costs 2 FLOPs per token forward and 2 for the gradient of its input; only trained
+weights cost the further 2 of their own gradient, so a frozen base counts 4 N, not 6 N. Attention's
+12 L d s (score and value products, forward and backward, counted for the full s x s square as PaLM
+and llm-foundry do) has no weights and is the same for every method. Recomputation under gradient
+checkpointing and NF4 dequantization are not counted: they are work the hardware does, not model FLOPs.
 """
 
 from __future__ import annotations
@@ -39,27 +53,41 @@ SIZES = {
     "1b": {"model_type": "llama", "vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632,
            "num_hidden_layers": 22, "num_attention_heads": 32, "num_key_value_heads": 4,
            "max_position_embeddings": 2048, "pad_token_id": 0, "tie_word_embeddings": False},
+    # Llama-3-8B's shape: 32 layers, d_model 4096, 8 KV heads, vocabulary 128256, rope theta 5e5.
+    "8b": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+           "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "rope_theta": 500000.0, "max_position_embeddings": 8192, "pad_token_id": 0,
+           "tie_word_embeddings": False},
     "tiny": {"model_type": "llama", "vocab_size": 30522, "hidden_size": 64, "intermediate_size": 128,
              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
              "max_position_embeddings": 64, "pad_token_id": 0, "tie_word_embeddings": False},
 }
-SEQ = {"1b": 2048, "tiny": 64}
+SEQ = {"1b": 2048, "8b": 4096, "tiny": 64}
 
 
 # ==================================================================================== arithmetic
-def flops_per_token(cfg: dict, seq: int) -> float:
-    """Training FLOPs per token (PaLM appendix B, as llm-foundry counts them): 6 x the parameters
-    that do matrix products (all but the input embedding) + 12 x layers x d_model x sequence."""
+def matmul_params(cfg: dict) -> int:
+    """N: the parameters that do matrix products (all but the input embedding and the norms)."""
     d, L, ff, v = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"]
     kv = d * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
     per_layer = 2 * d * d + 2 * d * kv + 3 * d * ff
-    matmul_params = L * per_layer + d * v  # + the LM head
-    return 6 * matmul_params + 12 * L * d * seq
+    return L * per_layer + d * v  # + the LM head
 
 
-def mfu(tokens_per_s: float, cfg: dict, seq: int, gpus: int, gpu_name: str) -> float | None:
+def flops_per_token(cfg: dict, seq: int, trainable: int | None = None) -> float:
+    """Training FLOPs per token (PaLM appendix B, as llm-foundry counts them). Full fine-tuning
+    (`trainable` None): 6 N + 12 L d s. A frozen base with `trainable` adapter parameters (LoRA,
+    QLoRA): 4 N + 6 trainable + 12 L d s, since frozen weights get no weight gradients."""
+    attention = 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] * seq
+    if trainable is None:
+        return 6 * matmul_params(cfg) + attention
+    return 4 * matmul_params(cfg) + 6 * trainable + attention
+
+
+def mfu(tokens_per_s: float, cfg: dict, seq: int, gpus: int, gpu_name: str,
+        trainable: int | None = None) -> float | None:
     peak = next((f for k, f in PEAK_BF16_FLOPS.items() if k in gpu_name), None)
-    return tokens_per_s * flops_per_token(cfg, seq) / (peak * gpus) if peak else None
+    return tokens_per_s * flops_per_token(cfg, seq, trainable) / (peak * gpus) if peak else None
 
 
 def new_model(size: str, device):
@@ -76,9 +104,11 @@ def gpu_name() -> str:
 
 
 # ==================================================================================== prepare
-def prepare(work: Path, size: str, steps: int, batch: int) -> Path:
+def prepare(work: Path, size: str, steps: int, batch: int, doc_words: int | None = None) -> Path:
     """Tokenizer (MiniLM's, copied from the installed package or an earlier `prepare`), generated
-    text that packs into `steps * batch` full sequences, and the job spec. Returns the spec path."""
+    text that packs into `steps * batch` full sequences, and the job spec. Returns the spec path.
+    `doc_words`: documents of doc_words/4 to doc_words words (several to a packed sequence, as chat
+    or instruction data), as many as fill the same number of sequences; default one per sequence."""
     work.mkdir(parents=True, exist_ok=True)
     tok_dir = work / "tokenizer"
     if not tok_dir.exists():
@@ -94,7 +124,14 @@ def prepare(work: Path, size: str, steps: int, batch: int) -> Path:
     seq = SEQ[size]
     # Each word is one token; a row of `seq` words fills about one packed sequence.
     def rows(n):
-        return "".join(json.dumps({"text": " ".join(rng.choices(words, k=seq))}) + "\n" for _ in range(n))
+        if not doc_words:
+            return "".join(json.dumps({"text": " ".join(rng.choices(words, k=seq))}) + "\n" for _ in range(n))
+        out, left = [], n * seq
+        while left > 0:
+            k = rng.randint(max(1, doc_words // 4), doc_words)
+            out.append(json.dumps({"text": " ".join(rng.choices(words, k=k))}) + "\n")
+            left -= k + 2  # + [CLS] and [SEP]
+        return "".join(out)
     (work / "train.jsonl").write_text(rows(steps * batch + batch))
     (work / "val.jsonl").write_text(rows(batch))
     spec = {
@@ -115,10 +152,14 @@ def prepare(work: Path, size: str, steps: int, batch: int) -> Path:
 # ==================================================================================== ftray path
 def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu: bool,
               checkpointing: bool, strategy: str, batch: int | None = None, kernels: str = "default",
-              accum: int = 1) -> dict:
+              accum: int = 1, quantize: str | None = None, packing: str | None = None,
+              extra: tuple[str, ...] = ()) -> dict:
+    """One `ftray run` of the prepared spec with these overrides. `quantize: nf4` is QLoRA (LoRA on
+    a frozen 4-bit base, `method.quantize`); `packing` sets `data.packing`; `extra` are further
+    `--set KEY=VALUE` overrides, passed as they are."""
     spec = work / f"{size}.yaml"
     name = (f"{method}-{gpus}g-{'c' if compile_ else 'e'}-{strategy}{'-gc' if checkpointing else ''}"
-            f"-{kernels}-a{accum}")
+            f"-{kernels}-a{accum}{'-' + quantize if quantize else ''}")
     sets = [f"run.name={name}", f"scaling.num_workers={gpus}", f"scaling.use_gpu={str(not cpu).lower()}",
             f"train.compile={str(compile_).lower()}", f"scaling.strategy={strategy}",
             f"model.gradient_checkpointing={str(checkpointing).lower()}", f"model.kernels={kernels}",
@@ -126,7 +167,11 @@ def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu
     if batch:
         sets.append(f"train.batch_size={batch}")
     if method == "lora":
-        sets.append("method={name: lora, r: 16, alpha: 32, target_modules: all-linear}")
+        q = f", quantize: {quantize}" if quantize else ""
+        sets.append(f"method={{name: lora, r: 16, alpha: 32, target_modules: all-linear{q}}}")
+    if packing is not None:
+        sets.append(f"data.packing={packing}")
+    sets += list(extra)
     if cpu:
         sets.append("train.precision=fp32")
     # Earlier runs' folders go first: each holds a 1B model's checkpoint with optimizer state
@@ -140,15 +185,20 @@ def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu
     s = json.loads((work / "runs" / name / "summary.json").read_text())
     last = s["history"][-1]
     cfg, seq = SIZES[size], SEQ[size]
-    return {"path": "ftray", "size": size, "method": method, "gpus": gpus, "compile": compile_,
+    trainable = s["params"]["trainable"] if method == "lora" else None  # frozen base: 4N, not 6N
+    return {"path": "ftray", "size": size, "method": method, "quantize": quantize, "packing": packing,
+            "set": list(extra), "work": str(work), "gpus": gpus, "compile": compile_,
             "strategy": strategy, "gradient_checkpointing": checkpointing, "kernels": kernels,
             "accum": accum, "batch": batch or yaml.safe_load(spec.read_text())["train"]["batch_size"], "gpu": gpu_name(),
             "tokens_per_s": last["tokens_per_s"], "tokens_per_s_per_gpu": last["tokens_per_s"] / gpus,
-            "mfu": mfu(last["tokens_per_s"], cfg, seq, gpus, gpu_name()),
+            "mfu": mfu(last["tokens_per_s"], cfg, seq, gpus, gpu_name(), trainable),
+            "flops_per_token": flops_per_token(cfg, seq, trainable),
             "peak_memory_gib": last.get("peak_memory_gib"), "first_step_s": s["timings"]["first_step_s"],
             "startup": {k: s["timings"].get(k) for k in ("checked_s", "ray_start_s", "data_ready_s", "worker_started_s", "model_ready_s")},
             "wall_s": round(time.time() - started, 1), "params": s["params"],
-            "epochs": [round(h["tokens_per_s"]) for h in s["history"]]}
+            "epochs": [round(h["tokens_per_s"]) for h in s["history"]],
+            "epoch_peak_memory_gib": [h.get("peak_memory_gib") for h in s["history"]],
+            "val_loss": last.get("val_loss")}
 
 
 # ==================================================================================== plain path
@@ -313,6 +363,103 @@ def run_floor(work: Path, size: str, cpu: bool) -> dict:
     return json.loads(out.read_text())
 
 
+# ==================================================================================== profile
+KERNEL_KINDS = (("attention", ("flash", "fmha", "attn")), ("matmul", ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")),
+                ("liger", ("_rms_norm", "_rope", "swiglu", "_geglu", "liger", "cross_entropy")),
+                ("optimizer", ("adam", "multi_tensor")), ("copy/cast", ("copy", "cast", "to_copy", "fill")),
+                ("elementwise", ("elementwise", "vectorized", "unrolled", "reduce", "softmax")))
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
+def profile_lora(size: str, batch: int, fused_ce: bool, checkpointing: bool, steps: int,
+                 lora_addmm: bool = False) -> dict:
+    """The ftray LoRA step (r=16 all-linear, Liger, bf16 frozen base, no fp32 adapter-input copy)
+    in plain PyTorch on one GPU: tokens/s over `steps` timed steps, then one profiled step's GPU
+    time by kernel kind (matrix products, attention, Liger, casts, elementwise, ...). `fused_ce`
+    computes the loss with Liger's fused linear cross-entropy (no logits materialised)."""
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+
+    from ftray.methods.lora.hooks import skip_input_casts
+    from ftray.models.hf import apply_liger
+    cuda = torch.cuda.is_available()  # the CPU runs only check the script (no Liger there)
+    device = torch.device("cuda" if cuda else "cpu")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    torch.manual_seed(0)
+    cfg, seq = SIZES[size], SEQ[size]
+    hf = new_model(size, device)
+    if cuda:
+        apply_liger(hf)
+    if checkpointing:
+        hf.gradient_checkpointing_enable()
+    model = get_peft_model(hf, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"))
+    skip_input_casts(model)
+    if lora_addmm:  # as ftray's lora method: the adapter's product added into the base output in place
+        from ftray.methods.lora.hooks import add_adapters_in_place
+        add_adapters_in_place(model)
+    for p in model.parameters():  # as ftray's parallel.wrap: frozen weights in bf16
+        if not p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=1e-4, weight_decay=0.0, fused=cuda)
+    ids = torch.randint(1000, min(30000, cfg["vocab_size"]), (steps + 4, batch, seq), device=device)
+    if fused_ce:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        flce = LigerFusedLinearCrossEntropyLoss()
+
+    def step(x):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            if fused_ce:
+                h = hf.model(input_ids=x).last_hidden_state[:, :-1]
+                w = hf.lm_head.weight
+                loss = flce(w, h.reshape(-1, h.shape[-1]).to(w.dtype), x[:, 1:].reshape(-1))
+            else:
+                logits = model(input_ids=x).logits[:, :-1].float()
+        if not fused_ce:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    for i in range(3):
+        first_loss = step(ids[i])
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for i in range(steps):
+        step(ids[3 + i])
+    sync()
+    tps = steps * batch * seq / (time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    with torch_profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        step(ids[-1])
+        sync()
+    kinds, top = {}, []
+    for ev in prof.key_averages():
+        us = ev.self_device_time_total if cuda else ev.self_cpu_time_total
+        if us <= 0:
+            continue
+        kinds[kernel_kind(ev.key)] = kinds.get(kernel_kind(ev.key), 0.0) + us / 1e3
+        top.append((us / 1e3, ev.count, ev.key[:90]))
+    trainable = sum(p.numel() for p in trained)
+    return {"path": "profile", "size": size, "method": "lora", "batch": batch, "fused_ce": fused_ce,
+            "lora_addmm": lora_addmm,
+            "gradient_checkpointing": checkpointing, "gpu": gpu_name(), "tokens_per_s": tps,
+            "mfu": mfu(tps, cfg, seq, 1, gpu_name(), trainable), "peak_memory_gib": peak,
+            "step_ms": batch * seq / tps * 1e3, "loss_first": float(first_loss),
+            "gpu_ms_by_kind": {k: round(v, 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top_kernels_ms": [[round(ms, 1), n, k] for ms, n, k in sorted(top, reverse=True)[:25]]}
+
+
 # ==================================================================================== main
 def record(result: dict, results: Path) -> None:
     result["date"] = time.strftime("%Y-%m-%d %H:%M")
@@ -324,7 +471,8 @@ def record(result: dict, results: Path) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["prepare", "ftray", "plain", "plain-worker", "floor", "floor-run", "smoke"])
+    p.add_argument("mode", choices=["prepare", "ftray", "plain", "plain-worker", "floor", "floor-run",
+                                       "profile", "smoke"])
     p.add_argument("--size", choices=list(SIZES), default="1b")
     p.add_argument("--method", choices=["full", "lora"], default="full")
     p.add_argument("--gpus", type=int, default=1)
@@ -337,6 +485,14 @@ def main(argv=None) -> None:
     p.add_argument("--kernels", choices=["default", "liger"], default="default",
                    help="liger: Liger's fused RMSNorm, rotary and SwiGLU kernels (both paths)")
     p.add_argument("--accum", type=int, default=1, help="micro-batches accumulated per optimizer step")
+    p.add_argument("--quantize", choices=["nf4"], help="ftray LoRA: method.quantize (nf4: QLoRA)")
+    p.add_argument("--packing", choices=["true", "false"], help="ftray: data.packing other than the spec's (true)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="ftray: a further spec override, passed to `ftray run --set` as it is (repeatable)")
+    p.add_argument("--doc-words", type=int, help="prepare: documents of doc_words/4..doc_words words "
+                   "(several per packed sequence) instead of one per sequence")
+    p.add_argument("--fused-ce", action="store_true", help="profile: Liger's fused linear cross-entropy")
+    p.add_argument("--lora-addmm", action="store_true", help="profile: adapter product added by one addmm")
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--work", type=Path, default=HERE / "out" / "work")
     p.add_argument("--results", type=Path, default=HERE / "out" / "results.jsonl")
@@ -347,10 +503,14 @@ def main(argv=None) -> None:
     if a.mode == "floor-run":
         return floor_run(a.work, a.size, a.cpu, a.worker_out)
     if a.mode == "prepare":
-        print(prepare(a.work, a.size, a.steps, a.batch))
+        print(prepare(a.work, a.size, a.steps, a.batch, a.doc_words))
     elif a.mode == "ftray":
         record(run_ftray(a.work, a.size, a.method, a.gpus, a.compile, a.cpu, a.gradient_checkpointing,
-                         a.strategy, a.batch_override, a.kernels, a.accum), a.results)
+                         a.strategy, a.batch_override, a.kernels, a.accum, a.quantize, a.packing,
+                         tuple(a.sets)), a.results)
+    elif a.mode == "profile":
+        record(profile_lora(a.size, a.batch, a.fused_ce, a.gradient_checkpointing, a.steps, a.lora_addmm),
+               a.results)
     elif a.mode == "plain":
         record(run_plain(a.work, a.size, a.gpus, a.compile, a.cpu, a.steps, a.batch, a.kernels, a.accum,
                          a.strategy), a.results)

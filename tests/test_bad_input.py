@@ -485,6 +485,8 @@ CASES: dict[str, Case] = {
     # Without the liger-kernel package (CI) the message says so; with it, BERT has no Liger kernels.
     "liger kernels unavailable": C(lambda w, d: hf(w, d, model={"kernels": "liger"}) + ["--set", "scaling.use_gpu=true"],
                                    ("model.kernels: liger ",)),
+    "fused loss without liger": C(lambda w, d: hf(w, d, model={"fused_loss": True}),
+                                  ("model.fused_loss: the fused loss is Liger's; set model.kernels: liger",)),
     "hf model folder missing": C(lambda w, d: hf(w, d, model={"path": str(d / "no_model")}),
                                  ("model.path: ", "no such model folder")),
     "hf model with corrupt config.json": C(hf_corrupt_config, ("model.path: cannot load a model from",)),

@@ -16,10 +16,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import llm_bench  # noqa: E402
 
 
-@pytest.mark.parametrize("size", ["tiny", "1b"])
+@pytest.mark.parametrize("size", ["tiny", "1b", "8b"])
 def test_flop_count_matches_the_model(size):
     """6N of the MFU formula counts exactly the parameters that do matrix products: every weight
-    but the input embedding and the norms."""
+    but the input embedding and the norms; with a frozen base (LoRA, QLoRA) 4N + 6 x trainable."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     cfg = llm_bench.SIZES[size]
@@ -28,8 +28,11 @@ def test_flop_count_matches_the_model(size):
     matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in n)
     attention = 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] * llm_bench.SEQ[size]
     assert llm_bench.flops_per_token(cfg, llm_bench.SEQ[size]) == 6 * matmul + attention
+    assert llm_bench.flops_per_token(cfg, llm_bench.SEQ[size], trainable=1000) == 4 * matmul + 6000 + attention
     if size == "1b":
         assert 1.0e9 < sum(p.numel() for p in model.parameters()) < 1.2e9
+    if size == "8b":  # Llama-3-8B: 8.03B parameters
+        assert 8.0e9 < sum(p.numel() for p in model.parameters()) < 8.1e9
 
 
 @pytest.mark.slow  # the GPU benchmark's CPU smoke (two ftray + torchrun runs, ~2 min idle); the step probe's smoke and the FLOP count stay in the default run

@@ -19,7 +19,10 @@ from ftray.models.base import FtModel
 
 
 def task_loss(task: str, out: torch.Tensor, batch: dict, reduction: str = "mean") -> torch.Tensor:
-    """The supervised loss of a task: cross-entropy, mean squared error, or next-token CE."""
+    """The supervised loss of a task: cross-entropy, mean squared error, or next-token CE. A 0-d
+    `out` is the mean next-token loss the model computed itself (`model.fused_loss`, training)."""
+    if out.dim() == 0:
+        return out
     if task == "classification":
         return F.cross_entropy(out.float(), batch["y"], reduction=reduction)
     if task == "regression":

@@ -93,14 +93,34 @@ class HFClassifier(FtModel):
         super().__init__()
         self.hf, self.info, self.source = hf_model, info, source
         self.chat_template: str | None = None  # the built-in template it is tuned with, if any
+        self.fused_loss = None  # `model.fused_loss`: Liger's fused linear cross-entropy (`build`)
 
     def forward(self, batch: dict) -> torch.Tensor:
         mask = batch.get("attention_mask")
+        if self.fused_loss is not None and self.training:
+            return self._fused_lm_loss(batch, mask)
         if mask is None:  # packed language-model rows (`ftray.packing`): examples kept apart
             return self.packed_logits(batch["input_ids"], batch["position_ids"])
         width = int(mask.sum(dim=1).max())  # rows are padded to max_length: cut the common padding
         logits = self.hf(input_ids=batch["input_ids"][:, :width], attention_mask=mask[:, :width]).logits
         return logits.squeeze(-1) if self.info.task == "regression" else logits
+
+    def _fused_lm_loss(self, batch: dict, mask) -> torch.Tensor:
+        """The mean next-token loss over the labels (as `task_loss`), the output head's product and
+        the cross-entropy fused chunk by chunk: no tokens x vocabulary logits are held."""
+        ids, labels = batch["input_ids"], batch["labels"]
+        if mask is not None:  # padded rows: cut the common padding, as `forward`
+            width = int(mask.sum(dim=1).max())
+            ids, labels, mask = ids[:, :width], labels[:, :width], mask[:, :width]
+        # Packed rows: position ids restarting at each example and no cache, as `packed_logits`.
+        rows = ({"attention_mask": mask} if mask is not None else
+                {"position_ids": batch["position_ids"], "use_cache": False})
+        hidden = self._base()(input_ids=ids, **rows).last_hidden_state[:, :-1]
+        head = self._plain().get_output_embeddings().weight
+        dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
+            else head.dtype  # the head's product in the autocast dtype, as the unfused path runs it
+        return self.fused_loss(head.to(dtype), hidden.reshape(-1, hidden.shape[-1]).to(dtype),
+                               labels[:, 1:].reshape(-1))
 
     def packed_logits(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Logits of packed rows, no token attending to another example: with `position_ids`
@@ -185,6 +205,9 @@ class HFClassifier(FtModel):
             model.chat_template = TEMPLATES[spec.data.chat_template]
         if spec.model.kernels == "liger":
             apply_liger(model.hf)
+        if spec.model.fused_loss:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+            model.fused_loss = LigerFusedLinearCrossEntropyLoss(ignore_index=-100)
         if spec.model.gradient_checkpointing:
             model.hf.gradient_checkpointing_enable()
         return model

@@ -116,8 +116,24 @@ def _check_devices(spec: JobSpec) -> None:
     if spec.model.name == "hf" and spec.model.kernels == "liger" and not scaling.use_gpu:
         raise ValueError("model.kernels: liger's kernels run on GPUs; set scaling.use_gpu: true "
                          "(or model.kernels: default)")
+    if spec.model.name == "hf" and spec.model.fused_loss:
+        _check_fused_loss(spec)
     if train.precision == "fp16" and not scaling.use_gpu:
         raise ValueError("train.precision: fp16 needs scaling.use_gpu: true (use bf16 on CPU)")
+
+
+FUSED_LOSS_METHODS = ("full", "lora", "attention")  # the methods whose training loss is the task's
+
+
+def _check_fused_loss(spec: JobSpec) -> None:
+    """`model.fused_loss` replaces the next-token loss of the methods that train on the task's loss."""
+    if spec.model.kernels != "liger":
+        raise ValueError("model.fused_loss: the fused loss is Liger's; set model.kernels: liger")
+    if spec.data.task != "causal_lm":
+        raise ValueError("model.fused_loss: the fused loss is the next-token loss of data.task: causal_lm")
+    if spec.method.name not in FUSED_LOSS_METHODS:
+        raise ValueError(f"model.fused_loss: method.name: {spec.method.name} computes its own loss from the "
+                         f"logits; the fused loss is for {', '.join(FUSED_LOSS_METHODS)}")
 
 
 def _check_metrics(spec: JobSpec) -> None:

@@ -260,3 +260,35 @@ def test_quantize_without_torchao_exits_2_with_the_pip_command(tmp_path, monkeyp
     assert cli.main(["validate", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "method.quantize: nf4 needs torchao, which is not installed: pip install 'torchao>=0.18'" in err
+
+
+def test_adapters_add_in_place_with_peft_outputs_and_gradients(tmp_path, tiny_bert):
+    """The in-place addmm forward of plain adapters gives peft's own outputs and gradients; a layer
+    with LoRA dropout keeps peft's forward (its adapter input differs from the base's)."""
+    from peft.tuners.lora import Linear as LoraLinear
+    model = get_method(lora_spec(tmp_path, tiny_bert)).build(INFO, None).eval()
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    assert layers and all("forward" in vars(m) for m in layers)  # every plain adapter adds in place
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    ids = torch.randint(5, 100, (3, 16))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def outputs_and_grads():
+        model.zero_grad(set_to_none=True)
+        out = model(batch)
+        out.pow(2).sum().backward()
+        return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    in_place, in_place_grads = outputs_and_grads()
+    for m in layers:
+        del m.forward  # back to peft's LoraLinear.forward
+    peft_out, peft_grads = outputs_and_grads()
+    torch.testing.assert_close(in_place, peft_out, rtol=1e-6, atol=1e-6)
+    assert in_place_grads.keys() == peft_grads.keys()
+    for name, g in peft_grads.items():
+        torch.testing.assert_close(in_place_grads[name], g, rtol=1e-5, atol=1e-6, msg=name)
+    dropped = get_method(lora_spec(tmp_path, tiny_bert, dropout=0.1)).build(INFO, None)
+    assert not any("forward" in vars(m) for m in dropped.modules() if isinstance(m, LoraLinear))

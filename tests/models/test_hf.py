@@ -63,3 +63,39 @@ def test_causal_lm_outputs_vocabulary_logits(tmp_path, tiny_gpt):
     ids = torch.randint(5, 100, (2, 10))
     out = model({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
     assert tuple(out.shape) == (2, 10, model.hf.config.vocab_size)
+
+
+def test_fused_loss_path_gives_the_task_loss_and_its_gradients(tmp_path, tiny_gpt):
+    """`model.fused_loss` in training: the model hands the method its own mean next-token loss from
+    the last hidden states and the output head, with the loss and gradients of the logits path.
+    Liger's kernel runs on GPUs only, so here its place is taken by the same computation unfused
+    (head product, then cross-entropy over the labels that are not -100)."""
+    import torch.nn.functional as F
+    from ftray.methods.base import task_loss
+    model = build_model(make(tmp_path, tiny_gpt, task="causal_lm"), ModelInfo(task="causal_lm"))
+    ids = torch.randint(5, 100, (2, 12))
+    labels = ids.clone()
+    labels[:, :4] = -100  # a prompt without loss
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # a padded row
+    labels[1, 9:] = -100
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    model.train()
+    model.hf.eval()  # no dropout: both paths see the same network
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        loss = task_loss("causal_lm", model(batch), batch)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    logits_loss, logits_grads = loss_and_grads()
+    model.fused_loss = lambda w, h, y: F.cross_entropy(h @ w.t(), y, ignore_index=-100)
+    fused, fused_grads = loss_and_grads()
+    assert fused.dim() == 0
+    torch.testing.assert_close(fused, logits_loss, rtol=1e-5, atol=1e-6)
+    assert fused_grads.keys() == logits_grads.keys()
+    for name, g in logits_grads.items():
+        torch.testing.assert_close(fused_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    model.eval()  # validation: logits as before
+    assert model(batch).shape == (2, 12, model.hf.config.vocab_size)
