@@ -164,6 +164,8 @@ class Predictor:
 
         from ftray.models.hf import load_tokenizer
         tok, g = load_tokenizer(self.source), self.generation
+        if table.num_rows == 0:
+            return []
         room = max(1, self.spec.model.max_length)
         prompts = [data.prompt_ids(tok, p)[-room:] for p in table.column(_prompt_column(self.spec)).to_pylist()]
         width = max(len(p) for p in prompts)

@@ -1,5 +1,6 @@
 """The GPU benchmark scripts stay runnable: their arithmetic is checked against real models, and a
-tiny CPU smoke run goes through both paths (ftray and plain torchrun)."""
+tiny CPU smoke run goes through both paths (ftray and plain torchrun); the batch-inference benchmark's
+smoke runs `ftray predict` against its plain loop."""
 
 from __future__ import annotations
 
@@ -77,3 +78,14 @@ def test_step_probe_smoke_trains_full_and_lora(tmp_path):
         # figures time); a summed loss, or logits over part of the vocabulary, is far from it.
         assert abs(r["loss_first"] - math.log(llm_bench.SIZES["tiny"]["vocab_size"])) < 0.05, r
         assert math.isfinite(r["loss_last"])
+
+
+def test_predict_bench_smoke_agrees_row_for_row(tmp_path):
+    """`benchmarks/predict_bench.py smoke`: `ftray predict` and the plain PyTorch loop run end to
+    end on the same exported model and file, and write the same predictions for every row, in order."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "predict_bench.py"), "smoke",
+                           "--work", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    row = json.loads(proc.stdout.splitlines()[-1])
+    assert row["predictions_agree"] and row["rows"] == 3000
+    assert row["ratio"] == pytest.approx(row["plain_s"][0] / row["ftray_s"][0])

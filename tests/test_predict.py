@@ -83,7 +83,8 @@ def test_predict_keeps_every_row_and_matches_the_runs_validation(digits_runs):
     csv = pacsv.read_csv(out)
     assert csv.column("id").to_pylist() == list(range(180))
     ens_summary = json.loads((ens / "summary.json").read_text())["ensemble"]
-    assert _accuracy(csv) == pytest.approx(ens_summary["metric"]["val_accuracy"], abs=1e-12)
+    # (the sweep reports its figure as a float32 mean: compare the counts of correct rows)
+    assert round(_accuracy(csv) * 180) == round(ens_summary["metric"]["val_accuracy"] * 180)
     assert len(json.loads(csv.column("probabilities")[0].as_py())) == 10
 
     # `ftray eval` on both: one table, an eval.json each, the accuracy predict's.
