@@ -54,7 +54,9 @@ writer.close()
 
 
 def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # A busy shared machine can take over Ray's default 30 s to register a fresh raylet.
+    return {"RAY_raylet_start_wait_time_s": "120", **os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1"}
 
 
 def sh(argv: list[str], timeout: float = 3600) -> float:
