@@ -500,6 +500,16 @@ def encode(tok, spec: JobSpec, *texts) -> tuple[list[int], list[int] | None]:
     return p + r, [-100] * len(p) + r
 
 
+def prompt_ids(tok, prompt: str) -> list[int]:
+    """A prompt's token ids as `encode` starts an example with them (chat template with the
+    generation prompt, else the tokenizer's special tokens): what a causal LM generates after."""
+    if tok.chat_template:
+        turn = [{"role": "user", "content": prompt}]
+        return tok(tok.apply_chat_template(turn, add_generation_prompt=True, tokenize=False),
+                   add_special_tokens=False)["input_ids"]
+    return tok(prompt, add_special_tokens=True)["input_ids"]
+
+
 def _fit_text(ids: list[int], spec: JobSpec) -> tuple[list[int], list[int] | None]:
     """`encode` of plain text, from its token ids."""
     d, limit = spec.data, spec.model.max_length
@@ -512,15 +522,17 @@ def _fit_text(ids: list[int], spec: JobSpec) -> tuple[list[int], list[int] | Non
 
 # ------------------------------------------------------------------------------- Ray Data side
 class TabularRows:
-    """map_batches UDF: feature columns -> float32 `x`, labels -> class ids or float `y`."""
+    """map_batches UDF: feature columns -> float32 `x`, labels -> class ids or float `y`
+    (`labelled=False`: rows to predict, without labels)."""
 
-    def __init__(self, spec: JobSpec, class_index: dict):
+    def __init__(self, spec: JobSpec, class_index: dict, labelled: bool = True):
         self.features, self.label, self.task = spec.data.features, spec.data.label, spec.data.task
-        self.class_index = class_index
+        self.class_index, self.labelled = class_index, labelled
 
     def __call__(self, batch: pa.Table) -> dict:
         out = {"x": feature_matrix(batch, self.features, "batch")}
-        out.update(labels(batch, self.label, self.task, self.class_index))
+        if self.labelled:
+            out.update(labels(batch, self.label, self.task, self.class_index))
         return out
 
 
@@ -528,10 +540,10 @@ class TokenizedRows:
     """map_batches UDF: text (or prompt + response) -> padded `input_ids`/`attention_mask`, plus
     `y` for classifiers or `labels` (-100 where there is no loss) for language models; with
     `data.packing`, a batch's whole examples share `max_length` rows, kept apart by `position_ids`
-    (`ftray.packing`)."""
+    (`ftray.packing`); `labelled=False`: rows to predict, without `y`."""
 
-    def __init__(self, spec: JobSpec, class_index: dict, tokenizer_source: str):
-        self.spec, self.class_index, self.source = spec, class_index, tokenizer_source
+    def __init__(self, spec: JobSpec, class_index: dict, tokenizer_source: str, labelled: bool = True):
+        self.spec, self.class_index, self.source, self.labelled = spec, class_index, tokenizer_source, labelled
 
     def __call__(self, batch: pa.Table) -> dict:
         from ftray.models.hf import load_tokenizer
@@ -555,17 +567,18 @@ class TokenizedRows:
             out["attention_mask"][i, :len(ids)] = 1
             if lab is not None:
                 out["labels"][i, :len(lab)] = lab
-        if spec.data.task != "causal_lm":
+        if spec.data.task != "causal_lm" and self.labelled:
             out.update(labels(batch, spec.data.label, spec.data.task, self.class_index))
         return out
 
 
 class MultimodalRows:
     """map_batches UDF for `multimodal` models: `image` float32 (rows, C, H, W); text as hashed
-    `words` (embedding bag) or padded `input_ids`/`attention_mask` (hf encoder); tabular `x`; `y`."""
+    `words` (embedding bag) or padded `input_ids`/`attention_mask` (hf encoder); tabular `x`; `y`
+    (not with `labelled=False`)."""
 
-    def __init__(self, spec: JobSpec, class_index: dict, tokenizer_source: str | None):
-        self.spec, self.class_index, self.source = spec, class_index, tokenizer_source
+    def __init__(self, spec: JobSpec, class_index: dict, tokenizer_source: str | None, labelled: bool = True):
+        self.spec, self.class_index, self.source, self.labelled = spec, class_index, tokenizer_source, labelled
 
     def __call__(self, batch: pa.Table) -> dict:
         d, model, out = self.spec.data, self.spec.model, {}
@@ -583,7 +596,8 @@ class MultimodalRows:
                 out["attention_mask"] = enc["attention_mask"].astype(np.int64)
         if "tabular" in model.modalities:
             out["x"] = feature_matrix(batch, d.features, "batch")
-        out.update(labels(batch, d.label, d.task, self.class_index))
+        if self.labelled:
+            out.update(labels(batch, d.label, d.task, self.class_index))
         return out
 
 

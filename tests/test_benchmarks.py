@@ -1,5 +1,6 @@
 """The GPU benchmark scripts stay runnable: their arithmetic is checked against real models, and a
-tiny CPU smoke run goes through both paths (ftray and plain torchrun)."""
+tiny CPU smoke run goes through both paths (ftray and plain torchrun); the batch-inference benchmark's
+smoke runs `ftray predict` against its plain loop."""
 
 from __future__ import annotations
 
@@ -95,3 +96,12 @@ def test_data_scale_smoke_streams_a_jsonl_through_ftray_run(tmp_path):
     assert row["steps"] == math.ceil(row["rows"] / row["batch"])
     assert 0 < row["peak_driver_rss_mib"] <= row["peak_tree_rss_mib"] and row["tokens_per_s"] > 0
     assert not list((tmp_path / "work").glob("*.jsonl"))
+def test_predict_bench_smoke_agrees_row_for_row(tmp_path):
+    """`benchmarks/predict_bench.py smoke`: `ftray predict` and the plain PyTorch loop run end to
+    end on the same exported model and file, and write the same predictions for every row, in order."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "predict_bench.py"), "smoke",
+                           "--work", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    row = json.loads(proc.stdout.splitlines()[-1])
+    assert row["predictions_agree"] and row["rows"] == 3000
+    assert row["ratio"] == pytest.approx(row["plain_s"][0] / row["ftray_s"][0])
