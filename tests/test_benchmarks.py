@@ -83,6 +83,9 @@ def test_step_probe_smoke_trains_full_and_lora(tmp_path):
         assert math.isfinite(r["loss_last"])
 
 
+# ~80-240 s; streaming stays in the default run (tests/test_data.py::test_large_inputs_stream_and_are_read_
+# again_each_epoch, tests/test_hf_datasets.py::test_saved_datasets_train_end_to_end_streamed)
+@pytest.mark.slow
 def test_data_scale_smoke_streams_a_jsonl_through_ftray_run(tmp_path):
     """benchmarks/data_scale.py's smoke mode: 2 MiB of JSONL over a lowered streaming limit, one
     epoch of `ftray run`; its row reports every generated row trained on and the data files gone."""
@@ -96,6 +99,10 @@ def test_data_scale_smoke_streams_a_jsonl_through_ftray_run(tmp_path):
     assert row["steps"] == math.ceil(row["rows"] / row["batch"])
     assert 0 < row["peak_driver_rss_mib"] <= row["peak_tree_rss_mib"] and row["tokens_per_s"] > 0
     assert not list((tmp_path / "work").glob("*.jsonl"))
+
+
+# ~60-240 s; `ftray predict` stays in the default run (tests/test_predict.py)
+@pytest.mark.slow
 def test_predict_bench_smoke_agrees_row_for_row(tmp_path):
     """`benchmarks/predict_bench.py smoke`: `ftray predict` and the plain PyTorch loop run end to
     end on the same exported model and file, and write the same predictions for every row, in order."""

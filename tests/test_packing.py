@@ -177,7 +177,8 @@ def test_model_attention_picks_the_implementation(tmp_path, tiny_llama):
     assert JobSpec.model_validate(raw).model.attention == "flex_attention"
 
 
-@pytest.mark.parametrize("here", [True, False])
+# here=False (Ray Data tasks transform the rows) ~40 s: slow; the True case keeps the rule in the default run
+@pytest.mark.parametrize("here", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_an_epoch_is_the_packed_rows(ray_session, tmp_path, tiny_llama, monkeypatch, here):
     """The row counts that size an epoch (and so the LR schedule) are the packed rows the workers
     get, whether the driver or Ray Data tasks pack them."""
