@@ -323,12 +323,17 @@ def check_predict(args) -> PredictJob:
     return PredictJob(args.run, ref, src, out, fmt, args.batch_size, args.concurrency, args.gpu, generation)
 
 
-def input_columns(src: data.Source) -> list[str]:
-    """The column names of a data source, from its schema (Parquet footers; JSON/CSV first block)."""
+def input_schema(src: data.Source) -> pa.Schema:
+    """The schema of a data source (Parquet footers; JSON/CSV first block)."""
     try:
-        return pads.dataset(src.path, filesystem=src.fs, format=_ARROW_FORMAT[src.format]).schema.names
+        return pads.dataset(src.path, filesystem=src.fs, format=_ARROW_FORMAT[src.format]).schema
     except (pa.ArrowException, OSError, ValueError) as e:
         raise SpecError(f"{src.key}: {src.uri}: cannot read as {src.format}: {e}".splitlines()[0]) from None
+
+
+def input_columns(src: data.Source) -> list[str]:
+    """The column names of a data source, from its schema."""
+    return input_schema(src).names
 
 
 def run_predict(job: PredictJob, address: str | None) -> int:
@@ -339,7 +344,8 @@ def run_predict(job: PredictJob, address: str | None) -> int:
     with use_ray(job.ref.spec, address, cpus=job.concurrency + 1):
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # output rows in input order: ids are row numbers
-        predicted = data._read(job.source).map_batches(
+        schema = input_schema(job.source)  # every input column travels to the output
+        predicted = data._read(job.source, schema.names, schema).map_batches(
             PredictBatches, fn_constructor_args=(job.run, "cuda" if job.gpu else "cpu", job.generation,
                                                  job.batch_size),
             batch_size=job.batch_size, batch_format="pyarrow", concurrency=job.concurrency,

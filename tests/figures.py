@@ -128,12 +128,12 @@ ENTRIES = [
     Setting("llm_sft.epochs", ("after epoch 1,", "after epoch 6"), "the epochs the figures are of"),
     Untested("llm_sft.wall", ("in 6 epochs, 60 s.",), f"{WALL}: `ftray run jobs/llm_sft.yaml`"),
     # ----------------------------------------------------------------------------- chat SFT
-    Figure("chat_sft.untrained", "val perplexity {30983} untrained", 50, f"{JOBS}::test_chat_sft_short", scale=1,
-           also=("({30983} before training",)),
-    Figure("chat_sft.ppl_epoch1", "untrained, {105} after epoch 1", 3, f"{JOBS}::test_chat_sft", scale=1,
-           also=("assistant tokens {105} →",)),
-    Figure("chat_sft.ppl_final", "{2.18} after epoch 4", 0.05, f"{JOBS}::test_chat_sft", scale=1,
-           also=("→ {2.18} in 4 epochs",)),
+    Figure("chat_sft.untrained", "val perplexity {31071} untrained", 50, f"{JOBS}::test_chat_sft_short", scale=1,
+           also=("({31071} before training",)),
+    Figure("chat_sft.ppl_epoch1", "untrained, {9.20} after epoch 1", 0.3, f"{JOBS}::test_chat_sft", scale=1,
+           also=("assistant tokens {9.20} →",)),
+    Figure("chat_sft.ppl_final", "{1.93} after epoch 4", 0.05, f"{JOBS}::test_chat_sft", scale=1,
+           also=("→ {1.93} in 4 epochs",)),
     Setting("chat_sft.epochs", ("after epoch 4", "in 4 epochs"), "the epochs the figures are of"),
     Setting("chat_sft.vocabulary", ("among the 30522 tokens",), "the tokenizer's vocabulary size"),
     # ---------------------------------------------------------------------------------- QLoRA

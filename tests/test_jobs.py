@@ -113,7 +113,8 @@ def test_chat_sft_short(ray_session, tmp_path, capsys, monkeypatch):
 
     from ftray.chat import CHATML
     monkeypatch.chdir(REPO)
-    s = job_summary(capsys, "run", "chat_sft.yaml", tmp_path, "--set", "train.epochs=2")
+    # One worker: the two-worker job is the slow test's (and DDP has its own tests).
+    s = job_summary(capsys, "run", "chat_sft.yaml", tmp_path, "--set", "train.epochs=2", "--set", "scaling.num_workers=1")
     ppl = [m["val_perplexity"] for m in s["history"]]
     untrained = untrained_perplexity("chat_sft.yaml")
     FIGURES["chat_sft.untrained"].check(untrained)
@@ -123,11 +124,12 @@ def test_chat_sft_short(ray_session, tmp_path, capsys, monkeypatch):
 
 
 def test_qlora_short(ray_session, tmp_path, capsys, monkeypatch):
-    """jobs/qlora.yaml for 2 epochs: 2 DDP workers train adapters on a 4-bit base, the perplexity
+    """jobs/qlora.yaml for 2 epochs on one worker (the job's 2 DDP workers are the slow test's;
+    NF4 under DDP: tests/models/test_quantize.py): adapters train on a 4-bit base, the perplexity
     falls, and the run's model/ is a merged bf16 model that plain transformers loads."""
     from transformers import AutoModelForCausalLM
     monkeypatch.chdir(REPO)
-    s = job_summary(capsys, "run", "qlora.yaml", tmp_path, "--set", "train.epochs=2")
+    s = job_summary(capsys, "run", "qlora.yaml", tmp_path, "--set", "train.epochs=2", "--set", "scaling.num_workers=1")
     ppl = [m["val_perplexity"] for m in s["history"]]
     assert ppl[1] < ppl[0]
     assert 0 < s["params"]["trainable"] < 0.1 * s["params"]["total"]
