@@ -21,6 +21,7 @@ import json
 import time
 
 import pyarrow.fs as pafs
+from pydantic import ValidationError
 
 from ftray import checkpoint
 from ftray.redact import redact
@@ -91,13 +92,23 @@ def check_resume(old: dict | None, spec: JobSpec, where: str, resumable: tuple[s
             f"(--set run.name=NEW_NAME), or pass --restart to move the old run folder aside")
 
 
+def nothing_left_to_train(spec: JobSpec, how: str, summary: dict, checkpoint_location: str) -> bool:
+    """A re-run whose last checkpoint finished `spec` (`how` says in what terms): True when the
+    run folder's summary is that checkpoint's (the run is done and returns before Ray starts);
+    False when it was killed after that checkpoint, before its summary, which the run then writes."""
+    done = summary.get("status") == "succeeded" and summary.get("checkpoint") == checkpoint_location
+    print(f"[ftray] {spec.run.name}: nothing left to train ({how})"
+          + ("" if done else "; writing its summary from its last checkpoint"), flush=True)
+    return done
+
+
 def with_defaults(old: dict) -> dict:
     """A recorded spec with the keys ftray has gained since it was recorded, at their defaults:
     a field added later (say `method.quantize`) is no change to a run that never named it. A
     record this version cannot read (a field since removed) is compared as it is."""
     try:
         return recorded_spec(JobSpec.model_validate(old))
-    except Exception:  # noqa: BLE001 - any failure to read it: compare the raw record
+    except ValidationError:
         return old
 
 

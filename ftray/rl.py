@@ -533,22 +533,19 @@ def run(spec: JobSpec, address: str | None = None, plan: RLPlan | None = None) -
 
 
 def finished_run(spec: JobSpec, run_dir: Path, ckpt: Path) -> bool:
-    """True when a re-run has nothing left to train: its last checkpoint met `spec`'s stop rule
-    and the run folder's summary is that checkpoint's, so the run returns before Ray starts, its
-    folder as it was. One killed before its summary goes on through `fit`, which restores the
-    checkpoint, trains nothing and writes the summary."""
+    """True when a re-run has nothing left to train and its folder is complete
+    (`resume.nothing_left_to_train`). One killed before its summary goes on through `fit`, which
+    restores the checkpoint, trains nothing and writes the summary."""
+    from ftray import resume
     progress = json.loads((ckpt / PROGRESS).read_text())
     if not _stopped(spec, progress):
         return False
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
-        summary = {}
-    done = summary.get("status") == "succeeded" and summary.get("checkpoint") == str(ckpt)
-    print(f"[ftray] {spec.run.name}: nothing left to train ({progress['iteration']} iterations, "
-          f"{progress['env_steps']} environment steps done; method.stop is met)"
-          + ("" if done else "; writing its summary from its last checkpoint"), flush=True)
-    return done
+        summary = {}  # killed after its last checkpoint, before its summary
+    how = f"{progress['iteration']} iterations, {progress['env_steps']} environment steps done; method.stop is met"
+    return resume.nothing_left_to_train(spec, how, summary, str(ckpt))
 
 
 def write_outputs(spec: JobSpec, plan: RLPlan, run_dir: Path, progress: dict, error: str | None) -> dict:

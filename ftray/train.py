@@ -523,12 +523,9 @@ def check_rerun(spec: JobSpec, fs: pafs.FileSystem, run_dir: str) -> bool:
         summary = _read_json(fs, f"{run_dir}/summary.json")
     except (OSError, ValueError):
         summary = {}  # killed after its last checkpoint, before its summary
-    done = summary.get("status") == "succeeded" and summary.get("checkpoint") == _location(spec, ckpt)
     how = (f"stopped early after epoch {state.epoch}" if state.history[-1]["early_stopped"]
            else f"{state.epoch} epochs done, train.epochs is {spec.train.epochs}")
-    print(f"[ftray] {spec.run.name}: nothing left to train ({how})"
-          + ("" if done else "; writing its summary from its last checkpoint"), flush=True)
-    return done
+    return resume.nothing_left_to_train(spec, how, summary, _location(spec, ckpt))
 
 
 def trainer(spec: JobSpec, config: LoopConfig, datasets: dict, storage_path: str, callbacks: list) -> TorchTrainer:
