@@ -15,6 +15,7 @@ layers: the base a merged export is built on (the same weights the quantized for
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.metadata
 import importlib.util
 import math
@@ -39,6 +40,7 @@ def check_torchao() -> None:
         raise SpecError(f"method.quantize: nf4 needs torchao >= 0.18 (found {version}): {TORCHAO_PIP}")
 
 
+@functools.cache  # called in every NF4Linear.forward: resolve the import once, not per layer call
 def _nf4():
     """torchao's NF4 functions (imported on first use: torchao takes seconds to import)."""
     from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import NF4Tensor, linear_nf4, to_nf4
