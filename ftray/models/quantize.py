@@ -67,7 +67,7 @@ def check_quantizable(blocks: list[nn.Module]) -> None:
     if not layers:
         raise SpecError("method.quantize: nf4: this model's blocks hold no nn.Linear layers to quantize "
                         "(GPT-2 style Conv1D layers are not supported); use method.quantize: none")
-    bad = sorted(n for n, m in layers.items() if m.weight.numel() % BLOCK or m.weight.dim() != 2)
+    bad = sorted(n for n, m in layers.items() if m.weight.numel() % BLOCK)
     if bad:
         raise SpecError(f"method.quantize: nf4 stores weights in blocks of {BLOCK}: the layers {bad[:6]} "
                         f"have a weight size that is not a multiple of {BLOCK}; use method.quantize: none")
