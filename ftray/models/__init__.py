@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 
 from ftray.models.base import EXPORT_CONFIG, FtModel, ModelInfo
 from ftray.models.ensemble import Ensemble
-from ftray.models.hf import HFClassifier
+from ftray.models.hf import ADAPTER_DIR, HFClassifier
 from ftray.models.mlp import MLP
 from ftray.models.multimodal import Multimodal
 from ftray.schema import SpecError
@@ -52,7 +52,7 @@ def exported_model_dir(run_or_model_dir: str, key: str) -> Path:
             if export_config(d, key)["builder"] != "ensemble":  # an ensemble's weights are its members'
                 _check_weights(d, key)
             return d
-        if (cand / "adapter" / "adapter_config.json").is_file():
+        if (cand / ADAPTER_DIR / "adapter_config.json").is_file():
             raise SpecError(f"{key}: {run_or_model_dir!r} holds only a LoRA adapter (a run with method.export: "
                             "adapter): continue it with method.adapter_from, or load it with peft on its base")
     raise SpecError(f"{key}: {run_or_model_dir!r} holds no exported ftray model "

@@ -97,39 +97,37 @@ class HFClassifier(FtModel):
         self.fused_loss = None  # `model.fused_loss`: Liger's fused linear cross-entropy (`build`)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        mask = batch.get("attention_mask")
         if self.fused_loss is not None and self.training:
-            return self._fused_lm_loss(batch, mask)
-        if mask is None:  # packed language-model rows (`ftray.packing`): examples kept apart
-            return self.packed_logits(batch["input_ids"], batch["position_ids"])
-        width = int(mask.sum(dim=1).max())  # rows are padded to max_length: cut the common padding
-        logits = self.hf(input_ids=batch["input_ids"][:, :width], attention_mask=mask[:, :width]).logits
+            return self._fused_lm_loss(batch)
+        logits = self.hf(**self._inputs(batch)).logits
         return logits.squeeze(-1) if self.info.task == "regression" else logits
 
-    def _fused_lm_loss(self, batch: dict, mask) -> torch.Tensor:
+    @staticmethod
+    def _inputs(batch: dict) -> dict:
+        """The transformers inputs of a batch. Padded rows (padded to max_length) are cut to their
+        longest row. Packed language-model rows (`ftray.packing`, no attention mask) keep examples
+        apart: with `position_ids` restarting at each example and no attention mask, transformers
+        builds the block-diagonal causal mask itself (sdpa, eager, flex) or passes the boundaries
+        to flash-attention's varlen kernel. It does so only without a cache: `use_cache` (on by
+        default in most configs) would make it skip packed-sequence detection and let attention
+        cross examples."""
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        if mask is None:
+            return {"input_ids": ids, "position_ids": batch["position_ids"], "use_cache": False}
+        width = int(mask.sum(dim=1).max())
+        return {"input_ids": ids[:, :width], "attention_mask": mask[:, :width]}
+
+    def _fused_lm_loss(self, batch: dict) -> torch.Tensor:
         """The mean next-token loss over the labels (as `task_loss`), the output head's product and
         the cross-entropy fused chunk by chunk: no tokens x vocabulary logits are held."""
-        ids, labels = batch["input_ids"], batch["labels"]
-        if mask is not None:  # padded rows: cut the common padding, as `forward`
-            width = int(mask.sum(dim=1).max())
-            ids, labels, mask = ids[:, :width], labels[:, :width], mask[:, :width]
-        # Packed rows: position ids restarting at each example and no cache, as `packed_logits`.
-        rows = ({"attention_mask": mask} if mask is not None else
-                {"position_ids": batch["position_ids"], "use_cache": False})
-        hidden = self._base()(input_ids=ids, **rows).last_hidden_state[:, :-1]
+        inputs = self._inputs(batch)
+        labels = batch["labels"][:, :inputs["input_ids"].shape[1]]
+        hidden = self._base()(**inputs).last_hidden_state[:, :-1]
         head = self._plain().get_output_embeddings().weight
         dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
             else head.dtype  # the head's product in the autocast dtype, as the unfused path runs it
         return self.fused_loss(head.to(dtype), hidden.reshape(-1, hidden.shape[-1]).to(dtype),
                                labels[:, 1:].reshape(-1))
-
-    def packed_logits(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """Logits of packed rows, no token attending to another example: with `position_ids`
-        restarting at each example and no attention mask, transformers builds the block-diagonal
-        causal mask itself (sdpa, eager, flex) or passes the boundaries to flash-attention's
-        varlen kernel. It does so only without a cache: `use_cache` (on by default in most
-        configs) would make it skip packed-sequence detection and let attention cross examples."""
-        return self.hf(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
 
     def _plain(self) -> nn.Module:
         """The transformers model, under a peft wrapper if there is one."""

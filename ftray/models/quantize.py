@@ -15,6 +15,7 @@ layers: the base a merged export is built on (the same weights the quantized for
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.metadata
 import importlib.util
 import math
@@ -39,6 +40,7 @@ def check_torchao() -> None:
         raise SpecError(f"method.quantize: nf4 needs torchao >= 0.18 (found {version}): {TORCHAO_PIP}")
 
 
+@functools.cache  # called in every NF4Linear.forward: resolve the import once, not per layer call
 def _nf4():
     """torchao's NF4 functions (imported on first use: torchao takes seconds to import)."""
     from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import NF4Tensor, linear_nf4, to_nf4
@@ -65,7 +67,7 @@ def check_quantizable(blocks: list[nn.Module]) -> None:
     if not layers:
         raise SpecError("method.quantize: nf4: this model's blocks hold no nn.Linear layers to quantize "
                         "(GPT-2 style Conv1D layers are not supported); use method.quantize: none")
-    bad = sorted(n for n, m in layers.items() if m.weight.numel() % BLOCK or m.weight.dim() != 2)
+    bad = sorted(n for n, m in layers.items() if m.weight.numel() % BLOCK)
     if bad:
         raise SpecError(f"method.quantize: nf4 stores weights in blocks of {BLOCK}: the layers {bad[:6]} "
                         f"have a weight size that is not a multiple of {BLOCK}; use method.quantize: none")

@@ -23,16 +23,28 @@ def lora_spec(tmp_path, tiny_bert, **method):
         "run": {"name": "t", "storage_path": str(tmp_path)}})
 
 
-def test_adapter_and_merged_exports(tmp_path, tiny_bert):
-    m = get_method(lora_spec(tmp_path, tiny_bert))
-    model = m.build(INFO, None)
-    with torch.no_grad():  # LoRA's B starts at zero: give the adapter something to contribute
+def _perturbed(model):
+    """LoRA's B starts at zero (and DoRA's magnitude at the weight norms): move both, so that the
+    adapter contributes; returns the model in eval mode."""
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.1)
-    model.eval()
+            if "lora_magnitude" in name:
+                p.mul_(1.2)
+    return model.eval()
+
+
+def bert_batch():
+    """Three rows of 16 random token ids, unpadded, for the tiny BERT."""
     ids = torch.randint(5, 100, (3, 16))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def test_adapter_and_merged_exports(tmp_path, tiny_bert):
+    m = get_method(lora_spec(tmp_path, tiny_bert))
+    model = _perturbed(m.build(INFO, None))
+    batch = bert_batch()
     out = model(batch)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # Only the adapters and the new head: 2 blocks x 4 attention projections (32 -> 32) x r (32 + 32),
@@ -92,12 +104,8 @@ def test_adapters_skip_the_fp32_input_copy_under_autocast_with_the_same_outputs(
     bf16 = JobSpec.model_validate({**fp32.model_dump(), "train": {"precision": "bf16"}})
     model = get_method(bf16).build(INFO, None).eval()
     assert _cast_flags(model) == {False}
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
-    ids = torch.randint(5, 100, (3, 16))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    _perturbed(model)
+    batch = bert_batch()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         skipped = model(batch)
         for m in model.modules():
@@ -181,17 +189,6 @@ def test_dora_and_rslora_reach_peft(tmp_path, tiny_bert, method):
     assert (plain.use_dora, plain.use_rslora) == (False, False)
 
 
-def _perturbed(model):
-    """LoRA's B starts at zero (and DoRA's magnitude at the weight norms): move both."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
-            if "lora_magnitude" in name:
-                p.mul_(1.2)
-    return model.eval()
-
-
 # Merged exports against base + adapter: LoRA and DoRA (fp32 model, fp32 export) to float rounding;
 # over an NF4 base the export is bf16 throughout, so within 2% of the largest logit (bf16 keeps 8
 # bits: 0.4% a weight; measured 0.3-0.7%), and each merged weight is bf16(dequantized NF4 + update).
@@ -269,12 +266,8 @@ def test_adapters_add_in_place_with_peft_outputs_and_gradients(tmp_path, tiny_be
     model = get_method(lora_spec(tmp_path, tiny_bert)).build(INFO, None).eval()
     layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
     assert layers and all("forward" in vars(m) for m in layers)  # every plain adapter adds in place
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
-    ids = torch.randint(5, 100, (3, 16))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    _perturbed(model)
+    batch = bert_batch()
 
     def outputs_and_grads():
         model.zero_grad(set_to_none=True)

@@ -19,7 +19,7 @@ class AttentionMethod(LoraParams):
         # The LoRA options only mean something with adapters; without them the projections
         # themselves train, and a trained weight cannot stay quantized.
         if not self.lora:
-            for key, default in (("quantize", "none"), ("dora", False), ("rslora", False), ("export", "merged")):
-                if getattr(self, key) != default:
+            for key in ("quantize", "dora", "rslora", "export"):
+                if getattr(self, key) != type(self).model_fields[key].default:
                     raise ValueError(f"method.{key}: needs method.lora: true (without adapters the "
                                      "attention projections themselves train)")

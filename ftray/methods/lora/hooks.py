@@ -128,9 +128,10 @@ def add_adapters_in_place(peft_model: nn.Module) -> None:
 
 
 def _plain_adapter(layer) -> bool:
+    """One unmerged adapter without dropout or a variant (DoRA is one of peft's `lora_variant`s)."""
     names = list(layer.lora_A.keys())
     return (len(names) == 1 and not layer.merged and not layer.lora_variant
-            and isinstance(layer.lora_dropout[names[0]], nn.Identity) and not layer.use_dora.get(names[0]))
+            and isinstance(layer.lora_dropout[names[0]], nn.Identity))
 
 
 def _forward_adding_in_place(layer, x, *args, **kwargs):
