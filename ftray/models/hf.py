@@ -233,18 +233,18 @@ class HFClassifier(FtModel):
         `merge_on_export` is off: `method.export: adapter`) the merged model beside it, so that the
         export loads like any other model."""
         out_dir.mkdir(parents=True, exist_ok=True)
+        tok = load_tokenizer(self.source)
+        if self.chat_template:  # every export renders chats as the model was tuned on them
+            tok = copy.deepcopy(tok)
+            tok.chat_template = self.chat_template
         hf = self.hf
         if hasattr(hf, "merge_and_unload"):
             hf.save_pretrained(str(out_dir / ADAPTER_DIR))
             if not self.merge_on_export:
-                load_tokenizer(self.source).save_pretrained(str(out_dir / ADAPTER_DIR))
+                tok.save_pretrained(str(out_dir / ADAPTER_DIR))
                 return
             hf = merged(hf)
         hf.save_pretrained(str(out_dir), safe_serialization=True)
-        tok = load_tokenizer(self.source)
-        if self.chat_template:  # the export renders chats as the model was tuned on them
-            tok = copy.deepcopy(tok)
-            tok.chat_template = self.chat_template
         tok.save_pretrained(str(out_dir))
         (out_dir / EXPORT_CONFIG).write_text(json.dumps({"builder": "hf", "info": self.info.to_dict()},
                                                         indent=2))

@@ -244,6 +244,14 @@ def test_adapter_only_export_is_small_and_reloads_through_peft(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(batch), expected, rtol=0, atol=1e-6)
 
+    # A model tuned with a built-in chat template exports it with the adapter too.
+    from transformers import AutoTokenizer
+
+    from ftray.chat import CHATML
+    model.chat_template = CHATML
+    model.export(tmp_path / "chat")
+    assert AutoTokenizer.from_pretrained(tmp_path / "chat" / "adapter").chat_template == CHATML
+
 
 def test_quantize_without_torchao_exits_2_with_the_pip_command(tmp_path, monkeypatch, capsys, no_ray):
     import importlib.util
