@@ -55,10 +55,23 @@ METRIC = "episode_return_mean"
 def make_env(env: str, env_kwargs: dict):
     """A Gymnasium id through `gymnasium.make`, or `module:Class` instantiated with the kwargs."""
     if ":" in env:
-        module_name, _, cls_name = env.partition(":")
-        module = importlib.import_module(module_name)
-        return getattr(module, cls_name)(**env_kwargs)
+        return env_class(env)(**env_kwargs)
     return gym.make(env, **env_kwargs)
+
+
+def env_class(env: str) -> type:
+    """The class `module:Class` names, refused unless it is a `gymnasium.Env` subclass.
+
+    Importing the module runs the user's code (so a spec is trusted like code), but nothing it names
+    is called before this check: `os:system` with `env_kwargs: {command: ...}` would otherwise be a
+    shell command run by `ftray validate`.
+    """
+    module_name, _, cls_name = env.partition(":")
+    obj = getattr(importlib.import_module(module_name), cls_name)
+    if not (isinstance(obj, type) and issubclass(obj, gym.Env)):
+        raise SpecError(f"method.env: {env} is a {type(obj).__name__}, not a gymnasium.Env class; "
+                        "module:Class must name a class deriving from gymnasium.Env")
+    return obj
 
 
 def _env_from_config(config) -> object:

@@ -146,6 +146,19 @@ def test_bad_input_exits_2_naming_the_problem(case, tmp_path, capsys, no_ray):
         assert fragment in err, err
 
 
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("env", ["os:system", "collections:OrderedDict"])
+def test_env_that_is_not_an_env_class_is_refused_without_being_called(env, command, tmp_path, capsys, no_ray):
+    """`module:Class` names a gymnasium.Env subclass: a function (`os:system`, whose kwargs would
+    be a shell command) or another class exits 2 and nothing it names is called."""
+    marker = tmp_path / "called"
+    kwargs = {"command": f"touch {marker}"} if env == "os:system" else {"called": str(marker)}
+    spec = write_spec(tmp_path / "job.yaml", rl_spec(tmp_path, env=env, env_kwargs=kwargs))
+    code, _, err = run_cli([command, str(spec)], capsys)
+    assert code == 2 and "not a gymnasium.Env class" in err and env in err, err
+    assert not marker.exists()
+
+
 def test_collect_refuses_a_policy_of_other_spaces(tmp_path, capsys):
     module = rllib_module_dir(tmp_path / "ck", rl_spec(tmp_path), obs=gym.spaces.Box(-1, 1, (3,)))
     code, _, err = run_cli(["rl", "collect", str(module), "--env", "CartPole-v1", "--out",
