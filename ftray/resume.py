@@ -44,7 +44,7 @@ RESUMABLE = ("train.epochs", "train.early_stopping.patience", "scaling.num_worke
              "run.storage_path", "tune")
 # An rl run (`ftray.rl`) may change its stop conditions (a later stop goes on training) and how
 # many checkpoints it keeps; its rollout and learner settings decide what is trained.
-RL_RESUMABLE = ("method.stop", "run.keep_checkpoints", "run.max_failures", "run.storage_path", "tune")
+RL_RESUMABLE = ("method.stop", "method.final_episodes", "run.keep_checkpoints", "run.max_failures", "run.storage_path", "tune")
 
 
 def recorded_spec(spec: JobSpec) -> dict:

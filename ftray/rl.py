@@ -332,10 +332,24 @@ def rollouts(module, env, episodes: int, seed: int, greedy: bool = True) -> tupl
 
 def evaluate(module, spec: JobSpec) -> float:
     """Mean return of greedy episodes on seeds that training never resets to."""
+    return float(np.mean(_greedy_returns(module, spec, spec.method.evaluation_episodes, 1_000_000)))
+
+
+def final_evaluation(module, spec: JobSpec) -> dict:
+    """The final policy's greedy return over `method.final_episodes` fresh episodes, on seeds that
+    neither training nor the per-iteration evaluation (which triggered the stop, and so is biased
+    upwards) used: mean, spread and range."""
+    returns = _greedy_returns(module, spec, spec.method.final_episodes, 3_000_000)
+    return {"episodes": len(returns), "mean": float(np.mean(returns)), "std": float(np.std(returns)),
+            "min": float(np.min(returns)), "max": float(np.max(returns))}
+
+
+def _greedy_returns(module, spec: JobSpec, episodes: int, seed_base: int) -> list[float]:
     env = make_env(spec.method.env, spec.method.env_kwargs)
-    returns, _ = rollouts(module, env, spec.method.evaluation_episodes, seed=1_000_000 + 1000 * spec.run.seed)
-    env.close()
-    return float(np.mean(returns))
+    try:
+        return rollouts(module, env, episodes, seed=seed_base + 1000 * spec.run.seed)[0]
+    finally:
+        env.close()
 
 
 # =================================================================================== the run
@@ -506,7 +520,8 @@ def fit(spec: JobSpec, plan: RLPlan, run_dir: Path, on_iteration: Callable[[dict
             if on_iteration:  # a sweep's trial reports once: the start's evaluation return
                 on_iteration({"iteration": 0, "env_steps": 0, METRIC: progress["pretrained_return"],
                               "eval_return": progress["pretrained_return"]}, ckpt)
-        progress["final_return"] = evaluate(policy_from_algo(algo, spec, plan), spec)
+        progress["final"] = final_evaluation(policy_from_algo(algo, spec, plan), spec)
+        progress["final_return"] = progress["final"]["mean"]
         return progress
     finally:
         algo.stop()
@@ -583,6 +598,7 @@ def write_outputs(spec: JobSpec, plan: RLPlan, run_dir: Path, progress: dict, er
         "metrics": {METRIC: progress["final_return"]} if "final_return" in progress else {},
         "rl": {"pretrained_return": progress.get("pretrained_return"), "env_steps": progress.get("env_steps", 0),
                "steps_to_target": progress.get("steps_to_target"), "iterations": progress.get("iteration", 0),
+               "final": progress.get("final"),
                "start": progress.get("start", plan.start), "bc": progress.get("bc"),
                "spaces": {"observation": str(plan.obs_space), "action": str(plan.act_space)}},
         "params": params,
@@ -599,10 +615,13 @@ def _module_state(ckpt: Path) -> dict:
 
 
 def plot_curve(history: list[dict], target: float | None) -> bytes:
+    """The return against environment steps: the greedy evaluation return (what the target is
+    judged by) where it was measured, else the training episodes' mean return."""
     from ftray.plots import Panel, curves_png
-    pts = [(m["env_steps"], m[METRIC]) for m in history if m[METRIC] is not None]
-    return curves_png([Panel("environment steps", "episode return",
-                             [([p[0] for p in pts], [p[1] for p in pts], "training episodes (mean return)")],
+    key, label = ("eval_return", "greedy evaluation (mean return)") if any(
+        "eval_return" in m for m in history) else (METRIC, "training episodes (mean return)")
+    pts = [(m["env_steps"], m[key]) for m in history if m.get(key) is not None]
+    return curves_png([Panel("environment steps", "episode return", [([p[0] for p in pts], [p[1] for p in pts], label)],
                              level=None if target is None else (target, f"target {target:g}"))])
 
 

@@ -43,6 +43,9 @@ class RLMethod(MethodConfig):
     evaluation_episodes: int = describe(
         "Greedy episodes that score the policy: at the start, after every iteration (for "
         "`stop.target_return`) and at the end.", 10, ge=1, le=100000)
+    final_episodes: int = describe(
+        "Greedy episodes, on seeds no other evaluation uses, that score the final policy (the summary's "
+        "`metrics.episode_return_mean`; mean, std, min and max in `rl.final`).", 20, ge=1, le=100000)
     demos: str | None = describe(
         "Pretrain by behaviour cloning on these demonstrations (Parquet in RLlib's columns: obs, new_obs, "
         "actions, rewards, terminateds), e.g. written by `ftray rl collect`.", None)
