@@ -83,9 +83,10 @@ class TrainRunner:
         self.spec = spec
 
     def check(self, address: str | None = None, devices: bool = True, local_storage: bool = True):
-        from ftray import train
-        if local_storage:
+        from ftray import train, tracking
+        if local_storage:  # the machine that runs it writes the folder and reaches the tracking server
             check_writable(self.spec)
+            tracking.check(self.spec)
         return train.prepare(self.spec, address)
 
     def run(self, plan, address: str | None = None) -> tuple[int, str]:
@@ -188,9 +189,10 @@ class RLRunner:
         self.spec = spec
 
     def check(self, address: str | None = None, devices: bool = True, local_storage: bool = True):
-        from ftray import rl
-        if local_storage:
+        from ftray import rl, tracking
+        if local_storage:  # the machine that runs it writes the folder and reaches the tracking server
             check_writable(self.spec)
+            tracking.check(self.spec)
         return rl.prepare(self.spec, address, devices=devices)
 
     def run(self, plan, address: str | None = None) -> tuple[int, str]:

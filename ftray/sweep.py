@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from ftray import data, ray_context, train
+from ftray import data, ray_context, tracking, train
 from ftray.checkpoint import MODEL_DIR
 from ftray.runner import Runner, runner_for, trial_checkpoint
 from ftray.spec import PBT_MUTABLE, JobSpec, SpecError, apply_overrides, validate
@@ -67,7 +67,8 @@ def check(raw: dict, spec: JobSpec, source: str, address: str | None = None, loc
 def trial_spec(raw: dict, values: dict, sweep_dir: str, trial_id: str, source: str) -> JobSpec:
     """The spec of one trial: sampled values applied, stored under the sweep folder by trial id."""
     trial_raw = apply_overrides(raw, list(values.items()) + [
-        ("run.name", trial_id), ("run.storage_path", f"{sweep_dir}/trials"), ("tune", None)])
+        ("run.name", trial_id), ("run.storage_path", f"{sweep_dir}/trials"), ("tune", None),
+        ("run.tracking", None)])  # the sweep tracks its trials (`tracking.sweep_callbacks`)
     return validate(trial_raw, f"{source} (trial {trial_id})")
 
 
@@ -173,7 +174,7 @@ def trial_function(runner: Runner, raw: dict, sweep_dir: str, source: str, addre
     return trial
 
 
-def tuner(trainable, spec: JobSpec, sweep_dir: str, search_alg, trial_scheduler):
+def tuner(trainable, spec: JobSpec, sweep_dir: str, search_alg, trial_scheduler, callbacks: list = ()):
     """The sweep's Tuner: restored from the sweep folder when an earlier run of it left one (a
     re-run resumes: finished trials are not repeated), else a new one."""
     from ray import tune
@@ -186,7 +187,7 @@ def tuner(trainable, spec: JobSpec, sweep_dir: str, search_alg, trial_scheduler)
     keep = None if t.scheduler.name in ("pbt", "pb2") else spec.run.keep_checkpoints
     return tune.Tuner(
         trainable, param_space=param_space(spec),
-        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=sweep_dir,
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=sweep_dir, callbacks=list(callbacks),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=keep)),
         tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, num_samples=t.num_samples,
                                     max_concurrent_trials=t.max_concurrent, search_alg=search_alg,
@@ -201,9 +202,13 @@ def fit_sweep(raw: dict, spec: JobSpec, source: str, address: str | None, sweep_
     resources, _ = runner.trial_resources()
     trial_scheduler = scheduler(spec, runner.trial_budget())  # before Ray: PB2 needs scikit-learn
     trainable = tune.with_resources(trial_function(runner, raw, sweep_dir, source, address), resources)
+    parent = tracking.start_sweep(spec, Path(sweep_dir))
     with ray_context.use_ray(spec, address, cpus=ray_cpus(spec)):
-        results = tuner(trainable, spec, sweep_dir, search_alg, trial_scheduler).fit()
-        return write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0, source)
+        results = tuner(trainable, spec, sweep_dir, search_alg, trial_scheduler,
+                        tracking.sweep_callbacks(spec, parent)).fit()
+        status = write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0, source)
+    tracking.finish_sweep(spec, parent, Path(sweep_dir), status == 0)
+    return status
 
 
 def ray_cpus(spec: JobSpec) -> int:

@@ -28,7 +28,7 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from ftray import checkpoint, data, parallel, ray_context, resume
+from ftray import checkpoint, data, parallel, ray_context, resume, tracking
 from ftray.methods import get_method
 from ftray.models import ModelInfo
 from ftray.numerics import all_sum, improved, l1_penalty, make_optimizer, make_scheduler
@@ -488,7 +488,11 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
     if check_rerun(spec, fs, run_dir) and not callbacks:
         return 0, folder
     fs.create_dir(run_dir, recursive=True)
-    local_tb = run_dir if isinstance(fs, pafs.LocalFileSystem) else tempfile.mkdtemp(prefix="ftray-tb-")
+    local = isinstance(fs, pafs.LocalFileSystem)
+    local_tb = run_dir if local else tempfile.mkdtemp(prefix="ftray-tb-")
+    tracked = tracking.start_run(spec, Path(run_dir) if local else None)
+    if tracked:
+        callbacks = [*callbacks, tracking.EpochLogger(tracking.target(spec), tracked)]
     with ray_context.use_ray(spec, address) as ray_mode:
         t_ray = time.perf_counter()
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -505,6 +509,7 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
     summary = write_run_folder(spec, plan, fs, run_dir, error, rows, ray_mode, timings)
     summary["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     _write_bytes(fs, f"{run_dir}/summary.json", json.dumps(redact(summary), indent=2).encode())
+    tracking.finish(spec, tracked, summary, Path(run_dir) if local else None)
     return (1 if error else 0), folder
 
 

@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from ftray.schema import Strict, describe
+
+
+class MLflowTracking(Strict):
+    uri: str = describe("MLflow tracking URI: a server (`http://host:5000`) or a local `file:` / `sqlite:` store.")
+    experiment: str = describe("MLflow experiment the run is logged under (created if missing).", "ftray")
+    run_name: str | None = describe("MLflow run name (default: `run.name`).", None)
+    tags: dict[str, str] = describe("Tags set on the MLflow run (and on each trial's run of a sweep).", {})
+
+
+class TrackingSpec(Strict):
+    mlflow: MLflowTracking | None = describe(
+        "Log the resolved spec as params, every epoch's metrics, the final metrics and the run's plots "
+        "and exported model as artifacts to MLflow (`pip install 'ftray[tracking]'`); a sweep logs one "
+        "parent run and each trial as a nested run.", None)
+    unreachable: Literal["fail", "warn"] = describe(
+        "A tracking server that does not answer before Ray starts: `fail` exits 2, `warn` says so and "
+        "runs without tracking.", "fail")
 
 
 class RunSpec(Strict):
@@ -14,3 +33,4 @@ class RunSpec(Strict):
     max_failures: int = describe("Worker-group restarts from the last checkpoint before giving up.",
                                  0, ge=0, le=1000)
     keep_checkpoints: int = describe("Most recent checkpoints kept.", 2, ge=1)
+    tracking: TrackingSpec | None = describe("Experiment tracking (MLflow) beside the run folder.", None)
