@@ -28,7 +28,7 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from ftray import checkpoint, data, parallel, ray_context, resume, tracking
+from ftray import checkpoint, data, parallel, progress, ray_context, resume, tracking
 from ftray.methods import get_method
 from ftray.models import ModelInfo
 from ftray.numerics import all_sum, improved, l1_penalty, make_optimizer, make_scheduler
@@ -51,6 +51,7 @@ class LoopConfig:
     train_rows: int  # training rows over all workers (sizes an epoch, and so the LR schedule)
     started_at: float | None = None  # when `ftray run` started (startup timings); None: not timed
     faults: Any = None  # `ftray.faults.FaultHooks` when a test asks for faults, else None
+    progress: Any = None  # the `ftray.progress.Board` rank 0 posts its position to, or None
 
 
 @dataclass
@@ -139,6 +140,7 @@ class Training:
     startup: dict  # startup timings, recorded into `state` at the first step
     epoch: int = 0  # the epoch being trained
     loop: Loop | None = None  # the view method hooks get (set by `setup`)
+    poster: Any = None  # rank 0's `ftray.progress.Poster` when the driver shows progress
 
     @property
     def spec(self) -> JobSpec:
@@ -230,6 +232,10 @@ def setup(config: LoopConfig, worker: Worker) -> Training:
     t = Training(config, worker, method, model, module, optimizer, scheduler, scaler, _autocast(spec, device),
                  micro_batch, state, startup)
     t.loop = Loop(spec, model, optimizer, worker, t.autocast, lambda: optimizer_step(t))
+    if config.progress is not None and worker.rank == 0:
+        from ftray.progress import Poster
+        t.poster = Poster(config.progress, spec.train.epochs, micro_per_epoch, worker.world,
+                          every_s=min(0.5, spec.run.progress_every_s / 2))
     if t.state.extra is None:
         t.state.extra = method.extra_summary(t.loop)
     return t
@@ -272,6 +278,8 @@ def train_epoch(t: Training, epoch: int) -> tuple[Any, int, int]:
         local_shuffle_buffer_size=spec.data.shuffle_buffer or None,
         local_shuffle_seed=spec.run.seed * 100003 + epoch if spec.data.shuffle_buffer else None)
     loss_sum, seen, micro, tokens = 0.0, 0, 0, 0
+    if t.poster:
+        t.poster.start_epoch()
     for batch in batches:
         micro += 1
         sync = micro % accum == 0
@@ -281,6 +289,8 @@ def train_epoch(t: Training, epoch: int) -> tuple[Any, int, int]:
         tokens += batch["input_ids"].numel() if "input_ids" in batch else 0
         if sync:
             optimizer_step(t)
+        if t.poster:
+            t.poster.tick(epoch, micro, seen, tokens, loss_sum)
     if micro % accum:  # the epoch ended inside an accumulation window
         optimizer_step(t)
     return loss_sum, seen, tokens
@@ -499,8 +509,11 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
         datasets, rows = get_method(spec).inputs(plan)
         data_ready_s = round(time.time() - started_at, 3)
         callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", TASK_METRICS[spec.data.task])
-        config = LoopConfig(spec, plan.info, rows["train"], started_at, fault_hooks())
-        error = fit_on_ray(trainer(spec, config, datasets, storage_path, [callback, *callbacks]))
+        # A sweep's trial (`callbacks`) leaves the console to the sweep.
+        board = progress.Board.remote() if spec.run.progress_every_s and not callbacks else None
+        config = LoopConfig(spec, plan.info, rows["train"], started_at, fault_hooks(), board)
+        with progress.Display(board, spec.run.progress_every_s) if board else nullcontext():
+            error = fit_on_ray(trainer(spec, config, datasets, storage_path, [callback, *callbacks]))
         t_fit = time.perf_counter()
     if local_tb != run_dir:
         pafs.copy_files(local_tb, run_dir, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

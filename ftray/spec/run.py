@@ -33,4 +33,8 @@ class RunSpec(Strict):
     max_failures: int = describe("Worker-group restarts from the last checkpoint before giving up.",
                                  0, ge=0, le=1000)
     keep_checkpoints: int = describe("Most recent checkpoints kept.", 2, ge=1)
+    progress_every_s: float = describe(
+        "Within an epoch, seconds between progress lines (step, loss, samples/s, ETA) when stdout is "
+        "not a terminal; on a terminal one line updates in place. 0: no progress within epochs.", 30.0,
+        ge=0.0, le=86400.0)
     tracking: TrackingSpec | None = describe("Experiment tracking (MLflow) beside the run folder.", None)
