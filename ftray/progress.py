@@ -32,14 +32,14 @@ class Position:
     world: int
 
     def line(self) -> str:
-        """`[ftray] epoch 2/5  step 120/400 (30%)  loss 0.5120  812 samples/s  ETA 1:05`"""
+        """`epoch 2/5  step 120/400 (30%)  loss 0.5120  812 samples/s  ETA 1:05`"""
         rate = self.micro / self.elapsed_s if self.elapsed_s > 0 else 0.0
         left = (self.micro_total - self.micro) + (self.epochs - self.epoch) * self.micro_total
         eta = _clock(left / rate) if rate > 0 else "?"
         speed = (f"{self.tokens * self.world / self.elapsed_s:.0f} tokens/s" if self.tokens
                  else f"{self.seen * self.world / max(self.elapsed_s, 1e-9):.0f} samples/s")
         share = min(100, round(100 * self.micro / self.micro_total)) if self.micro_total else 0
-        return (f"[ftray] epoch {self.epoch}/{self.epochs}  step {self.micro}/{self.micro_total} ({share}%)  "
+        return (f"epoch {self.epoch}/{self.epochs}  step {self.micro}/{self.micro_total} ({share}%)  "
                 f"loss {self.loss:.4f}  {speed}  ETA {eta}")
 
 
@@ -124,7 +124,7 @@ class Display:
             return
         self._shown = position
         if self.tty:
-            self.out.write(f"\r\x1b[K{position.line()}")
+            self.out.write(f"\r\x1b[K[ftray] {position.line()}")
         else:
-            self.out.write(f"{time.strftime('%H:%M:%S')} {position.line()}\n")
+            self.out.write(f"[ftray] {time.strftime('%H:%M:%S')}  {position.line()}\n")
         self.out.flush()

@@ -20,7 +20,7 @@ def test_the_line_states_step_share_loss_speed_and_eta():
     # 100 of 400 micro-batches in 20 s: 5 a second; left: 300 in this epoch + 3 more epochs of 400.
     p = Position(epoch=2, epochs=5, micro=100, micro_total=400, seen=800, tokens=0, loss=0.51234,
                  elapsed_s=20.0, world=2)
-    assert p.line() == "[ftray] epoch 2/5  step 100/400 (25%)  loss 0.5123  80 samples/s  ETA 5:00"
+    assert p.line() == "epoch 2/5  step 100/400 (25%)  loss 0.5123  80 samples/s  ETA 5:00"
     long = Position(1, 10, 1, 1000, 8, 4096, 2.0, 10.0, 1)  # 0.1 steps/s, 9999 left: 99990 s
     assert long.line().endswith("loss 2.0000  410 tokens/s  ETA 27:46:30")
 
@@ -64,14 +64,14 @@ def test_display_redraws_in_place_on_a_terminal_and_writes_lines_elsewhere(ray_s
         ray_session.get(board.post.remote(Position(1, 2, micro, 40, micro * 8, 0, 0.25, micro / 10, 1)))
         display.show_once()
     text = out.getvalue()
-    first = "[ftray] epoch 1/2  step 10/40 (25%)  loss 0.2500  80 samples/s  ETA 0:07"
-    second = "[ftray] epoch 1/2  step 20/40 (50%)  loss 0.2500  80 samples/s  ETA 0:06"
+    first = "epoch 1/2  step 10/40 (25%)  loss 0.2500  80 samples/s  ETA 0:07"
+    second = "epoch 1/2  step 20/40 (50%)  loss 0.2500  80 samples/s  ETA 0:06"
     if tty:
-        assert text == f"\r\x1b[K{first}\r\x1b[K{second}"
+        assert text == f"\r\x1b[K[ftray] {first}\r\x1b[K[ftray] {second}"
     else:
         lines = text.splitlines()
-        assert [line[9:] for line in lines] == [first, second]
-        assert all(re.fullmatch(r"\d\d:\d\d:\d\d", line[:8]) for line in lines)
+        assert [line[18:] for line in lines] == [first, second]
+        assert all(re.fullmatch(r"\[ftray\] \d\d:\d\d:\d\d  ", line[:18]) for line in lines), lines
 
 
 def test_a_run_shows_its_steps_advancing_within_an_epoch(ray_session, tmp_path, capsys):
@@ -81,6 +81,6 @@ def test_a_run_shows_its_steps_advancing_within_an_epoch(ray_session, tmp_path, 
     assert cli.main(["run", str(write_spec(tmp_path / "s.yaml", raw))]) == 0
     out = capsys.readouterr().out
     total = -(-3200 // 4)  # 3200 training rows (val_fraction 0.2) in micro-batches of 4, one worker
-    steps = [int(m.group(1)) for m in re.finditer(rf"\[ftray\] epoch 1/1  step (\d+)/{total} ", out)]
+    steps = [int(m.group(1)) for m in re.finditer(rf"\[ftray\] \d\d:\d\d:\d\d  epoch 1/1  step (\d+)/{total} ", out)]
     # At least two positions inside the epoch, advancing (the epoch line comes after them).
     assert len(steps) >= 2 and steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] <= total, out
