@@ -61,6 +61,16 @@ def test_split_is_seeded_disjoint_and_complete():
     assert a_val["i"].to_pylist() != c_val["i"].to_pylist()
 
 
+def test_labels_differing_only_by_case_or_spaces_are_warned_about(tmp_path, capsys):
+    p = tmp_path / "d.csv"
+    p.write_text("f0,label\n1,dog\n2,cat\n3,Dog \n4,cat\n5,dog\n6,Dog \n")
+    plan = data.inspect(spec_for(p, tmp_path, features=["f0"]))
+    assert plan.info.classes == ["Dog ", "cat", "dog"]  # still separate classes: the user decides
+    err = capsys.readouterr().err
+    assert err.count("ftray: warning:") == 1, err
+    assert f"data.path: {p}: row 2: label 'Dog ' differs from 'dog' (row 0) only by case or surrounding spaces" in err
+
+
 def test_string_labels_and_explicit_classes(tmp_path):
     p = tmp_path / "s.parquet"
     pq.write_table(pa.table({"x": [[1.0], [2.0], [3.0]], "label": ["b", "a", "c"]}), p)
