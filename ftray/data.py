@@ -385,7 +385,26 @@ def inspect(spec: JobSpec) -> DataPlan:
     if not val and (n_val < 1 or n_val >= train_rows):
         raise SpecError(f"data.val_fraction: {d.val_fraction} of {train_rows} rows leaves no "
                         f"{'validation' if n_val < 1 else 'training'} rows")
-    return DataPlan(info, train, val, class_index, tables=tables, streamed=streamed, row_counts=counts, nbytes=nbytes)
+    plan = DataPlan(info, train, val, class_index, tables=tables, streamed=streamed, row_counts=counts, nbytes=nbytes)
+    if d.normalize != "none":
+        fit_normalize(spec, plan)
+    return plan
+
+
+def fit_normalize(spec: JobSpec, plan: DataPlan) -> None:
+    """`data.normalize`: each feature value's shift and scale, fitted on the training rows only
+    (those `split_tables` gives the workers), into `plan.info` (the model applies them)."""
+    if plan.streamed:
+        raise SpecError(f"data.normalize: {plan.train.where}: the data streams ({plan.nbytes / 2**30:.2f} GiB "
+                        "on disk); scaling is fitted on rows the driver reads whole: scale the columns "
+                        "beforehand, or set data.normalize: none")
+    x = feature_matrix(split_tables(spec, plan)[0], spec.data.features, plan.train.where).astype(np.float64)
+    if spec.data.normalize == "standard":
+        shift, scale = x.mean(axis=0), x.std(axis=0)
+    else:
+        shift, scale = x.min(axis=0), x.max(axis=0) - x.min(axis=0)
+    scale[scale == 0] = 1.0  # a constant feature: shifted to 0, not divided by 0
+    plan.info.feature_shift, plan.info.feature_scale = shift.tolist(), scale.tolist()
 
 
 def _read_checked(spec: JobSpec, src: Source, cols: list[str]) -> pa.Table:
