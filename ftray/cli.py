@@ -9,9 +9,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ftray import predict, schedule, submit
+from ftray import predict, runs, schedule, submit
 from ftray.runner import runner_for
 from ftray.spec import SpecError, load_spec, load_spec_and_raw
+
+
+RUN_HELP = """\
+Fine-tune the model a job spec (SPEC, a YAML file: model, data, method, train, scaling, run)
+describes, with Ray Train (RLlib for method.name: rl). The run writes
+<run.storage_path>/<run.name>/: summary.json, checkpoints, the exported model; the last stdout
+line names that folder.
+
+Resuming: running a spec again with the same run.name goes on from its latest checkpoint (more
+train.epochs train only the new ones; a finished run is not trained again). A change the
+checkpoint cannot honour (architecture, method, data) exits 2 naming the keys; --restart
+starts afresh and moves the old folder aside.
+
+Exit status: 0 done; 2 bad input (spec, data, paths), one message naming the file and key
+path or row, before Ray starts; 1 the run failed (its checkpoints are kept: re-run to resume).
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("specs", nargs="+", metavar="SPEC")
     v.add_argument("--spec-only", action="store_true", help="check the YAML only, not data or model files")
 
-    r = with_overrides(sub.add_parser("run", help="fine-tune a job spec with Ray Train"))
-    r.add_argument("spec", metavar="SPEC")
+    r = with_overrides(sub.add_parser("run", help="fine-tune a job spec with Ray Train",
+                                      description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter))
+    r.add_argument("spec", metavar="SPEC", help="the job spec, a YAML file (see docs/reference.md)")
     r.add_argument("--address", default=None,
                    help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     r.add_argument("--restart", action="store_true",
@@ -50,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_parsers(sub)
     schedule.add_parsers(sub)
     predict.add_parsers(sub)
+    runs.add_parsers(sub)
     return p
 
 
@@ -123,11 +141,25 @@ def cmd_rl(args) -> int:
 
 COMMANDS = {"validate": cmd_validate, "run": cmd_run, "sweep": cmd_sweep, "reference": cmd_reference, "rl": cmd_rl,
             "submit": submit.cmd_submit, "jobs": submit.cmd_jobs, "schedule": schedule.cmd_schedule,
-            "predict": predict.cmd_predict, "eval": predict.cmd_eval}
+            "predict": predict.cmd_predict, "eval": predict.cmd_eval,
+            "runs": runs.cmd_runs}
+
+
+def _chosen(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)subcommand parser `args` went through: `ftray rl collect`'s, not `ftray`'s."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[name]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse would print the top-level usage; the subcommand's says what it takes
+        _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except SpecError as e:

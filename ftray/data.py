@@ -10,6 +10,7 @@ Ray Data pipelines the workers stream from: read, split, and rows turned into te
 from __future__ import annotations
 
 import re
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +210,22 @@ def _first_bad_row(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+# What a null cell was in the file: pyarrow reads an empty CSV cell and markers such as NA, n/a,
+# null or nan as null, so "empty" would misname a cell that reads `n/a`.
+NO_VALUE = "an empty cell, null, or a missing-value marker such as NA or n/a"
+
+
+def _not_numbers(col: pa.Array, name: str, where: str) -> str:
+    """The message for a scalar feature column that is not numeric: its first value that is no
+    number, with its row (a column of numbers written as text names its type only)."""
+    for i, value in enumerate(col.to_pylist()):
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return f"{where}: row {i}: feature {name!r} is {value!r}, not a number (column type {col.type})"
+    return f"{where}: feature {name!r} has type {col.type}, not numbers"
+
+
 def feature_matrix(table: pa.Table, features: list[str], where: str) -> np.ndarray:
     """Numeric features as a float32 (rows, width) matrix; SpecError naming the first bad row."""
     parts = []
@@ -216,7 +233,7 @@ def feature_matrix(table: pa.Table, features: list[str], where: str) -> np.ndarr
         col = table.column(name).combine_chunks()
         if col.null_count:
             raise SpecError(f"{where}: row {_first_bad_row(col.is_null().to_numpy(zero_copy_only=False))}: "
-                            f"feature {name!r} is empty")
+                            f"feature {name!r} has no value ({NO_VALUE})")
         if _is_list(col.type):
             lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
             if len(set(lengths.tolist())) > 1:
@@ -230,7 +247,7 @@ def feature_matrix(table: pa.Table, features: list[str], where: str) -> np.ndarr
         elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
             parts.append(col.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, 1))
         else:
-            raise SpecError(f"{where}: feature {name!r} has type {col.type}, not numbers")
+            raise SpecError(_not_numbers(col, name, where))
     x = np.concatenate(parts, axis=1) if parts else np.zeros((table.num_rows, 0), np.float32)
     finite = np.isfinite(x).all(axis=1)
     if not finite.all():
@@ -245,7 +262,7 @@ def label_classes(spec: JobSpec, tables: list[tuple[str, pa.Table]]) -> list:
     for where, col in columns:
         if col.null_count:
             raise SpecError(f"{where}: row {_first_bad_row(col.is_null().to_numpy(zero_copy_only=False))}: "
-                            f"label {d.label!r} is empty")
+                            f"label {d.label!r} has no value ({NO_VALUE})")
         if not (pa.types.is_integer(col.type) or pa.types.is_string(col.type)
                 or pa.types.is_large_string(col.type)):
             raise SpecError(f"{where}: labels in {d.label!r} have type {col.type}; classification needs "
@@ -262,6 +279,7 @@ def label_classes(spec: JobSpec, tables: list[tuple[str, pa.Table]]) -> list:
                                     "is negative; integer labels must be 0..K-1 (or list data.classes)")
         classes = list(range(int(values.max()) + 1))
     else:
+        _check_label_strings(columns, d.label)
         classes = sorted({str(v) for _, c in columns for v in c.to_pylist()})
     if len(classes) < 2:
         raise SpecError(f"data.classes: classification needs at least 2 classes, got {classes}")
@@ -273,6 +291,26 @@ def label_classes(spec: JobSpec, tables: list[tuple[str, pa.Table]]) -> list:
             raise SpecError(f"{where}: row {bad}: label {values[bad]!r} is not one of the classes "
                             f"{classes if len(classes) <= 20 else str(classes[:20]) + '...'}")
     return classes
+
+
+def _check_label_strings(columns: list[tuple[str, pa.Array]], label: str) -> None:
+    """Inferred string classes: refuse a blank label (it would become a class ''), naming its row;
+    warn about labels that differ only by case or surrounding spaces (`Dog `, `dog`), which become
+    separate classes."""
+    first: dict[str, tuple[str, str, int]] = {}  # folded label -> (label, where, row) of its first use
+    warned = set()
+    for where, col in columns:
+        for row, value in enumerate(col.to_pylist()):
+            value = str(value)
+            if not value.strip():
+                raise SpecError(f"{where}: row {row}: label {label!r} is blank ({value!r}); give every row a class")
+            seen = first.setdefault(value.strip().casefold(), (value, where, row))
+            if seen[0] != value and (seen[0], value) not in warned:
+                warned.add((seen[0], value))
+                at = f"row {seen[2]}" if seen[1] == where else f"{seen[1]}, row {seen[2]}"
+                print(f"ftray: warning: {where}: row {row}: label {value!r} differs from {seen[0]!r} "
+                      f"({at}) only by case or surrounding spaces; they are separate "
+                      "classes (clean the column, or list data.classes)", file=sys.stderr, flush=True)
 
 
 SAMPLE_ROWS = 1000  # rows of each source that `inspect` checks when the data streams
@@ -347,7 +385,26 @@ def inspect(spec: JobSpec) -> DataPlan:
     if not val and (n_val < 1 or n_val >= train_rows):
         raise SpecError(f"data.val_fraction: {d.val_fraction} of {train_rows} rows leaves no "
                         f"{'validation' if n_val < 1 else 'training'} rows")
-    return DataPlan(info, train, val, class_index, tables=tables, streamed=streamed, row_counts=counts, nbytes=nbytes)
+    plan = DataPlan(info, train, val, class_index, tables=tables, streamed=streamed, row_counts=counts, nbytes=nbytes)
+    if d.normalize != "none":
+        fit_normalize(spec, plan)
+    return plan
+
+
+def fit_normalize(spec: JobSpec, plan: DataPlan) -> None:
+    """`data.normalize`: each feature value's shift and scale, fitted on the training rows only
+    (those `split_tables` gives the workers), into `plan.info` (the model applies them)."""
+    if plan.streamed:
+        raise SpecError(f"data.normalize: {plan.train.where}: the data streams ({plan.nbytes / 2**30:.2f} GiB "
+                        "on disk); scaling is fitted on rows the driver reads whole: scale the columns "
+                        "beforehand, or set data.normalize: none")
+    x = feature_matrix(split_tables(spec, plan)[0], spec.data.features, plan.train.where).astype(np.float64)
+    if spec.data.normalize == "standard":
+        shift, scale = x.mean(axis=0), x.std(axis=0)
+    else:
+        shift, scale = x.min(axis=0), x.max(axis=0) - x.min(axis=0)
+    scale[scale == 0] = 1.0  # a constant feature: shifted to 0, not divided by 0
+    plan.info.feature_shift, plan.info.feature_scale = shift.tolist(), scale.tolist()
 
 
 def _read_checked(spec: JobSpec, src: Source, cols: list[str]) -> pa.Table:

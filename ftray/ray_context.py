@@ -23,6 +23,7 @@ import torch
 
 from ftray import storage_check
 from ftray.spec import JobSpec, SpecError
+from ftray.spec.load import RAY_JOB_ENV
 
 ADDRESS_ENV = "RAY_ADDRESS"
 WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
@@ -89,7 +90,7 @@ def use_ray(spec: JobSpec, address: str | None = None, cpus: int | None = None) 
     if target:
         # Inside `ray job submit` the job's own runtime env applies to every worker, and Ray refuses
         # to merge a second one into it: join without ours.
-        in_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+        in_job = bool(os.environ.get(RAY_JOB_ENV))
         ray.init(address=target, runtime_env=None if in_job else runtime_env(spec), log_to_driver=True)
     else:
         # Logical CPUs: room for every worker plus Ray Data's read and preprocessing tasks, even on a

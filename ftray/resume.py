@@ -39,7 +39,8 @@ from ftray.storage_check import storage
 # - run.tracking, run.progress_every_s: where metrics are logged, how often progress is shown;
 # - tune: ignored by `ftray run`.
 # Everything else (model, data, method, optimizer, schedule, precision, seed, scaling.strategy ...)
-# decides what is trained: changing it refuses.
+# decides what is trained: changing it refuses. data.normalize among them: the checkpoint's weights
+# were trained on features scaled that way.
 RESUMABLE = ("train.epochs", "train.early_stopping.patience", "scaling.num_workers", "scaling.min_workers",
              "scaling.cpus_per_worker", "scaling.use_gpu", "run.keep_checkpoints", "run.max_failures",
              "run.storage_path", "run.tracking", "run.progress_every_s", "tune")

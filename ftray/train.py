@@ -456,7 +456,16 @@ class Progress(ray.train.UserCallback):
         for key, value in m.items():
             if isinstance(value, (int, float)) and key != "epoch":
                 self.writer.add_scalar(key, value, m["epoch"])
-        self.writer.flush()
+        # tensorboardX queues events for a writer thread that `flush` does not wait for, and the
+        # controller ends without closing us: only `close` drains the queue (the last epoch, else lost).
+        if m["epoch"] >= self.epochs or m.get("early_stopped"):
+            self.writer.close()
+        else:
+            self.writer.flush()
+
+    def after_exception(self, run_context, worker_exceptions):
+        if self.writer is not None:
+            self.writer.close()  # a later report (a restarted worker group) opens a new events file
 
 
 def prepare(spec: JobSpec, address: str | None = None) -> data.DataPlan:

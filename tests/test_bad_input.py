@@ -344,7 +344,14 @@ CASES: dict[str, Case] = {
                                ("bad.csv: cannot read as csv",)),
     "CSV header only": C(lambda w, d: csv_data(w, d, "f0,label\n"), ("no rows",)),
     "CSV with text in a feature": C(lambda w, d: csv_data(w, d, "f0,label\n1,0\nabc,1\n"),
-                                    ("feature 'f0' has type string, not numbers",)),
+                                    ("bad.csv: row 1: feature 'f0' is 'abc', not a number",)),
+    # pyarrow reads `n/a` as null: the message names such markers, not only an "empty" cell
+    "CSV with n/a in a feature": C(lambda w, d: csv_data(w, d, "f0,label\n1,0\nn/a,1\n"),
+                                   ("bad.csv: row 1: feature 'f0' has no value", "n/a")),
+    "CSV with an empty label": C(lambda w, d: csv_data(w, d, "f0,label\n1,cat\n2,\n3,dog\n"),
+                                 ("bad.csv: row 1: label 'label' is blank",)),
+    "blank string label": C(lambda w, d: with_data(w, d, parquet(d, pa.table(
+        {"x": [[1.0], [2.0], [3.0]], "label": ["cat", "  ", "dog"]}))), ("bad.parquet: row 1: label 'label' is blank",)),
     "CSV with inf feature": C(lambda w, d: csv_data(w, d, "f0,label\n1,0\n2,1\ninf,0\n"),
                               ("bad.csv: row 2: a feature is NaN or infinite",)),
     "NaN in a list feature": C(lambda w, d: with_data(w, d, parquet(d, pa.table(

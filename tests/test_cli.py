@@ -49,3 +49,33 @@ def test_validate_refuses_a_run_folder_that_cannot_be_created(tmp_path, blobs_pa
         assert cli.main([command, str(path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("ftray: error: ") and "run.storage_path: " in err and str(tmp_path / "f") in err, err
+
+
+def test_a_bad_flag_prints_the_subcommands_usage(capsys):
+    for argv, prog, extra in ((["run", "job.yaml", "--epochs", "3"], "ftray run", "--epochs 3"),
+                              (["rl", "collect", "runs/x", "--out", "d.parquet", "--bogus"], "ftray rl collect",
+                               "--bogus")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(f"usage: {prog} [-h]"), err
+        assert err.endswith(f"{prog}: error: unrecognized arguments: {extra}\n"), err
+
+
+def test_run_help_explains_the_spec_resuming_and_exit_codes(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "SPEC, a YAML file" in out and "the same run.name goes on from its latest checkpoint" in out
+    assert "Exit status: 0 done; 2 bad input" in out and "1 the run failed" in out
+
+
+def test_an_unknown_key_gets_a_did_you_mean(tmp_path, blobs_parquet, capsys, no_ray):
+    raw = mlp_spec(blobs_parquet, tmp_path / "runs")
+    raw["model"]["unitz"] = 8
+    path = write_spec(tmp_path / "job.yaml", raw)
+    assert cli.main(["validate", "--spec-only", str(path), "--set", "train.optimizer={name: sgd, momentun: 0.9}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: model.unitz: unknown key; did you mean 'units'?" in err, err
+    assert "train.optimizer.momentun: unknown key; did you mean 'momentum'?" in err, err

@@ -61,6 +61,16 @@ def test_split_is_seeded_disjoint_and_complete():
     assert a_val["i"].to_pylist() != c_val["i"].to_pylist()
 
 
+def test_labels_differing_only_by_case_or_spaces_are_warned_about(tmp_path, capsys):
+    p = tmp_path / "d.csv"
+    p.write_text("f0,label\n1,dog\n2,cat\n3,Dog \n4,cat\n5,dog\n6,Dog \n")
+    plan = data.inspect(spec_for(p, tmp_path, features=["f0"]))
+    assert plan.info.classes == ["Dog ", "cat", "dog"]  # still separate classes: the user decides
+    err = capsys.readouterr().err
+    assert err.count("ftray: warning:") == 1, err
+    assert f"data.path: {p}: row 2: label 'Dog ' differs from 'dog' (row 0) only by case or surrounding spaces" in err
+
+
 def test_string_labels_and_explicit_classes(tmp_path):
     p = tmp_path / "s.parquet"
     pq.write_table(pa.table({"x": [[1.0], [2.0], [3.0]], "label": ["b", "a", "c"]}), p)
@@ -75,10 +85,10 @@ def test_string_labels_and_explicit_classes(tmp_path):
     (pa.table({"x": [[1.0], [float("nan")]], "label": [0, 1]}), {}, "row 1: a feature is NaN or infinite"),
     (pa.table({"x": [[1.0], [float("inf")]], "label": [0, 1]}), {}, "row 1: a feature is NaN or infinite"),
     (pa.table({"x": [[1.0], [2.0, 3.0]], "label": [0, 1]}), {}, "row 1: feature 'x' has 2 values"),
-    (pa.table({"x": [[1.0], None], "label": [0, 1]}), {}, "row 1: feature 'x' is empty"),
-    (pa.table({"x": [[1.0], [2.0]], "label": [0, None]}), {}, "row 1: label 'label' is empty"),
+    (pa.table({"x": [[1.0], None], "label": [0, 1]}), {}, "row 1: feature 'x' has no value"),
+    (pa.table({"x": [[1.0], [2.0]], "label": [0, None]}), {}, "row 1: label 'label' has no value"),
     (pa.table({"x": [[1.0], [2.0]], "label": [0.5, 1.5]}), {}, "classification needs integer or string"),
-    (pa.table({"x": ["a", "b"], "label": [0, 1]}), {}, "feature 'x' has type string"),
+    (pa.table({"x": ["a", "b"], "label": [0, 1]}), {}, "row 0: feature 'x' is 'a', not a number"),
     (pa.table({"x": [[1.0], [2.0]], "label": [0, 0]}), {}, "at least 2 classes"),
     (pa.table({"x": [[1.0], [2.0]], "y": [0, 1]}), {}, "no column 'label'"),
     (pa.table({"x": pa.array([], pa.list_(pa.float32())), "label": pa.array([], pa.int64())}), {}, "no rows"),
@@ -375,3 +385,56 @@ def test_streamed_data_needs_its_own_validation_data(tmp_path, tiny_gpt, monkeyp
     with pytest.raises(SpecError, match="more than the 0.00 GiB that the driver splits by data.val_fraction; "
                                         "give the validation data as data.val_path"):
         data.inspect(text_spec(tmp_path, tiny_gpt))
+
+
+def test_normalize_is_fitted_on_the_training_rows_only(tmp_path):
+    train, val = tmp_path / "train.csv", tmp_path / "val.csv"
+    train.write_text("f0,f1,label\n1,7,0\n2,7,1\n3,7,0\n4,7,1\n")  # f1 constant: shifted, not divided by 0
+    val.write_text("f0,f1,label\n100,0,0\n200,0,1\n")
+    fields = {"features": ["f0", "f1"], "val_path": str(val)}
+    info = data.inspect(spec_for(train, tmp_path, normalize="standard", **fields)).info
+    assert info.feature_shift == [2.5, 7.0] and info.feature_scale == pytest.approx([1.25 ** 0.5, 1.0])
+    info = data.inspect(spec_for(train, tmp_path, normalize="minmax", **fields)).info
+    assert info.feature_shift == [1.0, 7.0] and info.feature_scale == [3.0, 1.0]
+    assert data.inspect(spec_for(train, tmp_path, **fields)).info.feature_scale == []  # default: none
+    # A val_fraction split: the statistics of exactly the training rows the workers get.
+    pq.write_table(blobs(40, width=2), tmp_path / "b.parquet")
+    spec = spec_for(tmp_path / "b.parquet", tmp_path, normalize="standard")
+    plan = data.inspect(spec)
+    x = data.feature_matrix(data.split_tables(spec, plan)[0], ["x"], "t").astype(np.float64)
+    assert len(x) == 20 and plan.info.feature_shift == pytest.approx(x.mean(axis=0).tolist())
+    assert plan.info.feature_scale == pytest.approx(x.std(axis=0).tolist())
+    with pytest.raises(ValueError, match="data.normalize: scales the numeric features of an mlp"):
+        JobSpec.model_validate({**mlp_spec(tmp_path / "b.parquet", tmp_path), "model": {"name": "hf", "path": "x"},
+                                "data": {"path": "b.parquet", "text": "t", "normalize": "minmax"}})
+
+
+def test_a_normalized_run_applies_its_scaling_in_every_later_use(ray_session, tmp_path, capsys):
+    """Features far from 0 (offset 1000, spread x50): the run's model scales them itself, so
+    `ftray.load` reproduces the validation accuracy on raw rows, and a re-run cannot change it."""
+    import ftray
+    from ftray import cli
+    from ftray.models import load_exported
+    from tests.conftest import write_spec
+    t = blobs(160, width=4, seed=1)
+    x = np.stack(t.column("x").to_numpy(zero_copy_only=False)) * 50 + 1000
+    t = t.set_column(0, "x", pa.array(list(x.astype(np.float32)), type=pa.list_(pa.float32())))
+    pq.write_table(t, tmp_path / "far.parquet")
+    raw = mlp_spec(tmp_path / "far.parquet", tmp_path / "runs", "scaled",
+                   data={"normalize": "standard"}, train={"epochs": 2, "batch_size": 16})
+    path = write_spec(tmp_path / "scaled.yaml", raw)
+    assert cli.main(["run", str(path)]) == 0, capsys.readouterr().err[-3000:]
+    run_dir = tmp_path / "runs" / "scaled"
+    s = json.loads((run_dir / "summary.json").read_text())
+    spec = JobSpec.model_validate(raw)
+    train_x = data.feature_matrix(data.split_tables(spec, data.inspect(spec))[0], ["x"], "t").astype(np.float64)
+    model = load_exported(str(run_dir / "model")).eval()
+    assert model.info.feature_shift == pytest.approx(train_x.mean(axis=0).tolist())  # kept with the model
+    assert model.info.feature_scale == pytest.approx(train_x.std(axis=0).tolist())
+    _, val = data.split_table(t, 0.2, seed=0)
+    predicted = ftray.load(str(run_dir)).predict(val)  # raw rows in: the model scales them
+    accuracy = np.mean(np.array(predicted) == val.column("label").to_numpy())
+    assert accuracy == pytest.approx(s["metrics"]["val_accuracy"])
+    capsys.readouterr()
+    assert cli.main(["run", str(path), "--set", "data.normalize=minmax", "--set", "train.epochs=3"]) == 2
+    assert "data.normalize ('standard' -> 'minmax') changed" in capsys.readouterr().err

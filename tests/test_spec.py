@@ -138,3 +138,19 @@ run: {name: demo, storage_path: gs://bucket/runs}
         assert spec.model.path == expected
         assert spec.data.path == "s3://bucket/train.parquet" and spec.data.val_path == str(tmp_path / "val.jsonl")
         assert spec.run.storage_path == "gs://bucket/runs"
+
+
+def test_a_relative_storage_path_inside_a_ray_job_is_warned_about(tmp_path, monkeypatch, capsys):
+    """Under plain `ray job submit` the driver runs in the job's temporary working_dir copy."""
+    monkeypatch.chdir(tmp_path)
+    spec_file(tmp_path)
+    load_spec(tmp_path / "job.yaml", ["run.storage_path=out/runs"])
+    assert capsys.readouterr().err == ""  # not in a job: relative is fine
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    load_spec(tmp_path / "job.yaml", [f"run.storage_path={tmp_path / 'abs'}"])
+    assert capsys.readouterr().err == ""  # absolute: nothing to say
+    spec = load_spec(tmp_path / "job.yaml", ["run.storage_path=out/runs"])
+    err = capsys.readouterr().err
+    assert spec.run.storage_path == str(tmp_path / "out" / "runs")
+    assert err.startswith("ftray: warning: run.storage_path is relative; inside this Ray job it resolves to "
+                          f"{tmp_path / 'out' / 'runs'},"), err

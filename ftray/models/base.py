@@ -28,6 +28,10 @@ class ModelInfo:
     in_features: int = 0
     classes: list = field(default_factory=list)  # label values in head order (classification)
     image_shape: list = field(default_factory=list)  # (channels, height, width) of a multimodal image
+    # data.normalize, fitted on the training rows: the model computes (x - shift) / scale per
+    # feature value (empty: no scaling). Kept here so every export and checkpoint carries it.
+    feature_shift: list = field(default_factory=list)
+    feature_scale: list = field(default_factory=list)
 
     @property
     def num_outputs(self) -> int:

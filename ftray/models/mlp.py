@@ -32,9 +32,15 @@ class MLP(FtModel):
             width = structure.units
         self.backbone = nn.ModuleList(blocks)
         self.classifier = nn.Linear(width, info.num_outputs)
+        # Not persistent: the weights stay those of an unscaled mlp (init_from, older exports);
+        # the values travel in `info`, which every export and checkpoint writes.
+        self.register_buffer("shift", torch.tensor(info.feature_shift, dtype=torch.float32), persistent=False)
+        self.register_buffer("scale", torch.tensor(info.feature_scale, dtype=torch.float32), persistent=False)
 
     def forward(self, batch: dict) -> torch.Tensor:
         x = batch["x"]
+        if self.scale.numel():  # data.normalize
+            x = (x - self.shift) / self.scale
         for block in self.backbone:
             x = block(x)
         out = self.classifier(x)

@@ -49,6 +49,10 @@ class DataSpec(Strict):
     label: str | None = describe("Label column (classification, regression).", "label")
     classes: list[str | int] | None = describe(
         "Label values in head order; None means integer labels 0..K-1 with K inferred.", None)
+    normalize: Literal["none", "standard", "minmax"] = describe(
+        "`mlp` features: scale each value to mean 0 and std 1 (`standard`) or to 0..1 (`minmax`), fitted on "
+        "the training rows only (after the validation split) and kept with the model, which applies it to "
+        "every later input (predict, eval, `ftray.load`); `none` feeds them as they are.", "none")
     shuffle_buffer: int = describe("Rows in each worker's seeded shuffle buffer (0 = no shuffle).",
                                    1024, ge=0)
 

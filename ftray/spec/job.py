@@ -83,6 +83,9 @@ def _check_columns(spec: JobSpec) -> None:
     _check_chat(d)
     if d.packing and d.task != "causal_lm":
         raise ValueError("data.packing: packing is for data.task: causal_lm")
+    if d.normalize != "none" and model.name != "mlp":
+        raise ValueError(f"data.normalize: scales the numeric features of an mlp; model.name: {model.name} "
+                         "takes none")
 
 
 def _check_chat(d: DataSpec) -> None:

@@ -8,7 +8,9 @@ the file.
 from __future__ import annotations
 
 import copy
+import difflib
 import os
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -108,12 +110,52 @@ def format_validation_error(source: str, err: ValidationError) -> str:
         path = ".".join(loc) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(e["loc"])
         elif e["type"] == "union_tag_invalid":
             msg = f"unknown name {e['input'].get('name')!r}; choose one of {e['ctx']['expected_tags']}" \
                 if isinstance(e.get("input"), dict) else msg
         lines.append(f"{source}: {path}: {msg}")
     return "\n".join(lines)
+
+
+def _did_you_mean(loc: tuple) -> str:
+    """`; did you mean 'lr'?` for an unknown key close to a field of its section, else ''."""
+    names = _section_fields(loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """The spec models an annotation can hold (through Optional, unions, Annotated, lists)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    """The field names of the spec section at a pydantic error location (raw: union tags kept,
+    so `model.mlp` is the mlp builder's section); [] where the location is no model section."""
+    model, union = JobSpec, []
+    for part in loc:
+        if union:  # the part after a union field is the tag pydantic chose
+            model = next((m for m in union if part in _tags(m)), None)
+            union = []
+            if model is None:
+                return []
+            continue
+        if isinstance(part, int):  # an item of a list field
+            continue
+        field = model.model_fields.get(part)
+        found = _models_in(field.annotation) if field else []
+        if not found:
+            return []
+        model, union = (found[0], []) if len(found) == 1 else (None, found)
+    return list(model.model_fields) if model else []
+
+
+def _tags(model: type[BaseModel]) -> tuple:
+    field = model.model_fields.get("name")
+    return typing.get_args(field.annotation) if field else ()
 
 
 def _union_fields(model: type[BaseModel], prefix: tuple = ()) -> set[tuple]:
@@ -244,11 +286,27 @@ def load_spec_and_raw(path: str | os.PathLike, overrides: list[str] = ()) -> tup
             validate(raw, str(path))  # raises the top-level message
         raw = apply_overrides(raw, [parse_override(o) for o in overrides])
     spec = validate(raw, str(path))
+    relative_storage = "://" not in spec.run.storage_path and not Path(spec.run.storage_path).expanduser().is_absolute()
     try:
         spec = with_absolute_paths(spec)
     except SpecError as e:
         raise SpecError(f"{path}: {e}") from None
+    if relative_storage and os.environ.get(RAY_JOB_ENV):
+        warn_job_storage(spec.run.storage_path)
     return spec, pin_paths(raw, spec)
+
+
+# Set in the driver of a Ray job (`ray job submit`), whose working directory is the job's own
+# temporary copy of its working_dir.
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def warn_job_storage(resolved: str) -> None:
+    """Plain `ray job submit`: a relative run.storage_path lands in the job's temporary copy of the
+    working_dir, which Ray deletes later (`ftray submit` passes an absolute one)."""
+    print(f"ftray: warning: run.storage_path is relative; inside this Ray job it resolves to {resolved}, "
+          "under the job's temporary working_dir copy; give an absolute path or a URI to keep the run",
+          file=sys.stderr, flush=True)
 
 
 _UNION_FIELDS = _union_fields(JobSpec)
