@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ftray import predict, schedule, submit
+from ftray import predict, schedule, serve, submit
 from ftray.runner import runner_for
 from ftray.spec import SpecError, load_spec, load_spec_and_raw
 
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_parsers(sub)
     schedule.add_parsers(sub)
     predict.add_parsers(sub)
+    serve.add_parsers(sub)
     return p
 
 
@@ -123,7 +124,8 @@ def cmd_rl(args) -> int:
 
 COMMANDS = {"validate": cmd_validate, "run": cmd_run, "sweep": cmd_sweep, "reference": cmd_reference, "rl": cmd_rl,
             "submit": submit.cmd_submit, "jobs": submit.cmd_jobs, "schedule": schedule.cmd_schedule,
-            "predict": predict.cmd_predict, "eval": predict.cmd_eval}
+            "predict": predict.cmd_predict, "eval": predict.cmd_eval,
+            "serve": serve.cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,15 +36,15 @@ from ftray.storage_check import storage
 #   and checkpoints are device-independent full states;
 # - run.keep_checkpoints, run.max_failures: how many checkpoints to keep, restarts to allow;
 # - run.storage_path: where the folder lives (a run folder copied elsewhere resumes there);
-# - tune: ignored by `ftray run`.
+# - tune: ignored by `ftray run`; serve: read only by `ftray serve`.
 # Everything else (model, data, method, optimizer, schedule, precision, seed, scaling.strategy ...)
 # decides what is trained: changing it refuses.
 RESUMABLE = ("train.epochs", "train.early_stopping.patience", "scaling.num_workers", "scaling.min_workers",
              "scaling.cpus_per_worker", "scaling.use_gpu", "run.keep_checkpoints", "run.max_failures",
-             "run.storage_path", "tune")
+             "run.storage_path", "tune", "serve")
 # An rl run (`ftray.rl`) may change its stop conditions (a later stop goes on training) and how
 # many checkpoints it keeps; its rollout and learner settings decide what is trained.
-RL_RESUMABLE = ("method.stop", "run.keep_checkpoints", "run.max_failures", "run.storage_path", "tune")
+RL_RESUMABLE = ("method.stop", "run.keep_checkpoints", "run.max_failures", "run.storage_path", "tune", "serve")
 
 
 def recorded_spec(spec: JobSpec) -> dict:
