@@ -75,10 +75,14 @@ def _base_name(ref: RunRef) -> str:
 
 
 def _settings(ref: RunRef, overrides: dict | None) -> ServeSpec:
+    from pydantic import ValidationError
     try:
         return ServeSpec.model_validate({**ref.spec.serve.model_dump(), **(overrides or {})})
-    except ValueError as e:
-        raise SpecError(f"serve: {str(e).splitlines()[-1].strip()}") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")  # a rule across fields names its keys itself
+        where = ".".join(["serve", *map(str, err["loc"])]) + ": " if err["loc"] else ""
+        raise SpecError(f"{where}{msg} (RUN {ref.folder})") from None
 
 
 # ======================================================================= the request checks
