@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ftray import predict, runs, schedule, submit
+from ftray import predict, runs, schedule, serve, submit
 from ftray.runner import runner_for
 from ftray.spec import SpecError, load_spec, load_spec_and_raw
 
@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     schedule.add_parsers(sub)
     predict.add_parsers(sub)
     runs.add_parsers(sub)
+    serve.add_parsers(sub)
     return p
 
 
@@ -142,7 +143,7 @@ def cmd_rl(args) -> int:
 COMMANDS = {"validate": cmd_validate, "run": cmd_run, "sweep": cmd_sweep, "reference": cmd_reference, "rl": cmd_rl,
             "submit": submit.cmd_submit, "jobs": submit.cmd_jobs, "schedule": schedule.cmd_schedule,
             "predict": predict.cmd_predict, "eval": predict.cmd_eval,
-            "runs": runs.cmd_runs}
+            "runs": runs.cmd_runs, "serve": serve.cmd_serve}
 
 
 def _chosen(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ RUN is a run folder, its `model/` export, a LoRA run's `model/adapter/`, or a sw
 ensemble (or its `ensemble/`). The predictor applies the run's own preprocessing: the row
 transforms of `ftray.data` that training uses, with the run's spec (from `summary.json`) and the
 export's facts (classes, tokenizer). One `Predictor` turns rows into predictions; the Ray Data actor
-(`PredictBatches`) and a future Serve deployment wrap that same object.
+(`PredictBatches`) and the Serve deployment (`ftray.serve`) wrap that same object.
 """
 
 from __future__ import annotations
@@ -135,7 +135,13 @@ class Predictor:
         """The model's raw outputs on `table`'s rows and the batch they came from (`labelled`:
         with the targets `y` or LM `labels`, as training's validation sees them)."""
         import torch
-        batch = {k: torch.as_tensor(v, device=self.device) for k, v in self._transform(labelled)(table).items()}
+        arrays = self._transform(labelled)(table)
+        width = self.info.in_features
+        if "x" in arrays and width and arrays["x"].shape[1] != width:
+            # a wrong row width would otherwise surface as a matmul error deep in the model
+            raise SpecError(f"rows: features {', '.join(self.spec.data.features)} give {arrays['x'].shape[1]} "
+                            f"values per row, the model reads {width}")
+        batch = {k: torch.as_tensor(v, device=self.device) for k, v in arrays.items()}
         with torch.no_grad():
             return self.model(batch), batch
 
@@ -158,12 +164,20 @@ class Predictor:
             return data.MultimodalRows(self.spec, self.class_index, self.source, labelled)
         return data.TokenizedRows(self.spec, self.class_index, self.source, labelled)
 
-    def _generate(self, table: pa.Table) -> list[str]:
+    def generate(self, prompts: list[str], generation: Generation | None = None) -> list[str]:
+        """Causal LMs: the text generated after each prompt (`generation`, default the predictor's)."""
+        if self.task != "causal_lm":
+            raise SpecError(f"generate: the model is a {self.task} model, not a causal LM")
+        table = pa.table({_prompt_column(self.spec): pa.array(prompts, pa.string())})
+        return [t for i in range(0, len(prompts), self.batch_size)
+                for t in self._generate(table.slice(i, self.batch_size), generation)]
+
+    def _generate(self, table: pa.Table, generation: Generation | None = None) -> list[str]:
         """Generated text after each row's prompt (left-padded into one batch for `generate`)."""
         import torch
 
         from ftray.models.hf import load_tokenizer
-        tok, g = load_tokenizer(self.source), self.generation
+        tok, g = load_tokenizer(self.source), generation or self.generation
         if table.num_rows == 0:
             return []
         room = max(1, self.spec.model.max_length)

@@ -37,17 +37,17 @@ from ftray.storage_check import storage
 # - run.keep_checkpoints, run.max_failures: how many checkpoints to keep, restarts to allow;
 # - run.storage_path: where the folder lives (a run folder copied elsewhere resumes there);
 # - run.tracking, run.progress_every_s: where metrics are logged, how often progress is shown;
-# - tune: ignored by `ftray run`.
+# - tune: ignored by `ftray run`; serve: read only by `ftray serve`.
 # Everything else (model, data, method, optimizer, schedule, precision, seed, scaling.strategy ...)
 # decides what is trained: changing it refuses. data.normalize among them: the checkpoint's weights
 # were trained on features scaled that way.
 RESUMABLE = ("train.epochs", "train.early_stopping.patience", "scaling.num_workers", "scaling.min_workers",
              "scaling.cpus_per_worker", "scaling.use_gpu", "run.keep_checkpoints", "run.max_failures",
-             "run.storage_path", "run.tracking", "run.progress_every_s", "tune")
+             "run.storage_path", "run.tracking", "run.progress_every_s", "tune", "serve")
 # An rl run (`ftray.rl`) may change its stop conditions (a later stop goes on training) and how
 # many checkpoints it keeps; its rollout and learner settings decide what is trained.
 RL_RESUMABLE = ("method.stop", "method.final_episodes", "run.keep_checkpoints", "run.max_failures",
-                "run.storage_path", "run.tracking", "run.progress_every_s", "tune")
+                "run.storage_path", "run.tracking", "run.progress_every_s", "tune", "serve")
 
 
 def recorded_spec(spec: JobSpec) -> dict:

@@ -112,3 +112,17 @@ def test_predict_bench_smoke_agrees_row_for_row(tmp_path):
     row = json.loads(proc.stdout.splitlines()[-1])
     assert row["predictions_agree"] and row["rows"] == 3000
     assert row["ratio"] == pytest.approx(row["plain_s"][0] / row["ftray_s"][0])
+
+
+# ~60-240 s (a fresh local Ray and Serve); `ftray serve` itself stays in the default run (tests/test_serve.py)
+@pytest.mark.slow
+def test_serve_bench_smoke_both_servers_agree(tmp_path):
+    """`benchmarks/serve_bench.py smoke`: `ftray serve` and the bare FastAPI + PyTorch server answer
+    the same requests with the same predictions and no errors; the ratio is of the two medians."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_bench.py"), "smoke",
+                           "--work", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    row = json.loads(proc.stdout.splitlines()[-1])
+    assert row["predictions_agree"] and row["errors"] == {"bare": 0, "ftray": 0}
+    assert len(row["runs"]["bare"]) == len(row["runs"]["ftray"]) == 1 and row["requests"] == 16
+    assert row["ratio"] == pytest.approx(row["ftray"]["requests_per_s"] / row["bare"]["requests_per_s"])

@@ -29,6 +29,7 @@ from ftray.spec.model import (Activation, HFModel, ImageEncoder, MLPModel, Modal
                               TabularEncoder, TextEncoder)
 from ftray.spec.run import RunSpec
 from ftray.spec.scaling import ScalingSpec
+from ftray.spec.serve import ServeSpec
 from ftray.spec.train import SGD, Adam, AdamW, EarlyStopping, OptimizerBase, OptimizerSpec, RMSprop, Schedule, TrainSpec
 from ftray.spec.tune import (PBT_MUTABLE, AshaScheduler, Distribution, EnsembleSpec, FifoScheduler, HyperbandScheduler,
                              MedianScheduler, PB2Scheduler, PBTScheduler, SchedulerSpec, TuneSpec)
@@ -41,7 +42,7 @@ __all__ = [
     "MethodConfig", "FullMethod", "TransferMethod", "LoraParams", "LoraMethod", "AttentionMethod",
     "DistillMethod", "IncrementalMethod", "MetaMethod", "RLStop", "RLMethod", "MethodSpec",
     "OptimizerBase", "SGD", "RMSprop", "Adam", "AdamW", "OptimizerSpec", "Schedule", "EarlyStopping",
-    "TrainSpec", "ScalingSpec", "RunSpec",
+    "TrainSpec", "ScalingSpec", "ServeSpec", "RunSpec",
     "Distribution", "FifoScheduler", "AshaScheduler", "MedianScheduler", "HyperbandScheduler",
     "PBT_MUTABLE", "PBTScheduler", "PB2Scheduler", "SchedulerSpec", "EnsembleSpec", "TuneSpec",
     "JobSpec",

@@ -17,6 +17,7 @@ from ftray.spec.data import TASK_METRICS, DataSpec
 from ftray.spec.model import ModelSpec
 from ftray.spec.run import RunSpec
 from ftray.spec.scaling import ScalingSpec
+from ftray.spec.serve import ServeSpec
 from ftray.spec.train import TrainSpec
 from ftray.spec.tune import TuneSpec
 
@@ -33,6 +34,8 @@ class JobSpec(Strict):
     scaling: ScalingSpec = describe("How many workers and which devices.", default_factory=ScalingSpec)
     run: RunSpec = describe("Name, storage, seed and fault tolerance of the run.")
     tune: TuneSpec | None = describe("Hyperparameter sweep for `ftray sweep` (ignored by `ftray run`).", None)
+    serve: ServeSpec = describe("How `ftray serve` serves the finished model (ignored by training).",
+                                default_factory=ServeSpec)
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -1,0 +1,175 @@
+"""Online serving requests/s and latency: `ftray serve` (Ray Serve, one replica) against a bare
+FastAPI + PyTorch process (uvicorn, one process) serving the same exported model with the same JSON
+API, both on 127.0.0.1 of this machine, both with one torch thread for the model.
+
+    python benchmarks/serve_bench.py full  [--requests 400] [--rows 32] [--units 2048] [--layers 3] [--repeats 3]
+    python benchmarks/serve_bench.py smoke                       # seconds: both servers agree
+
+`full` trains the quickstart MLP (wider: `--units`, `--layers`, so that the model is real work),
+starts each server in its own process, warms it up, then alternates bare / ftray `--repeats` times:
+`--requests` POSTs of `--rows` digit rows each from `--concurrency` client threads. It prints the
+medians of requests/s, p50 and p99 latency and their ratio; one JSON line per measurement goes to
+`--results`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from predict_bench import env, train  # noqa: E402  (the same trained model and environment)
+
+BARE = r'''
+import sys, threading, numpy as np, pyarrow as pa, torch, uvicorn
+from fastapi import FastAPI, Request
+from ftray.data import feature_matrix
+from ftray.models import load_exported
+torch.set_num_threads(1)
+model = load_exported(sys.argv[1]).eval()
+classes, lock, app = np.asarray(model.info.classes), threading.Lock(), FastAPI()
+
+@app.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+
+@app.post("/predict")
+async def predict(request: Request):
+    rows = (await request.json())["rows"]
+    x = torch.as_tensor(feature_matrix(pa.Table.from_pylist(rows), ["pixels"], "rows"))
+    with lock, torch.no_grad():
+        out = model({"x": x})
+    return {"predictions": classes[out.argmax(-1).numpy()].tolist(), "probabilities": out.softmax(-1).tolist()}
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body: bytes, headers: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 900) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited {proc.returncode}:\n{proc.stderr.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"{url} not healthy after {timeout} s")
+
+
+def start_server(kind: str, run: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """The server process and its model's base URL."""
+    if kind == "bare":
+        argv, url = [sys.executable, "-c", BARE, str(run / "model"), str(port)], f"http://127.0.0.1:{port}"
+    else:
+        argv, url = [sys.executable, "-m", "ftray", "serve", str(run), "--port", str(port)], \
+            f"http://127.0.0.1:{port}/{run.name}"
+    proc = subprocess.Popen(argv, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_healthy(url, proc)
+    return proc, url
+
+
+def load(url: str, body: bytes, requests: int, concurrency: int, headers: dict) -> dict:
+    """`requests` POSTs from `concurrency` threads: requests/s, p50/p99 latency (ms), errors, answers."""
+    def one(_):
+        t0 = time.perf_counter()
+        status, answer = post(f"{url}/predict", body, headers)
+        return status, answer, time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        out = list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - t0
+    lat = sorted(t for _, _, t in out)
+    return {"requests_per_s": requests / wall, "p50_ms": 1000 * statistics.median(lat),
+            "p99_ms": 1000 * lat[max(0, int(0.99 * len(lat)) - 1)], "errors": sum(s != 200 for s, _, _ in out),
+            "predictions": out[0][1].get("predictions")}
+
+
+def measure(work: Path, units: int, layers: int, rows: int, requests: int, concurrency: int, repeats: int,
+            results: Path) -> dict:
+    from ftray.auth import auth_headers
+    work.mkdir(parents=True, exist_ok=True)
+    run = train(work, units, layers)
+    pixels = pq.read_table(REPO / "jobs" / "data" / "digits.parquet", columns=["pixels"]).column("pixels").to_pylist()
+    body = json.dumps({"rows": [{"pixels": p} for p in pixels[:rows]]}).encode()
+    servers = {k: start_server(k, run, free_port()) for k in ("bare", "ftray")}
+    headers = {"bare": {}, "ftray": auth_headers()}  # ftray's local Ray uses token authentication
+    runs = {"bare": [], "ftray": []}
+    try:
+        for kind, (_, url) in servers.items():  # warm-up: first calls, thread pools, routing tables
+            load(url, body, 2 * concurrency, concurrency, headers[kind])
+        for _ in range(repeats):  # alternated, so that a change in the machine's load hits both
+            for kind, (_, url) in servers.items():
+                runs[kind].append(load(url, body, requests, concurrency, headers[kind]))
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=120)
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ("requests_per_s", "p50_ms", "p99_ms")}
+           for k, v in runs.items()}
+    row = {"units": units, "layers": layers, "rows_per_request": rows, "requests": requests,
+           "concurrency": concurrency, "repeats": repeats, "bare": med["bare"], "ftray": med["ftray"],
+           "errors": {k: sum(r["errors"] for r in v) for k, v in runs.items()},
+           "runs": {k: [{m: r[m] for m in ("requests_per_s", "p50_ms", "p99_ms")} for r in v] for k, v in runs.items()},
+           "ratio": med["ftray"]["requests_per_s"] / med["bare"]["requests_per_s"],
+           "predictions_agree": runs["bare"][0]["predictions"] == runs["ftray"][0]["predictions"],
+           "load_avg": os.getloadavg()[0], "cpus": os.cpu_count()}
+    with open(results, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=["full", "smoke"])
+    p.add_argument("--work", default="/tmp/ftray-serve-bench")
+    p.add_argument("--results", default=None, help="JSON lines (default: WORK/results.jsonl)")
+    p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--rows", type=int, default=32, help="rows per request")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--units", type=int, default=2048)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    if args.mode == "smoke":
+        args.requests, args.rows, args.units, args.layers, args.repeats = 16, 4, 16, 1, 1
+    row = measure(work, args.units, args.layers, args.rows, args.requests, args.concurrency, args.repeats,
+                  Path(args.results or work / "results.jsonl"))
+    print(json.dumps(row))
+    return 0 if row["predictions_agree"] and not any(row["errors"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

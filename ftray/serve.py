@@ -1,0 +1,313 @@
+"""`ftray serve RUN [RUN ...]`: finished models as JSON HTTP endpoints on Ray Serve.
+
+Each model is one Serve application at `/NAME/` (NAME: the run folder's name) with a FastAPI
+ingress: `POST /NAME/predict` (`{"rows": [{column: value}, ...]}` -> `{"predictions": [...]}`, in
+row order, plus `probabilities` for classifiers), `POST /NAME/generate` for causal LMs, `GET
+/NAME/healthz`. The replicas wrap the same `ftray.predict.Predictor` as `ftray.load` and `ftray
+predict`, so a row gets the same prediction on all three paths.
+
+LoRA adapter folders (`RUN/model/adapter`) of one base model are served from one deployment at
+`/BASE/` with Serve's model multiplexing: the request header `serve_multiplexed_model_id` names the
+adapter (its run's name), the router prefers a replica that has it loaded, and a replica keeps
+`serve.max_adapters_per_replica` of them (least recently used unloaded).
+
+Bad requests get a 4xx with a one-line reason, never a 500: the body is parsed and checked here
+(JSON, `rows` a list of objects, at most `serve.max_rows`, the model's columns, feature widths)
+before the model runs. When the cluster uses token authentication, every route but `healthz`
+refuses a request without the cluster's token (401) or with another one (403), as Ray's dashboard
+does.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route methods' annotations (`Request`,
+# imported where the app is built) as objects, and string annotations would not resolve.
+import argparse
+import json
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftray.predict import Generation, RunRef, locate
+from ftray.schema import SpecError
+from ftray.spec import ServeSpec
+
+DEFAULT_PORT = 8000
+ADAPTER_HEADER = "serve_multiplexed_model_id"  # Serve's own multiplexing header (routing uses it)
+
+
+# ================================================================= what is served where
+@dataclass
+class Endpoint:
+    """One Serve application: a model (or several adapters of one base) under `/name/`."""
+    name: str
+    runs: dict[str, str]  # model (adapter) name -> RUN path
+    settings: ServeSpec
+    adapters: bool = False  # several LoRA adapters, chosen per request (model multiplexing)
+
+
+def plan(runs: list[str], overrides: dict | None = None) -> list[Endpoint]:
+    """The endpoints for RUNs (SpecError, exit 2, before Ray starts): one per model, adapters of
+    one base grouped into one; `overrides` (flags) win over each run's `serve:` section."""
+    refs = [(run, locate(run, f"RUN {run}")) for run in runs]
+    groups: dict[str, list[tuple[str, RunRef]]] = {}
+    singles = []
+    for run, ref in refs:
+        if ref.adapter is None:
+            singles.append(Endpoint(ref.folder.name, {ref.folder.name: run}, _settings(ref, overrides)))
+        else:
+            groups.setdefault(_base_name(ref), []).append((run, ref))
+    grouped = [Endpoint(base, {ref.folder.name: run for run, ref in members},
+                        _settings(members[0][1], overrides), adapters=True) for base, members in groups.items()]
+    endpoints = singles + grouped
+    for e in grouped:
+        if len(e.runs) < len(groups[e.name]):
+            raise SpecError(f"RUN: two adapters of base {e.name!r} have the same run name; rename one")
+    names = [e.name for e in endpoints]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise SpecError(f"RUN: two models would both be served at /{dup}/ (same run or base name); rename one")
+    return endpoints
+
+
+def _base_name(ref: RunRef) -> str:
+    from ftray.models.hf import resolve_source
+    return Path(resolve_source(ref.spec)).name
+
+
+def _settings(ref: RunRef, overrides: dict | None) -> ServeSpec:
+    from pydantic import ValidationError
+    try:
+        return ServeSpec.model_validate({**ref.spec.serve.model_dump(), **(overrides or {})})
+    except ValidationError as e:
+        err = e.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")  # a rule across fields names its keys itself
+        where = ".".join(["serve", *map(str, err["loc"])]) + ": " if err["loc"] else ""
+        raise SpecError(f"{where}{msg} (RUN {ref.folder})") from None
+
+
+# ======================================================================= the request checks
+class BadRequest(Exception):
+    """A request the model cannot answer: HTTP `status` with a one-line reason."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason.splitlines()[0] if reason else "bad request"
+
+
+def parse_body(raw: bytes) -> dict:
+    """The JSON object of a request body; BadRequest 400 otherwise."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(400, f"body is not JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise BadRequest(400, f"body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def parse_rows(body: dict, max_rows: int) -> list[dict]:
+    """`rows`: a list of objects, at most `max_rows`; BadRequest otherwise."""
+    extra = sorted(set(body) - {"rows"})
+    if extra:
+        raise BadRequest(422, f"unknown key {extra[0]!r} (the body is {{\"rows\": [...]}})")
+    rows = body.get("rows")
+    if not isinstance(rows, list):
+        raise BadRequest(422, "'rows' must be a list of objects, one per row")
+    if len(rows) > max_rows:
+        raise BadRequest(413, f"{len(rows)} rows; at most {max_rows} per request")
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise BadRequest(422, f"row {bad}: must be an object of column: value")
+    return rows
+
+
+GENERATE_KEYS = {"prompts", "max_new_tokens", "temperature", "stop", "seed"}
+
+
+def parse_generate(body: dict, max_rows: int, max_new_tokens: int, default: Generation) -> tuple[list[str], Generation]:
+    """`/generate`'s body: `prompts` (strings) and optional generation settings."""
+    extra = sorted(set(body) - GENERATE_KEYS)
+    if extra:
+        raise BadRequest(422, f"unknown key {extra[0]!r} (keys: {', '.join(sorted(GENERATE_KEYS))})")
+    prompts = body.get("prompts")
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise BadRequest(422, "'prompts' must be a list of strings")
+    if len(prompts) > max_rows:
+        raise BadRequest(413, f"{len(prompts)} prompts; at most {max_rows} per request")
+    n = body.get("max_new_tokens", default.max_new_tokens)
+    t = body.get("temperature", default.temperature)
+    stop, seed = body.get("stop", default.stop), body.get("seed", default.seed)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= max_new_tokens:
+        raise BadRequest(422, f"'max_new_tokens' must be an integer from 1 to {max_new_tokens}")
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t <= 100:
+        raise BadRequest(422, "'temperature' must be a number from 0 to 100")
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise BadRequest(422, "'stop' must be a list of strings")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise BadRequest(422, "'seed' must be an integer")
+    return prompts, Generation(n, float(t), stop, seed)
+
+
+def check_token(headers) -> None:
+    """BadRequest 401/403 unless the cluster's token came with the request (when the cluster uses
+    token authentication), from `Authorization` or `X-Ray-Authorization` as Ray's dashboard takes it."""
+    from ray._private.authentication import authentication_utils as auth
+    if not auth.is_token_auth_enabled():
+        return
+    given = headers.get("authorization") or headers.get("x-ray-authorization") or ""
+    if not given:
+        raise BadRequest(401, "missing authentication token (Authorization: Bearer <the cluster's token>)")
+    if not auth.validate_request_token(given):
+        raise BadRequest(403, "invalid authentication token")
+
+
+def predict_rows(predictor, rows: list[dict]) -> dict:
+    """The JSON answer for `rows`; the predictor's own input errors become 422 with their reason."""
+    import pyarrow as pa
+    if not rows:
+        return {"predictions": []}
+    try:
+        out = predictor.predict_columns(rows)
+    except (SpecError, pa.ArrowException, ValueError, TypeError, KeyError) as e:
+        raise BadRequest(422, str(e) or type(e).__name__) from None
+    answer = {"predictions": out["prediction"].tolist()}
+    if "probabilities" in out:
+        answer["probabilities"] = out["probabilities"].tolist()
+    return answer
+
+
+# ============================================================================ the deployment
+def deployment_options(s: ServeSpec) -> dict:
+    """`serve.deployment` options from the settings: fixed replicas, or an autoscaling range."""
+    opts = {"ray_actor_options": {"num_cpus": s.cpus_per_replica}}
+    if s.max_replicas is None:
+        return {**opts, "num_replicas": s.replicas}
+    return {**opts, "autoscaling_config": {"min_replicas": s.replicas, "max_replicas": s.max_replicas,
+                                           "target_ongoing_requests": s.target_ongoing_requests}}
+
+
+def application(endpoint: Endpoint):
+    """The Serve application of one endpoint: a FastAPI ingress over `ModelServer` replicas.
+
+    Built here, not at import, so that `ftray` without a serve command never imports FastAPI."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from ray import serve
+    from starlette.concurrency import run_in_threadpool
+
+    api, s = FastAPI(title=f"ftray {endpoint.name}"), endpoint.settings
+
+    @api.exception_handler(BadRequest)
+    async def _bad_request(request, e: BadRequest):
+        return JSONResponse({"error": e.reason}, status_code=e.status)
+
+    @serve.deployment(name="ModelServer", **deployment_options(s))
+    @serve.ingress(api)
+    class ModelServer:
+        def __init__(self, endpoint: Endpoint):
+            import torch
+
+            from ftray.predict import load
+            torch.set_num_threads(max(1, int(endpoint.settings.cpus_per_replica)))
+            self.endpoint = endpoint
+            # One model call at a time per replica: Hugging Face fast tokenizers are not thread-safe
+            # and torch already uses the replica's CPUs; more replicas give more parallel calls.
+            self.lock = threading.Lock()
+            self.single = None if endpoint.adapters else load(next(iter(endpoint.runs.values())))
+
+        @serve.multiplexed(max_num_models_per_replica=s.max_adapters_per_replica)
+        async def adapter(self, name: str):
+            from ftray.predict import load
+            return await run_in_threadpool(load, self.endpoint.runs[name])
+
+        async def predictor(self):
+            if not self.endpoint.adapters:
+                return self.single
+            name, known = serve.get_multiplexed_model_id(), ", ".join(self.endpoint.runs)
+            if not name:
+                raise BadRequest(400, f"no adapter chosen: send the header {ADAPTER_HEADER}: one of {known}")
+            if name not in self.endpoint.runs:
+                raise BadRequest(404, f"unknown adapter {name!r} (served: {known})")
+            return await self.adapter(name)
+
+        def locked(self, fn, *args):
+            with self.lock:
+                return fn(*args)
+
+        @api.get("/healthz")
+        def healthz(self) -> dict:
+            return {"status": "ok", "models": list(self.endpoint.runs)}
+
+        @api.post("/predict")
+        async def predict(self, request: Request) -> dict:
+            check_token(request.headers)
+            rows = parse_rows(parse_body(await request.body()), s.max_rows)
+            return await run_in_threadpool(self.locked, predict_rows, await self.predictor(), rows)
+
+        @api.post("/generate")
+        async def generate(self, request: Request) -> dict:
+            check_token(request.headers)
+            body = parse_body(await request.body())
+            predictor = await self.predictor()
+            if predictor.task != "causal_lm":
+                raise BadRequest(404, f"/generate is for causal LMs; this is a {predictor.task} model (POST /predict)")
+            prompts, generation = parse_generate(body, s.max_rows, s.max_new_tokens, predictor.generation)
+            texts = await run_in_threadpool(self.locked, predictor.generate, prompts, generation)
+            return {"generations": texts}
+
+    return ModelServer.bind(endpoint)
+
+
+def start(endpoints: list[Endpoint], host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> list[str]:
+    """Deploy every endpoint on the Ray this process is connected to; their URLs (`http://HOST:PORT/NAME`)."""
+    from ray import serve
+    serve.start(http_options={"host": host, "port": port})
+    for e in endpoints:
+        serve.run(application(e), name=e.name, route_prefix=f"/{e.name}", blocking=False)
+    return [f"http://{host}:{port}/{e.name}" for e in endpoints]
+
+
+# ================================================================================= the CLI
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register `ftray serve` on the top-level subparsers."""
+    p = sub.add_parser("serve", help="finished runs' models as JSON HTTP endpoints (Ray Serve)")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run folders (or model/, model/adapter/, a sweep with an ensemble); adapters of one base share a deployment")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
+    p.add_argument("--replicas", type=int, default=None, help="replicas per model (default: serve.replicas, 1)")
+    p.add_argument("--max-replicas", type=int, default=None, help="autoscale up to this many replicas")
+    p.add_argument("--max-rows", type=int, default=None, help="most rows per request (default: serve.max_rows, 1024)")
+    p.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+
+
+def overrides(args) -> dict:
+    """The flags that override the runs' `serve:` sections."""
+    flags = {"replicas": args.replicas, "max_replicas": args.max_replicas, "max_rows": args.max_rows}
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def cmd_serve(args) -> int:
+    """Serve until interrupted (Ctrl-C): Serve shuts down, and a local Ray started here stops."""
+    import math
+
+    from ray import serve
+
+    from ftray.ray_context import use_ray
+    if not 0 < args.port < 65536:
+        raise SpecError(f"--port: {args.port}: not a TCP port")
+    endpoints = plan(args.runs, overrides(args))
+    spec = locate(next(iter(endpoints[0].runs.values()))).spec
+    cpus = math.ceil(sum((e.settings.max_replicas or e.settings.replicas) * e.settings.cpus_per_replica
+                         for e in endpoints)) + 1
+    with use_ray(spec, args.address, cpus=cpus):
+        try:
+            for e, url in zip(endpoints, start(endpoints, args.host, args.port)):
+                print(f"[ftray] serve: {', '.join(e.runs)} at {url}/predict", file=sys.stderr, flush=True)
+            print(f"http://{args.host}:{args.port}", flush=True)
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            serve.shutdown()
+    return 0

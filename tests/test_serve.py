@@ -1,0 +1,275 @@
+"""`ftray serve` (ftray/serve.py) on real runs and real HTTP on 127.0.0.1: the same outputs as
+`ftray predict` and `ftray.load`, two LoRA adapters of one base from one deployment, generation,
+4xx answers for bad requests, token authentication, load at concurrency 8 with bad bodies mixed in,
+and a replica killed under load."""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import ftray
+from ftray import auth, cli, data, serve
+from ftray.spec import ServeSpec, load_spec
+from tests.conftest import REPO, texts, write_jsonl, write_spec
+from tests.hang import no_hang
+from tests.test_predict import DIGITS, _run
+
+# A killed replica fails the requests it holds (at most its in-flight ones: the load runs 8 at
+# a time); the stated bound leaves room for the proxy's view of the dead replica lagging a little.
+KILL_FAILURE_BOUND = 0.10
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(url: str, body=None, headers: dict | None = None, token: bool = True, timeout: float = 60) -> tuple[int, dict]:
+    """(status, JSON answer) of GET (no body) or POST `body` (bytes as they are, else JSON)."""
+    raw = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    h = {"Content-Type": "application/json", **(auth.auth_headers() if token else {}), **(headers or {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=raw, headers=h), timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        text = e.read()
+        try:
+            return e.code, json.loads(text)
+        except ValueError:
+            return e.code, {"error": text.decode(errors="replace")}
+
+
+@pytest.fixture(scope="module")
+def runs(ray_session, tmp_path_factory, tiny_bert):
+    """The quickstart (1 epoch), a 2-trial packed sweep with an averaged ensemble, two LoRA runs of
+    one tiny BERT (different seeds and rates) and a tiny causal LM: every kind `ftray serve` serves."""
+    tmp = tmp_path_factory.mktemp("serve")
+    store = ["--set", f"run.storage_path={tmp / 'runs'}"]
+    quick = Path(_run("run", str(REPO / "jobs" / "quickstart.yaml"), *store, "--set", "train.epochs=1",
+                      "--set", "data.val_fraction=0.1", "--set", "scaling.num_workers=1"))
+    sweep = write_spec(tmp / "sweep.yaml", {
+        "model": {"name": "mlp", "layers": 1, "units": 32},
+        "data": {"path": str(DIGITS), "features": ["pixels"], "label": "label", "val_fraction": 0.1},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 0.003},
+        "run": {"name": "ens", "storage_path": str(tmp / "runs"), "seed": 0},
+        "tune": {"trial": "packed", "metric": "val_accuracy", "mode": "max", "num_samples": 2,
+                 "max_concurrent": 2, "searcher": "random", "scheduler": {"name": "fifo"},
+                 "ensemble": {"top_k": 2, "combine": "average"}, "space": {"model.units": {"choice": [16, 32]}}}})
+    ens = Path(_run("sweep", str(sweep)))
+    write_jsonl(tmp / "cls.jsonl", texts(48))
+    loras = []
+    for name, seed, lr in (("lora_a", 0, 0.01), ("lora_b", 1, 0.05)):
+        spec = write_spec(tmp / f"{name}.yaml", {
+            "model": {"name": "hf", "path": str(tiny_bert), "max_length": 16},
+            "data": {"path": str(tmp / "cls.jsonl"), "text": "text", "label": "label", "val_fraction": 0.25},
+            "method": {"name": "lora", "r": 4, "target_modules": "attention"},
+            "train": {"epochs": 1, "batch_size": 16, "lr": lr},
+            "run": {"name": name, "storage_path": str(tmp / "runs"), "seed": seed}})
+        loras.append(Path(_run("run", str(spec))) / "model" / "adapter")
+    rows = [json.loads(line) for line in (REPO / "jobs" / "data" / "instructions.jsonl").read_text().splitlines()[:48]]
+    write_jsonl(tmp / "sft.jsonl", rows)
+    llm = Path(_run("run", str(REPO / "jobs" / "llm_sft.yaml"), *store, "--set", f"data.path={tmp / 'sft.jsonl'}",
+                    "--set", "train.epochs=1", "--set", "scaling.num_workers=1"))
+    spec = load_spec(REPO / "jobs" / "quickstart.yaml", ["data.val_fraction=0.1"])
+    pq.write_table(data.validation_table(spec, data.inspect(spec)), tmp / "val.parquet")
+    return {"quick": quick, "ens": ens, "loras": loras, "llm": llm, "val": tmp / "val.parquet", "tmp": tmp,
+            "prompts": [r["prompt"] for r in rows[:4]]}
+
+
+@pytest.fixture(scope="module")
+def served(runs):
+    """Every run served at once: the quickstart on 2 replicas (the fault test kills one)."""
+    from ray import serve as ray_serve
+    port = _free_port()
+    endpoints = (serve.plan([str(runs["quick"])], {"replicas": 2})
+                 + serve.plan([str(runs["ens"]), *map(str, runs["loras"]), str(runs["llm"])]))
+    with no_hang(600, "serve start"):
+        urls = serve.start(endpoints, port=port)
+    yield {e.name: u for e, u in zip(endpoints, urls)}
+    ray_serve.shutdown()
+
+
+def _rows(runs, n: int | None = None) -> list[dict]:
+    pixels = pq.read_table(runs["val"]).column("pixels").to_pylist()
+    return [{"pixels": p} for p in pixels[:n]]
+
+
+def test_predict_answers_as_ftray_predict(runs, served):
+    out = _run("predict", str(runs["quick"]), "--data", str(runs["val"]), "--out", str(runs["tmp"] / "p.parquet"))
+    want = pq.read_table(out)
+    status, got = request(f"{served['quickstart']}/predict", {"rows": _rows(runs)})
+    assert status == 200 and len(got["predictions"]) == 180
+    assert got["predictions"] == want.column("prediction").to_pylist()  # same classes, in row order
+    assert np.allclose(got["probabilities"], want.column("probabilities").to_pylist(), atol=1e-6)
+    # The sweep's ensemble is one model: its combined prediction, as ftray.load gives it.
+    status, ens = request(f"{served['ens']}/predict", {"rows": _rows(runs, 20)})
+    local = ftray.load(str(runs["ens"])).predict_columns(_rows(runs, 20))
+    assert status == 200 and ens["predictions"] == local["prediction"].tolist()
+    assert np.allclose(ens["probabilities"], local["probabilities"], atol=1e-6)
+    assert request(f"{served['quickstart']}/healthz", token=False) == (200, {"status": "ok", "models": ["quickstart"]})
+    assert request(f"{served['quickstart']}/predict", {"rows": []}) == (200, {"predictions": []})
+
+
+def test_two_adapters_of_one_base_from_one_deployment(runs, served):
+    from ray import serve as ray_serve
+    name = next(n for n in served if n.startswith("tiny_bert"))  # the base's folder name is the route
+    app = ray_serve.status().applications[name]
+    assert list(app.deployments) == ["ModelServer"]  # both adapters, one deployment
+    rows = [{"text": r["text"]} for r in texts(10, seed=3)]
+    answers = {}
+    for adapter in runs["loras"]:
+        run_name = adapter.parents[1].name
+        status, got = request(f"{served[name]}/predict", {"rows": rows}, {serve.ADAPTER_HEADER: run_name})
+        local = ftray.load(str(adapter)).predict_columns(rows)
+        assert status == 200 and got["predictions"] == local["prediction"].tolist()
+        assert np.allclose(got["probabilities"], local["probabilities"], atol=1e-5)
+        answers[run_name] = np.array(got["probabilities"])
+    assert not np.allclose(answers["lora_a"], answers["lora_b"], atol=1e-3)  # the header chose the adapter
+    status, err = request(f"{served[name]}/predict", {"rows": rows}, {serve.ADAPTER_HEADER: "lora_z"})
+    assert status == 404 and err["error"] == "unknown adapter 'lora_z' (served: lora_a, lora_b)"
+    status, err = request(f"{served[name]}/predict", {"rows": rows})
+    assert status == 400 and err["error"].startswith(f"no adapter chosen: send the header {serve.ADAPTER_HEADER}")
+
+
+def test_generate_is_the_predictors_generation(runs, served):
+    url = served["llm_sft"]
+    local = ftray.load(str(runs["llm"]))
+    want = local.generate(runs["prompts"], ftray.predict.Generation(max_new_tokens=6))
+    assert request(f"{url}/generate", {"prompts": runs["prompts"], "max_new_tokens": 6}) == (200, {"generations": want})
+    # /predict on an LM generates with the run's defaults, as `ftray predict` does
+    status, got = request(f"{url}/predict", {"rows": [{"prompt": p} for p in runs["prompts"]]})
+    assert status == 200 and got["predictions"] == local.predict([{"prompt": p} for p in runs["prompts"]])
+    assert request(f"{url}/generate", {"prompts": ["x"], "max_new_tokens": 100000}) == (
+        422, {"error": "'max_new_tokens' must be an integer from 1 to 256"})
+    assert request(f"{served['quickstart']}/generate", {"prompts": ["x"]}) == (
+        404, {"error": "/generate is for causal LMs; this is a classification model (POST /predict)"})
+
+
+BAD = [  # (body, status, reason): each answered without touching the model's replica health
+    (b"{not json", 400, "body is not JSON"),
+    (b"[1, 2]", 400, "body must be a JSON object, not list"),
+    ({"row": []}, 422, "unknown key 'row'"),
+    ({"rows": {"pixels": []}}, 422, "'rows' must be a list of objects, one per row"),
+    ({"rows": [1]}, 422, "row 0: must be an object of column: value"),
+    ({"rows": [{"x": [1.0]}]}, 422, "rows: no column 'pixels' (the model reads pixels; columns: x)"),
+    ({"rows": [{"pixels": [1.0, 2.0]}]}, 422, "rows: features pixels give 2 values per row, the model reads 64"),
+    ({"rows": [{"pixels": [0.0] * 64}, {"pixels": [0.0] * 3}]}, 422, "feature 'pixels' has 3 values, row 0 has 64"),
+    ({"rows": [{"pixels": ["a"] * 64}]}, 422, "not numbers"),
+    ({"rows": [{"pixels": [0.0] * 64}] * 1025}, 413, "1025 rows; at most 1024 per request"),
+]
+
+
+@pytest.mark.parametrize("body,status,reason", BAD, ids=[b[2][:30] for b in BAD])
+def test_bad_requests_get_a_4xx_with_a_reason(served, body, status, reason):
+    got_status, got = request(f"{served['quickstart']}/predict", body)
+    assert got_status == status and reason in got["error"] and "\n" not in got["error"]
+
+
+def test_token_authentication(served, runs):
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    assert is_token_auth_enabled()  # the test session's ray.init turns token auth on
+    url, body = f"{served['quickstart']}/predict", {"rows": _rows(runs, 2)}
+    assert request(url, body, token=False)[0] == 401
+    assert request(url, body, token=False, headers={"Authorization": "Bearer wrong"})[0] == 403
+    assert request(url, body, token=False, headers={"X-Ray-Authorization": auth.auth_headers()["Authorization"]})[0] == 200
+    assert request(url, body)[0] == 200
+
+
+def _load(url: str, bodies: list, workers: int = 8, done: list | None = None) -> list[tuple[int, dict, float]]:
+    """Every body POSTed by `workers` threads; (status, answer, seconds) in body order. `done`
+    collects each status as it comes (another thread watches the progress)."""
+    def one(body):
+        t0 = time.perf_counter()
+        try:
+            status, answer = request(url, body, timeout=120)
+        except OSError as e:  # a connection reset or refused by a dying replica's proxy path
+            status, answer = 0, {"error": str(e)}
+        if done is not None:
+            done.append(status)
+        return status, answer, time.perf_counter() - t0
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, bodies))
+
+
+def test_load_at_concurrency_8_with_bad_bodies_mixed_in(runs, served):
+    rows = _rows(runs, 16)
+    want = ftray.load(str(runs["quick"])).predict(rows)
+    # 240 good requests of 16 rows and, every 5th, a body that is not JSON or has the wrong column
+    bodies = [{"rows": rows} if i % 5 else (b"{oops" if i % 10 else {"rows": [{"x": 1}]}) for i in range(300)]
+    with no_hang(600, "load test"):
+        results = _load(f"{served['quickstart']}/predict", bodies)
+    good = [r for b, r in zip(bodies, results) if isinstance(b, dict) and "rows" in b and b["rows"] is rows]
+    bad = [r for b, r in zip(bodies, results) if not (isinstance(b, dict) and b["rows"] is rows)]
+    assert len(good) == 240 and all(s == 200 and a["predictions"] == want for s, a, _ in good)
+    assert sorted({s for s, _, _ in bad}) == [400, 422] and len(bad) == 60
+    lat = sorted(t for _, _, t in good)
+    print(f"\n[serve load] 240 good + 60 bad requests at concurrency 8: 0 errors, "
+          f"p50 {statistics.median(lat) * 1000:.1f} ms, p99 {lat[int(0.99 * len(lat)) - 1] * 1000:.1f} ms")
+
+
+def _replicas(app: str) -> list[str]:
+    """The names of the app's live replica actors, asked of this session's Ray (the state API's
+    address lookup may find other Rays that run on a shared machine)."""
+    import ray
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::{app}#"))
+
+
+def test_a_replica_killed_under_load(runs, served):
+    import ray
+    from ray import serve as ray_serve
+    url, rows = f"{served['quickstart']}/predict", _rows(runs, 8)
+    before = _replicas("quickstart")
+    assert len(before) == 2
+    results, done, total = [], [], 300
+    loader = threading.Thread(target=lambda: results.extend(_load(url, [{"rows": rows}] * total, done=done)))
+    with no_hang(600, "replica kill under load"):
+        loader.start()
+        while len(done) < 50:  # kill once the load is well under way
+            time.sleep(0.05)
+        victim = before[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        killed_at = len(done)
+        loader.join()
+        assert killed_at < total - 50  # the kill happened under load, not after it
+        failed = [s for s, _, _ in results if s != 200]
+        assert len(results) == total and len(failed) <= KILL_FAILURE_BOUND * total, failed
+        # Serve replaces the replica: two healthy replicas again, and every request succeeds
+        while True:
+            dep = ray_serve.status().applications["quickstart"].deployments["ModelServer"]
+            alive = _replicas("quickstart")
+            if dep.replica_states.get("RUNNING", 0) == 2 and len(alive) == 2 and victim not in alive:
+                break
+            time.sleep(0.5)
+        after = _load(url, [{"rows": rows}] * 40)
+    assert all(s == 200 for s, _, _ in after)
+    print(f"\n[serve fault] one of 2 replicas killed under load: {len(failed)} of {total} requests failed "
+          f"(bound {KILL_FAILURE_BOUND:.0%}), then 40 of 40 succeeded on the replaced replica")
+
+
+def test_settings_flags_and_bad_runs(runs, served, no_ray, capsys):
+    from ray import serve as ray_serve
+    assert serve.deployment_options(ServeSpec(replicas=2)) == {"ray_actor_options": {"num_cpus": 1.0}, "num_replicas": 2}
+    assert serve.deployment_options(ServeSpec(replicas=1, max_replicas=3, target_ongoing_requests=4))[
+        "autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4.0}
+    assert ray_serve.status().applications["quickstart"].deployments["ModelServer"].replica_states == {"RUNNING": 2}
+    for argv, message in (
+            ([str(runs["tmp"] / "nope")], "no such folder"),
+            ([str(runs["quick"]), "--replicas", "3", "--max-replicas", "2"], "serve.max_replicas: 2 is below"),
+            ([str(runs["quick"]), str(runs["quick"] / "model")], "both be served at /quickstart/"),
+            ([str(runs["quick"]), "--port", "70000"], "--port: 70000")):
+        assert cli.main(["serve", *argv]) == 2
+        assert message in capsys.readouterr().err
