@@ -139,3 +139,76 @@ def job_summary(capsys, command: str, job: str, storage: Path, *overrides: str) 
     """`ftray COMMAND jobs/JOB` with its runs under `storage` (see `cli_summary`)."""
     return cli_summary(capsys, command, str(REPO / "jobs" / job), "--set", f"run.storage_path={storage}",
                        *overrides)
+
+
+# ------------------------------------------------------------- finished runs, shared across files
+# `ftray predict`/`eval`/`load` (test_predict.py) and `ftray serve` (test_serve.py) use the same
+# finished runs: each is trained once per pytest process.
+DIGITS = REPO / "jobs" / "data" / "digits.parquet"
+
+
+def cli_last_line(*argv: str) -> str:
+    """`ftray ARGV`, which must succeed; the last stdout line (a folder or the output file)."""
+    import contextlib
+    import io
+
+    from ftray import cli
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(list(argv))
+    assert code == 0, out.getvalue()[-3000:]
+    return out.getvalue().strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def digits_runs(ray_session, tmp_path_factory):
+    """The quickstart on 2 workers (1 epoch; a validation split of 180 rows, which 2 workers
+    split evenly), a 2-trial packed sweep with an averaged ensemble on the same digits, and those
+    180 validation rows: (run, sweep, val.parquet, a scratch folder)."""
+    from ftray import data
+    from ftray.spec import load_spec
+    tmp = tmp_path_factory.mktemp("digits")
+    sets = ["--set", f"run.storage_path={tmp / 'runs'}", "--set", "train.epochs=1", "--set", "data.val_fraction=0.1"]
+    run = Path(cli_last_line("run", str(REPO / "jobs" / "quickstart.yaml"), *sets))
+    sweep = write_spec(tmp / "sweep.yaml", {
+        "model": {"name": "mlp", "layers": 1, "units": 32},
+        "data": {"path": str(DIGITS), "features": ["pixels"], "label": "label", "val_fraction": 0.1},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 0.003},
+        "run": {"name": "ens", "storage_path": str(tmp / "runs"), "seed": 0},
+        "tune": {"trial": "packed", "metric": "val_accuracy", "mode": "max", "num_samples": 2,
+                 "max_concurrent": 2, "searcher": "random", "scheduler": {"name": "fifo"},
+                 "ensemble": {"top_k": 2, "combine": "average"}, "space": {"model.units": {"choice": [16, 32]}}}})
+    ens = Path(cli_last_line("sweep", str(sweep)))
+    spec = load_spec(REPO / "jobs" / "quickstart.yaml", ["data.val_fraction=0.1"])
+    pq.write_table(data.validation_table(spec, data.inspect(spec)), tmp / "val.parquet")
+    return run, ens, tmp / "val.parquet", tmp
+
+
+@pytest.fixture(scope="session")
+def lora_runs(ray_session, tmp_path_factory, tiny_bert) -> list[Path]:
+    """Two LoRA runs of one tiny BERT (other seeds and rates) on 48 texts: `lora_a`, `lora_b`."""
+    tmp = tmp_path_factory.mktemp("lora_runs")
+    write_jsonl(tmp / "cls.jsonl", texts(48))
+    runs = []
+    for name, seed, lr in (("lora_a", 0, 0.01), ("lora_b", 1, 0.05)):
+        spec = write_spec(tmp / f"{name}.yaml", {
+            "model": {"name": "hf", "path": str(tiny_bert), "max_length": 16},
+            "data": {"path": str(tmp / "cls.jsonl"), "text": "text", "label": "label", "val_fraction": 0.25},
+            "method": {"name": "lora", "r": 4, "target_modules": "attention"},
+            "train": {"epochs": 1, "batch_size": 16, "lr": lr},
+            "run": {"name": name, "storage_path": str(tmp / "runs"), "seed": seed}})
+        runs.append(Path(cli_last_line("run", str(spec))))
+    return runs
+
+
+@pytest.fixture(scope="session")
+def llm_run(ray_session, tmp_path_factory):
+    """A tiny random Llama (jobs/llm_sft.yaml on its first 160 rows, 2 epochs, one worker):
+    (run folder, those rows, its data file, a scratch folder)."""
+    tmp = tmp_path_factory.mktemp("llm_run")
+    rows = [json.loads(line) for line in (REPO / "jobs" / "data" / "instructions.jsonl").read_text().splitlines()[:160]]
+    write_jsonl(tmp / "sft.jsonl", rows)
+    run = Path(cli_last_line("run", str(REPO / "jobs" / "llm_sft.yaml"), "--set", f"run.storage_path={tmp / 'runs'}",
+                             "--set", f"data.path={tmp / 'sft.jsonl'}", "--set", "train.epochs=2",
+                             "--set", "scaling.num_workers=1", "--set", "data.val_fraction=0.25"))
+    return run, rows, tmp / "sft.jsonl", tmp

@@ -15,42 +15,10 @@ import pytest
 import ftray
 from ftray import cli, data, predict
 from ftray.spec import load_spec
-from tests.conftest import REPO, minilm_path, texts, write_jsonl, write_spec
-
-DIGITS = REPO / "jobs" / "data" / "digits.parquet"
+from tests.conftest import REPO, cli_last_line, minilm_path, texts, write_jsonl
 
 
-def _run(*argv: str) -> str:
-    """`ftray ARGV`, which must succeed; the last stdout line (a folder or the output file)."""
-    import contextlib
-    import io
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = cli.main(list(argv))
-    assert code == 0, out.getvalue()[-3000:]
-    return out.getvalue().strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def digits_runs(ray_session, tmp_path_factory):
-    """The quickstart on 2 workers (1 epoch; a validation split of 180 rows, which 2 workers
-    split evenly) and a 2-trial packed sweep with an averaged ensemble, on the same digits."""
-    tmp = tmp_path_factory.mktemp("digits")
-    sets = ["--set", f"run.storage_path={tmp / 'runs'}", "--set", "train.epochs=1", "--set", "data.val_fraction=0.1"]
-    run = Path(_run("run", str(REPO / "jobs" / "quickstart.yaml"), *sets))
-    sweep = write_spec(tmp / "sweep.yaml", {
-        "model": {"name": "mlp", "layers": 1, "units": 32},
-        "data": {"path": str(DIGITS), "features": ["pixels"], "label": "label", "val_fraction": 0.1},
-        "train": {"epochs": 1, "batch_size": 64, "lr": 0.003},
-        "run": {"name": "ens", "storage_path": str(tmp / "runs"), "seed": 0},
-        "tune": {"trial": "packed", "metric": "val_accuracy", "mode": "max", "num_samples": 2,
-                 "max_concurrent": 2, "searcher": "random", "scheduler": {"name": "fifo"},
-                 "ensemble": {"top_k": 2, "combine": "average"}, "space": {"model.units": {"choice": [16, 32]}}}})
-    ens = Path(_run("sweep", str(sweep)))
-    spec = load_spec(REPO / "jobs" / "quickstart.yaml", ["data.val_fraction=0.1"])
-    val = data.validation_table(spec, data.inspect(spec))
-    pq.write_table(val, tmp / "val.parquet")
-    return run, ens, tmp / "val.parquet", tmp
+_run = cli_last_line
 
 
 def _accuracy(table: pa.Table) -> float:
@@ -120,16 +88,12 @@ def test_bad_input_exits_2_before_ray_starts(digits_runs, no_ray, capsys, case):
         assert expected in capsys.readouterr().err
 
 
-def test_causal_lm_generations_are_transformers_generate(ray_session, tmp_path):
+def test_causal_lm_generations_are_transformers_generate(llm_run, tmp_path):
     """A tiny random Llama (jobs/llm_sft.yaml, small): greedy generations equal transformers'
     generate on the exported model, one prompt at a time; eval's perplexity is the run's."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    rows = [json.loads(line) for line in (REPO / "jobs" / "data" / "instructions.jsonl").read_text().splitlines()[:160]]
-    write_jsonl(tmp_path / "sft.jsonl", rows)
-    run = Path(_run("run", str(REPO / "jobs" / "llm_sft.yaml"), "--set", f"run.storage_path={tmp_path / 'runs'}",
-                    "--set", f"data.path={tmp_path / 'sft.jsonl'}", "--set", "train.epochs=2",
-                    "--set", "scaling.num_workers=1", "--set", "data.val_fraction=0.25"))
+    run, rows, sft, _ = llm_run
     prompts = [{"prompt": r["prompt"]} for r in rows[:6]]
     write_jsonl(tmp_path / "prompts.jsonl", prompts)
     out = _run("predict", str(run), "--data", str(tmp_path / "prompts.jsonl"), "--out", str(tmp_path / "gen.jsonl"),
@@ -150,23 +114,16 @@ def test_causal_lm_generations_are_transformers_generate(ray_session, tmp_path):
     stopped = ftray.load(str(run), generation=predict.Generation(max_new_tokens=8, stop=[stop]))
     assert stopped.predict(prompts[:1]) == [want[0][:want[0].index(stop)]]
 
-    spec = load_spec(REPO / "jobs" / "llm_sft.yaml", [f"data.path={tmp_path / 'sft.jsonl'}", "data.val_fraction=0.25"])
+    spec = load_spec(REPO / "jobs" / "llm_sft.yaml", [f"data.path={sft}", "data.val_fraction=0.25"])
     pq.write_table(data.validation_table(spec, data.inspect(spec)), tmp_path / "val.parquet")
     result = predict.evaluate(str(run), str(tmp_path / "val.parquet"))
     summary = json.loads((run / "summary.json").read_text())
     assert result["metrics"]["perplexity"] == pytest.approx(summary["metrics"]["val_perplexity"], rel=1e-4)
 
 
-def test_lora_adapter_folder_predicts_as_the_merged_model(ray_session, tmp_path, tiny_bert):
+def test_lora_adapter_folder_predicts_as_the_merged_model(lora_runs):
     """A LoRA run's export is the merged model; its `model/adapter/` loads over the base instead."""
-    write_jsonl(tmp_path / "cls.jsonl", texts(48))
-    spec = write_spec(tmp_path / "lora.yaml", {
-        "model": {"name": "hf", "path": str(tiny_bert), "max_length": 16},
-        "data": {"path": str(tmp_path / "cls.jsonl"), "text": "text", "label": "label", "val_fraction": 0.25},
-        "method": {"name": "lora", "r": 4, "target_modules": "attention"},
-        "train": {"epochs": 1, "batch_size": 16, "lr": 0.01},
-        "run": {"name": "lora", "storage_path": str(tmp_path / "runs")}})
-    run = Path(_run("run", str(spec)))
+    run = lora_runs[0]
     rows = [{"text": r["text"]} for r in texts(12, seed=1)]
     merged, adapter = ftray.load(str(run)), ftray.load(str(run / "model" / "adapter"))
     assert adapter.ref.adapter is not None and merged.ref.adapter is None

@@ -13,18 +13,16 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 import ftray
-from ftray import auth, cli, data, serve
-from ftray.spec import ServeSpec, load_spec
-from tests.conftest import REPO, texts, write_jsonl, write_spec
+from ftray import auth, cli, serve
+from ftray.spec import ServeSpec
+from tests.conftest import cli_last_line as _run
+from tests.conftest import texts
 from tests.hang import no_hang
-from tests.test_predict import DIGITS, _run
 
 # A killed replica fails the requests it holds (at most its in-flight ones: the load runs 8 at
 # a time); the stated bound leaves room for the proxy's view of the dead replica lagging a little.
@@ -53,40 +51,14 @@ def request(url: str, body=None, headers: dict | None = None, token: bool = True
 
 
 @pytest.fixture(scope="module")
-def runs(ray_session, tmp_path_factory, tiny_bert):
-    """The quickstart (1 epoch), a 2-trial packed sweep with an averaged ensemble, two LoRA runs of
-    one tiny BERT (different seeds and rates) and a tiny causal LM: every kind `ftray serve` serves."""
-    tmp = tmp_path_factory.mktemp("serve")
-    store = ["--set", f"run.storage_path={tmp / 'runs'}"]
-    quick = Path(_run("run", str(REPO / "jobs" / "quickstart.yaml"), *store, "--set", "train.epochs=1",
-                      "--set", "data.val_fraction=0.1", "--set", "scaling.num_workers=1"))
-    sweep = write_spec(tmp / "sweep.yaml", {
-        "model": {"name": "mlp", "layers": 1, "units": 32},
-        "data": {"path": str(DIGITS), "features": ["pixels"], "label": "label", "val_fraction": 0.1},
-        "train": {"epochs": 1, "batch_size": 64, "lr": 0.003},
-        "run": {"name": "ens", "storage_path": str(tmp / "runs"), "seed": 0},
-        "tune": {"trial": "packed", "metric": "val_accuracy", "mode": "max", "num_samples": 2,
-                 "max_concurrent": 2, "searcher": "random", "scheduler": {"name": "fifo"},
-                 "ensemble": {"top_k": 2, "combine": "average"}, "space": {"model.units": {"choice": [16, 32]}}}})
-    ens = Path(_run("sweep", str(sweep)))
-    write_jsonl(tmp / "cls.jsonl", texts(48))
-    loras = []
-    for name, seed, lr in (("lora_a", 0, 0.01), ("lora_b", 1, 0.05)):
-        spec = write_spec(tmp / f"{name}.yaml", {
-            "model": {"name": "hf", "path": str(tiny_bert), "max_length": 16},
-            "data": {"path": str(tmp / "cls.jsonl"), "text": "text", "label": "label", "val_fraction": 0.25},
-            "method": {"name": "lora", "r": 4, "target_modules": "attention"},
-            "train": {"epochs": 1, "batch_size": 16, "lr": lr},
-            "run": {"name": name, "storage_path": str(tmp / "runs"), "seed": seed}})
-        loras.append(Path(_run("run", str(spec))) / "model" / "adapter")
-    rows = [json.loads(line) for line in (REPO / "jobs" / "data" / "instructions.jsonl").read_text().splitlines()[:48]]
-    write_jsonl(tmp / "sft.jsonl", rows)
-    llm = Path(_run("run", str(REPO / "jobs" / "llm_sft.yaml"), *store, "--set", f"data.path={tmp / 'sft.jsonl'}",
-                    "--set", "train.epochs=1", "--set", "scaling.num_workers=1"))
-    spec = load_spec(REPO / "jobs" / "quickstart.yaml", ["data.val_fraction=0.1"])
-    pq.write_table(data.validation_table(spec, data.inspect(spec)), tmp / "val.parquet")
-    return {"quick": quick, "ens": ens, "loras": loras, "llm": llm, "val": tmp / "val.parquet", "tmp": tmp,
-            "prompts": [r["prompt"] for r in rows[:4]]}
+def runs(digits_runs, lora_runs, llm_run):
+    """Every kind `ftray serve` serves, from the finished runs test_predict.py also uses: the
+    quickstart, a 2-trial packed sweep with an averaged ensemble, two LoRA runs of one tiny BERT
+    and a tiny causal LM."""
+    quick, ens, val, tmp = digits_runs
+    llm, rows, _, _ = llm_run
+    return {"quick": quick, "ens": ens, "loras": [r / "model" / "adapter" for r in lora_runs], "llm": llm,
+            "val": val, "tmp": tmp, "prompts": [r["prompt"] for r in rows[:4]]}
 
 
 @pytest.fixture(scope="module")
