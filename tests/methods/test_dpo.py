@@ -147,3 +147,16 @@ def test_dpo_run_end_to_end(ray_session, tmp_path, tiny_gpt, capsys):
     moved = [n for n, p in after.items() if not torch.equal(p, before[n])]
     assert len(moved) == len(after), sorted(set(after) - set(moved))
     assert np.isfinite(s["metrics"]["val_chosen_logp"])
+
+
+def test_sweeps_and_early_stopping_watch_the_preference_metrics(tmp_path, tiny_gpt):
+    from ftray.spec import SpecError, validate
+    raw = pair_spec(tmp_path, tiny_gpt)
+    raw["tune"] = {"space": {"method.beta": {"loguniform": [0.01, 1.0]}}, "metric": "val_preference_accuracy",
+                   "mode": "max", "num_samples": 2}
+    raw["train"]["early_stopping"] = {"metric": "val_logprob_preference", "mode": "max", "patience": 2}
+    spec = validate(raw, "job.yaml")
+    assert spec.validation_metrics[0] == "val_preference_accuracy"
+    raw["tune"]["metric"] = "val_perplexity"  # a causal_lm metric that preference runs do not report
+    with pytest.raises(SpecError, match="tune.metric: 'val_perplexity' is not reported"):
+        validate(raw, "job.yaml")
