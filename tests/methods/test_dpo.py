@@ -160,3 +160,24 @@ def test_sweeps_and_early_stopping_watch_the_preference_metrics(tmp_path, tiny_g
     raw["tune"]["metric"] = "val_perplexity"  # a causal_lm metric that preference runs do not report
     with pytest.raises(SpecError, match="tune.metric: 'val_perplexity' is not reported"):
         validate(raw, "job.yaml")
+
+
+def test_chat_pairs_label_the_last_answer_only(tmp_path, tiny_gpt):
+    """After chat turns the answer is the last assistant turn, and only it carries labels (an
+    earlier assistant turn of the prompt does not, whatever data.train_on says)."""
+    from transformers import AutoTokenizer
+
+    from ftray import data
+    raw = pair_spec(tmp_path, tiny_gpt)
+    raw["model"]["max_length"] = 64
+    raw["data"].update(prompt=None, messages="messages", chat_template="chatml")
+    spec = JobSpec.model_validate(raw)
+    tok = AutoTokenizer.from_pretrained(tiny_gpt)
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there."},
+             {"role": "user", "content": "how are you?"}]
+    (c_ids, c_lab), (r_ids, r_lab) = data.encode_pair(tok, spec, turns, "fine thanks.", "go away")
+    chosen = tok.decode([t for t in c_lab if t != -100])
+    assert chosen.startswith("fine thanks.") and "hello" not in chosen
+    assert tok.decode([t for t in r_lab if t != -100]).startswith("go away")
+    first = next(i for i, t in enumerate(c_lab) if t != -100)
+    assert c_ids[:first] == r_ids[:first]  # the same prompt before either answer
