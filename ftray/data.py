@@ -189,6 +189,8 @@ def _source_batches(src: Source, columns: list[str]) -> Iterator[pa.Table]:
 
 def text_columns(spec: JobSpec) -> list[str]:
     d = spec.data
+    if d.chosen:  # preference pairs: the prompt (text or turns) and its two answers
+        return [d.messages or d.prompt, d.chosen, d.rejected]
     if d.messages:
         return [d.messages]
     return [d.text] if d.text else [d.prompt, d.response]
@@ -365,6 +367,8 @@ def inspect(spec: JobSpec) -> DataPlan:
             _check_multimodal(spec, t, where, info)
         elif spec.model.name == "mlp":
             _check_features(spec, t, where, info)
+        elif d.chosen:
+            _check_pairs(spec, t, where)
         elif d.messages:
             chat.check_rows(t.column(d.messages).to_pylist(), d.messages, where)
         else:
@@ -423,6 +427,25 @@ def _check_features(spec: JobSpec, t: pa.Table, where: str, info: ModelInfo) -> 
     if info.in_features and width != info.in_features:
         raise SpecError(f"{where}: {width} feature values per row, training data has {info.in_features}")
     info.in_features = width
+
+
+def _check_pairs(spec: JobSpec, t: pa.Table, where: str) -> None:
+    """Preference rows: a prompt (text, or chat turns that an assistant answer may follow) and two
+    different answers to it."""
+    d = spec.data
+    for name in (d.chosen, d.rejected) + (() if d.messages else (d.prompt,)):
+        _check_text(t, name, where)
+    chosen, rejected = t.column(d.chosen).to_pylist(), t.column(d.rejected).to_pylist()
+    if d.messages:
+        for i, (turns, answer) in enumerate(zip(t.column(d.messages).to_pylist(), chosen)):
+            problem = chat.turns_problem(turns if not isinstance(turns, list) else
+                                         turns + [{"role": "assistant", "content": answer}])
+            if problem:
+                raise SpecError(f"{where}: row {i}: {d.messages!r} {problem}")
+    same = next((i for i, (c, r) in enumerate(zip(chosen, rejected)) if c == r), None)
+    if same is not None:
+        raise SpecError(f"{where}: row {same}: {d.chosen!r} and {d.rejected!r} are the same answer "
+                        f"({chosen[same][:40]!r}); a pair needs two different answers")
 
 
 def _check_text(t: pa.Table, name: str, where: str) -> None:
@@ -513,11 +536,12 @@ def check_lengths(spec: JobSpec, plan: DataPlan, tokenizer_source: str) -> None:
     tok = load_tokenizer(tokenizer_source)
     if spec.data.messages:
         chat.check_tokenizer(tok, spec, tokenizer_source)
+    fn = encode_pair if spec.data.chosen else encode
     for where, first, table in plan.batches(text_columns(spec)):
         rows = zip(*(table.column(c).to_pylist() for c in text_columns(spec)))
         for i, row in enumerate(rows, first):
             try:
-                encode(tok, spec, *row)
+                fn(tok, spec, *row)
             except ValueError as e:
                 raise SpecError(f"{where}: row {i}: {e}") from None
 
@@ -555,6 +579,17 @@ def encode(tok, spec: JobSpec, *texts) -> tuple[list[int], list[int] | None]:
             p = p[min(over, len(p) - 1):]
             r = r[:limit - len(p)]
     return p + r, [-100] * len(p) + r
+
+
+def encode_pair(tok, spec: JobSpec, prompt, chosen: str, rejected: str) -> list[tuple[list[int], list[int]]]:
+    """Token ids and labels of a preference row's two examples, (prompt, chosen) and (prompt,
+    rejected), each encoded as an SFT row is: labels on the answer only. A chat prompt (turns)
+    gets the answer as its last assistant turn, and only that turn carries labels."""
+    if not spec.data.messages:
+        return [encode(tok, spec, prompt, answer) for answer in (chosen, rejected)]
+    last = spec.model_copy(update={"data": spec.data.model_copy(update={"train_on": "last_assistant"})})
+    return [chat.encode_chat(tok, last, prompt + [{"role": "assistant", "content": answer}])
+            for answer in (chosen, rejected)]
 
 
 def prompt_ids(tok, prompt: str) -> list[int]:
@@ -626,6 +661,30 @@ class TokenizedRows:
                 out["labels"][i, :len(lab)] = lab
         if spec.data.task != "causal_lm" and self.labelled:
             out.update(labels(batch, spec.data.label, spec.data.task, self.class_index))
+        return out
+
+
+class PairRows:
+    """map_batches UDF for preference pairs: `chosen_` and `rejected_` + `input_ids`,
+    `attention_mask`, `labels` (the answer's tokens; -100 elsewhere), each padded to max_length."""
+
+    PARTS = ("chosen", "rejected")
+
+    def __init__(self, spec: JobSpec, tokenizer_source: str):
+        self.spec, self.source = spec, tokenizer_source
+
+    def __call__(self, batch: pa.Table) -> dict:
+        from ftray.models.hf import load_tokenizer
+        tok, spec, limit = load_tokenizer(self.source), self.spec, self.spec.model.max_length
+        rows = [encode_pair(tok, spec, *row) for row in zip(*(batch.column(c).to_pylist() for c in text_columns(spec)))]
+        n, out = len(rows), {}
+        for k, part in enumerate(self.PARTS):
+            ids_, mask, labels_ = (np.full((n, limit), tok.pad_token_id, np.int64), np.zeros((n, limit), np.int64),
+                                   np.full((n, limit), -100, np.int64))
+            for i, pair in enumerate(rows):
+                ids, lab = pair[k]
+                ids_[i, :len(ids)], mask[i, :len(ids)], labels_[i, :len(lab)] = ids, 1, lab
+            out.update({f"{part}_input_ids": ids_, f"{part}_attention_mask": mask, f"{part}_labels": labels_})
         return out
 
 
@@ -734,6 +793,9 @@ def _line_end(f, pos: int) -> int:
 
 def row_transform(spec: JobSpec, plan: DataPlan):
     """The map_batches UDF that turns this job's rows into model inputs."""
+    if spec.data.chosen:
+        from ftray.models.hf import resolve_source
+        return PairRows(spec, resolve_source(spec))
     if spec.model.name == "mlp":
         return TabularRows(spec, plan.class_index)
     if spec.model.name == "multimodal":

@@ -34,7 +34,7 @@ from ftray.models import ModelInfo
 from ftray.numerics import all_sum, improved, l1_penalty, make_optimizer, make_scheduler
 from ftray.redact import redact
 from ftray.storage_check import storage  # noqa: F401 - where a run folder lives; also this module's API
-from ftray.spec import TASK_METRICS, JobSpec
+from ftray.spec import JobSpec
 
 # Fault injection for tests (`ftray.faults`) is switched on by these variables of the driver's
 # environment (the names are `faults.ENVS`); without them that module is never imported.
@@ -517,7 +517,7 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
         ray.data.DataContext.get_current().enable_progress_bars = False
         datasets, rows = get_method(spec).inputs(plan)
         data_ready_s = round(time.time() - started_at, 3)
-        callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", TASK_METRICS[spec.data.task])
+        callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", spec.validation_metrics[0])
         # A sweep's trial (`callbacks`) leaves the console to the sweep.
         board = progress.Board.remote() if spec.run.progress_every_s and not callbacks else None
         config = LoopConfig(spec, plan.info, rows["train"], started_at, fault_hooks(), board)
@@ -596,7 +596,7 @@ def write_run_folder(spec: JobSpec, plan: data.DataPlan, fs: pafs.FileSystem, ru
         pafs.copy_files(f"{ckpt_path}/{checkpoint.MODEL_DIR}", model_dir, source_filesystem=fs,
                         destination_filesystem=fs)
     if state.history:
-        _write_bytes(fs, f"{run_dir}/curves.png", plot_curves(state.history, TASK_METRICS[spec.data.task]))
+        _write_bytes(fs, f"{run_dir}/curves.png", plot_curves(state.history, spec.validation_metrics[0]))
     return {
         "status": "failed" if error else "succeeded",
         "error": error,

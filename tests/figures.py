@@ -127,6 +127,15 @@ ENTRIES = [
            also=("→ {1.91} in 6 epochs",)),
     Setting("llm_sft.epochs", ("after epoch 1,", "after epoch 6"), "the epochs the figures are of"),
     Untested("llm_sft.wall", ("in 6 epochs, 60 s.",), f"{WALL}: `ftray run jobs/llm_sft.yaml`"),
+    # ----------------------------------------------------------------- DPO (after llm_sft)
+    Figure("dpo.start_logprob_preference", "the chosen answer of {45.0}% of held-out pairs before", 0.007,
+           f"{JOBS}::test_llm_sft_then_dpo", also=("log-prob) of {45.0}% of the 160 held-out pairs",)),
+    Figure("dpo.logprob_preference", "held-out pairs before, {100}% after", 0.007, f"{JOBS}::test_llm_sft_then_dpo",
+           also=("the DPO model of {100}%.",)),
+    Figure("dpo.preference_accuracy", "preference accuracy (implicit reward) {100}%", 0.007,
+           f"{JOBS}::test_llm_sft_then_dpo"),
+    Setting("dpo.val_rows", ("of the 160 held-out pairs",), "the validation rows (20% of 800 pairs)"),
+    Untested("dpo.wall", ("12 min 22 s and 6 min 47 s;", "(2026-12-01, under load 40-80 from other"), f"{WALL}: `ftray run jobs/llm_sft.yaml && ftray run jobs/dpo.yaml`"),
     # ----------------------------------------------------------------------------- chat SFT
     Figure("chat_sft.untrained", "val perplexity {31071} untrained", 50, f"{JOBS}::test_chat_sft_short", scale=1,
            also=("({31071} before training",)),

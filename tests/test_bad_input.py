@@ -155,6 +155,23 @@ def chat(w: World, d: Path, *rows, model: dict | None = None, **data_fields) -> 
     return spec(d, raw)
 
 
+GOOD_PAIR = {"prompt": "what color is grass?", "chosen": "grass is green.", "rejected": "green"}
+
+
+def pairs(w: World, d: Path, *rows, **data_fields) -> list[str]:
+    """A dpo spec over a JSONL file of three good preference pairs and then `rows`: the first bad
+    row is row 3. `data_fields` go into the data section."""
+    path = d / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [GOOD_PAIR] * 3 + list(rows)))
+    raw = {"model": {"name": "hf", "path": str(w.bert), "max_length": 32, "config": TINY_LLAMA},
+           "data": {"path": str(path), "task": "causal_lm", "prompt": "prompt", "chosen": "chosen",
+                    "rejected": "rejected", "label": None, "val_fraction": 0.25, **data_fields},
+           "method": {"name": "dpo"},
+           "train": {"epochs": 1, "batch_size": 4},
+           "run": {"name": "bad", "storage_path": str(d / "runs")}}
+    return spec(d, raw)
+
+
 def csv_data(w: World, d: Path, body: str) -> list[str]:
     """A CSV training file with one scalar feature column `f0`."""
     return with_data(w, d, file_with(d, body), features=["f0"])
@@ -425,6 +442,15 @@ CASES: dict[str, Case] = {
     "chat for a classifier": C(lambda w, d: chat(w, d, task="classification", label="label"),
                                ("data.messages: chat columns are for data.task: causal_lm",)),
     "unknown chat template": C(lambda w, d: chat(w, d, chat_template="llama9"), ("data.chat_template: Input should be",)),
+    # -- preference pairs (method.name: dpo / simpo)
+    "pair whose chosen is its rejected": C(lambda w, d: pairs(w, d, {**GOOD_PAIR, "rejected": "grass is green."}),
+                                           ("pairs.jsonl: row 3: 'chosen' and 'rejected' are the same answer",)),
+    "pairs without the rejected column": C(lambda w, d: pairs(w, d, rejected="worse"),
+                                           ("pairs.jsonl: no column 'worse' (columns: prompt, chosen, rejected)",)),
+    "pairs without a rejected column named": C(lambda w, d: pairs(w, d, rejected=None),
+                                               ("data.rejected: method.name: dpo needs the column",)),
+    "pairs for a method without pairs": C(lambda w, d: hf(w, d, chosen="text"),
+                                          ("data.chosen: preference pairs are for method.name: dpo or simpo",)),
     # -- exported models and checkpoints (model.init_from, method.teacher, method.adapter_from)
     "init_from a missing folder": C(lambda w, d: init_from(w, d, d / "no_run"),
                                     ("model.init_from: ", "holds no exported ftray model")),
@@ -550,6 +576,7 @@ def test_the_good_inputs_the_cases_start_from_are_valid(world, tmp_path, capsys,
         "qlora": lambda w, d: hf(w, d, method={"name": "lora", "quantize": "nf4", "dora": True}),
         "csv": lambda w, d: csv_data(w, d, "f0,label\n1,0\n2,1\n3,0\n4,1\n5,0\n"),
         "chat": lambda w, d: chat(w, d, GOOD_CHAT),
+        "pairs": lambda w, d: pairs(w, d, GOOD_PAIR),
     }
     for name, make in bases.items():
         (tmp_path / name).mkdir()

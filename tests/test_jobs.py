@@ -77,11 +77,18 @@ def test_text_classifier_then_distill_short(ray_session, tmp_path, capsys, monke
     assert s["params"]["total"] < 0.4 * teacher["params"]["total"]
 
 
-def test_llm_sft_short(ray_session, tmp_path, capsys, monkeypatch):
+def test_llm_sft_then_dpo_short(ray_session, tmp_path, capsys, monkeypatch):
+    """jobs/llm_sft.yaml for 2 epochs, then jobs/dpo.yaml from its model for 1 epoch on one worker
+    (the shipped budgets and figures are test_llm_sft's and test_llm_sft_then_dpo's)."""
     monkeypatch.chdir(REPO)
     s = job_summary(capsys, "run", "llm_sft.yaml", tmp_path, "--set", "train.epochs=2")
     ppl = [m["val_perplexity"] for m in s["history"]]
     assert ppl[1] < ppl[0]
+    d = job_summary(capsys, "run", "dpo.yaml", tmp_path, "--set", "train.epochs=1", "--set", "scaling.num_workers=1",
+                    "--set", f"model.init_from={tmp_path}/llm_sft")
+    assert set(d["start"]) == set(d["metrics"]) and "val_logprob_preference" in d["metrics"]
+    assert d["start"]["val_preference_accuracy"] == 0.0  # the policy is the reference: every reward is 0
+    assert d["metrics"]["val_preference_accuracy"] > 0.5 and d["metrics"]["val_loss"] < d["start"]["val_loss"]
 
 
 def untrained_perplexity(job: str) -> float:
@@ -189,6 +196,20 @@ def test_text_classifier_then_distill(ray_session, tmp_path, capsys, monkeypatch
     FIGURES["distill.teacher"].check(s["teacher"]["metrics"]["val_accuracy"])
     FIGURES["distill.student"].check(s["metrics"]["val_accuracy"])
     FIGURES["distill.share"].check(s["params"]["total"] / teacher["params"]["total"])
+
+
+@pytest.mark.slow
+def test_llm_sft_then_dpo(ray_session, tmp_path, capsys, monkeypatch):
+    """jobs/dpo.yaml as its header runs it: after jobs/llm_sft.yaml. The SFT model prefers the
+    chosen answer of under 70% of held-out pairs (the data's design); DPO raises that share."""
+    monkeypatch.chdir(REPO)
+    job_summary(capsys, "run", "llm_sft.yaml", tmp_path)
+    s = job_summary(capsys, "run", "dpo.yaml", tmp_path, "--set", f"model.init_from={tmp_path}/llm_sft")
+    FIGURES["dpo.start_logprob_preference"].check(s["start"]["val_logprob_preference"])
+    FIGURES["dpo.logprob_preference"].check(s["metrics"]["val_logprob_preference"])
+    FIGURES["dpo.preference_accuracy"].check(s["metrics"]["val_preference_accuracy"])
+    assert s["start"]["val_logprob_preference"] < 0.7
+    assert s["metrics"]["val_logprob_preference"] >= 0.85 and s["metrics"]["val_preference_accuracy"] >= 0.9
 
 
 @pytest.mark.slow

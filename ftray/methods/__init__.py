@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 from ftray.methods.attention.config import AttentionMethod
 from ftray.methods.config import MethodConfig
 from ftray.methods.distill.config import DistillMethod
+from ftray.methods.dpo.config import DpoMethod
 from ftray.methods.full.config import FullMethod
 from ftray.methods.incremental.config import IncrementalMethod
 from ftray.methods.lora.config import LoraMethod
 from ftray.methods.meta.config import MetaMethod
 from ftray.methods.rl.config import RLMethod
+from ftray.methods.simpo.config import SimpoMethod
 from ftray.methods.transfer.config import TransferMethod
 
 if TYPE_CHECKING:
@@ -33,6 +35,8 @@ METHODS: dict[str, type[MethodConfig]] = {
     "distill": DistillMethod,
     "incremental": IncrementalMethod,
     "meta": MetaMethod,
+    "dpo": DpoMethod,
+    "simpo": SimpoMethod,
     "rl": RLMethod,
 }
 

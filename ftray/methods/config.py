@@ -21,6 +21,11 @@ class MethodConfig(Strict):
     supervised: ClassVar[bool] = True
     # Fields holding local paths: pinned to absolute paths before the spec reaches Ray workers.
     path_fields: ClassVar[tuple[str, ...]] = ()
+    # True: rows are preference pairs (`data.chosen`, `data.rejected` answers to one prompt).
+    pairs: ClassVar[bool] = False
+    # The validation metrics the method reports in place of the task's (`TASK_METRICS`); the first
+    # is the one the console and the curves show. None: the task's.
+    metrics: ClassVar[tuple[str, ...] | None] = None
 
     @property
     def replaces_head(self) -> bool:

@@ -31,6 +31,9 @@ class DataSpec(Strict):
         "`multimodal`: image column, one fixed-shape numeric array per row (HxW or CxHxW nested lists).", None)
     prompt: str | None = describe("`causal_lm` instruction tuning: prompt column (no loss on its tokens).", None)
     response: str | None = describe("`causal_lm` instruction tuning: response column (the loss).", None)
+    chosen: str | None = describe(
+        "`dpo`, `simpo`: column of the preferred answer to `prompt` (or to the `messages` turns).", None)
+    rejected: str | None = describe("`dpo`, `simpo`: column of the dispreferred answer.", None)
     messages: str | None = describe(
         "`causal_lm` chat tuning: column whose rows are lists of {role, content} turns (system, user, "
         "assistant, tool), rendered by the chat template.", None)

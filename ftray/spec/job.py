@@ -57,6 +57,11 @@ class JobSpec(Strict):
         return self.train.batch_size // (workers * self.train.grad_accum_steps)
 
     @property
+    def validation_metrics(self) -> tuple[str, ...]:
+        """The validation metrics besides `val_loss` that each epoch reports (the first is shown)."""
+        return self.method.metrics or (TASK_METRICS[self.data.task],)
+
+    @property
     def micro_batch_size(self) -> int:
         """Examples in one worker's forward pass."""
         return self.micro_batch_for(self.scaling.num_workers)
@@ -67,7 +72,7 @@ def _check_columns(spec: JobSpec) -> None:
     d, model = spec.data, spec.model
     if model.name == "mlp" and not d.features:
         raise ValueError("data.features: an mlp model needs at least one feature column")
-    if model.name == "hf" and not (d.text or (d.prompt and d.response) or d.messages):
+    if model.name == "hf" and not (d.text or (d.prompt and (d.response or d.chosen)) or d.messages):
         raise ValueError("data.text: an hf model needs a text column (or data.prompt and data.response, "
                          "or data.messages)")
     if model.name == "multimodal":
@@ -79,7 +84,8 @@ def _check_columns(spec: JobSpec) -> None:
                 raise ValueError(f"{key}: the multimodal model's {modality} encoder needs its column")
     elif d.image:
         raise ValueError("data.image: image columns are for model.name: multimodal")
-    if (d.prompt is None) != (d.response is None):
+    _check_pairs(spec)
+    if (d.prompt is None) != (d.response is None) and not spec.method.pairs:
         raise ValueError("data.prompt: give both data.prompt and data.response, or neither")
     if d.prompt and d.task != "causal_lm":
         raise ValueError("data.prompt: prompt/response columns are for data.task: causal_lm")
@@ -89,6 +95,29 @@ def _check_columns(spec: JobSpec) -> None:
     if d.normalize != "none" and model.name != "mlp":
         raise ValueError(f"data.normalize: scales the numeric features of an mlp; model.name: {model.name} "
                          "takes none")
+
+
+def _check_pairs(spec: JobSpec) -> None:
+    """Preference pairs (`data.chosen`, `data.rejected`) are the input of the pair methods, and
+    theirs only: answers to `data.prompt` or to the `data.messages` turns."""
+    d, method = spec.data, spec.method
+    if not method.pairs:
+        if d.chosen or d.rejected:
+            raise ValueError(f"data.{'chosen' if d.chosen else 'rejected'}: preference pairs are for "
+                             "method.name: dpo or simpo")
+        return
+    for key in ("chosen", "rejected"):
+        if not getattr(d, key):
+            raise ValueError(f"data.{key}: method.name: {method.name} needs the column of the {key} answer")
+    if d.task != "causal_lm":
+        raise ValueError(f"data.task: method.name: {method.name} trains a causal_lm")
+    if not (d.prompt or d.messages) or d.text or d.response:
+        raise ValueError(f"data.prompt: method.name: {method.name} reads a prompt (data.prompt, or the "
+                         "turns of data.messages) and its two answers, not data.text or data.response")
+    if d.packing:
+        raise ValueError(f"data.packing: method.name: {method.name} compares whole answers, one per row")
+    if d.chosen == d.rejected:
+        raise ValueError(f"data.rejected: {d.rejected!r} is data.chosen too")
 
 
 def _check_chat(d: DataSpec) -> None:
@@ -145,7 +174,7 @@ def _check_fused_loss(spec: JobSpec) -> None:
 def _check_metrics(spec: JobSpec) -> None:
     """The sweep and early stopping watch metrics (and columns) the task reports."""
     d, tune = spec.data, spec.tune
-    metrics = {"train_loss", "val_loss", TASK_METRICS[d.task]}
+    metrics = {"train_loss", "val_loss", *spec.validation_metrics}
     if tune and tune.ensemble and d.task == "causal_lm":
         raise ValueError("tune.ensemble: ensembles are for classification and regression tasks")
     if tune:

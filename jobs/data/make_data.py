@@ -9,6 +9,12 @@
   distillation.
 - instructions.jsonl: `prompt`/`response` pairs (arithmetic, opposites, colours, word reversal)
   for instruction tuning of a small decoder.
+- preferences.jsonl: `prompt` with a `chosen` and a `rejected` answer for preference tuning after
+  jobs/llm_sft.yaml. The rule the pairs teach: answer in a full sentence ending with a full stop.
+  instructions.jsonl follows it for sums, opposites and colours (there the rejected answer is the
+  bare result, which the SFT model already disprefers), never for word reversal (a bare list of
+  words, which the SFT model prefers); reversal prompts are 60% of the pairs, so the SFT model
+  prefers the chosen answer of about 40% of them.
 - chats.jsonl: multi-turn `messages` (a system prompt, then 2-3 exchanges) for chat tuning. The
   system prompt picks the reply style (terse or full sentences), a follow-up question refers to the
   previous answer ("now double it"), and some chats carry a `tool` turn whose result the reply uses.
@@ -111,6 +117,29 @@ def instructions(rows: int = 800) -> None:
             f.write(json.dumps({"prompt": pair[0], "response": pair[1]}) + "\n")
 
 
+def preferences(rows: int = 800, reversal_share: float = 0.6) -> None:
+    """Preference pairs for `jobs/dpo.yaml` (see the module docstring); new draws of the prompts
+    of `instructions`."""
+    rng = random.Random(5)
+    with open(OUT / "preferences.jsonl", "w") as f:
+        for _ in range(rows):
+            if rng.random() < reversal_share:
+                words = rng.sample(WORDS, 3)
+                answer = " ".join(reversed(words))
+                row = (f"reverse the words: {' '.join(words)}", f"the reversed words are {answer}.", answer)
+            elif (kind := rng.randrange(3)) == 0:
+                a, b = rng.randint(0, 20), rng.randint(0, 20)
+                row = (f"add {a} and {b}.", f"{a} plus {b} is {a + b}.", str(a + b))
+            elif kind == 1:
+                word = rng.choice(sorted(OPPOSITES))
+                row = (f"what is the opposite of {word}?", f"the opposite of {word} is {OPPOSITES[word]}.",
+                       OPPOSITES[word])
+            else:
+                thing = rng.choice(sorted(COLORS))
+                row = (f"what color is {thing}?", f"{thing} is {COLORS[thing]}.", COLORS[thing])
+            f.write(json.dumps(dict(zip(("prompt", "chosen", "rejected"), row))) + "\n")
+
+
 SYSTEMS = {"terse": "you are a calculator. reply with the result only.",
            "full": "you are a patient tutor. reply in a full sentence."}
 WEATHER = ["sunny", "rainy", "cloudy", "windy", "snowy"]
@@ -208,6 +237,7 @@ if __name__ == "__main__":
     topics("topics_noisy", rows=640, seed=2, noise=0.4)  # distillation: the student's noisy labels
     topics("topics_val", rows=200, seed=3)  # distillation: clean held-out sentences
     instructions()
+    preferences()
     chats()
     digit_questions()
     digits_old_task()

@@ -35,6 +35,21 @@ def hf_case(tmp_path, method, tiny_bert):
     return JobSpec.model_validate(raw), HF_INFO, batch
 
 
+def pairs_case(tmp_path, method, tiny_gpt):
+    """A preference method over the tiny GPT-2: a batch of two (prompt, chosen, rejected) pairs,
+    labels on the answers' tokens (the last 10 of 16)."""
+    raw = {"model": {"name": "hf", "path": str(tiny_gpt), "max_length": 16},
+           "data": {"path": str(tmp_path / "d.jsonl"), "task": "causal_lm", "prompt": "p", "chosen": "c",
+                    "rejected": "r", "label": None},
+           "method": method, "run": {"name": "t", "storage_path": str(tmp_path)}}
+    batch = {}
+    for part in ("chosen", "rejected"):
+        ids = torch.randint(5, 100, (2, 16))
+        batch.update({f"{part}_input_ids": ids, f"{part}_attention_mask": torch.ones_like(ids),
+                      f"{part}_labels": torch.where(torch.arange(16) < 6, -100, ids)})
+    return JobSpec.model_validate(raw), ModelInfo(task="causal_lm"), batch
+
+
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory, tiny_bert):
     """Exported teachers for the distill cases: an mlp and a tiny BERT classifier."""
@@ -93,6 +108,13 @@ CASES = {
           "hf.base_model.model.bert.encoder.layer.0.attention.self.value.base_layer"]),
         ({"name": "distill", "teacher": "hf"}, ["hf.bert.encoder.layer.0", "hf.classifier"], []),
     ],
+    "pairs": [  # causal LMs on preference pairs (the reference runs live: the batch has no columns of it)
+        ({"name": "dpo", "reference": "live"}, ["hf.transformer.h.0", "hf.transformer.wte"], []),
+        ({"name": "dpo", "reference": "live", "lora": {"target_modules": "all-linear"}},
+         ["hf.base_model.model.transformer.h.0.attn.c_attn.lora_"],
+         ["hf.base_model.model.transformer.wte", "hf.base_model.model.transformer.h.0.attn.c_attn.base_layer"]),
+        ({"name": "simpo"}, ["hf.transformer.h.1", "hf.transformer.wte"], []),
+    ],
 }
 
 
@@ -104,13 +126,14 @@ def test_every_method_is_covered():
 @pytest.mark.parametrize("builder, method, trains, frozen",
                          [(b, *case) for b, cases in CASES.items() for case in cases],
                          ids=lambda v: v if isinstance(v, str) else None)
-def test_trainable_change_frozen_do_not(tmp_path, tiny_bert, teachers, builder, method, trains, frozen):
+def test_trainable_change_frozen_do_not(tmp_path, tiny_bert, tiny_gpt, teachers, builder, method, trains, frozen):
     if "teacher" in method:
         method = {**method, "teacher": str(teachers / method["teacher"])}
     init_from = None
     if method["name"] in ("incremental", "meta"):
         method, init_from = with_files(tmp_path, teachers, method)
     spec, info, batch = (mlp_case(tmp_path, method, init_from) if builder == "mlp"
+                         else pairs_case(tmp_path, method, tiny_gpt) if builder == "pairs"
                          else hf_case(tmp_path, method, tiny_bert))
     m = get_method(spec)
     m.check(info)

@@ -1,0 +1,1 @@
+"""`simpo`: reference-free preference optimisation on length-normalized log-probs (config.py, hooks.py)."""
