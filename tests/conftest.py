@@ -27,7 +27,10 @@ def ray_session():
     # room for several trials, their workers and Ray Data tasks at once.
     ray.init(num_cpus=10, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-                                       "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}})
+                                       "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+                                       # as ftray's own Ray (ray_context.runtime_env): a run's
+                                       # start and end wait for the controller's next poll
+                                       "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}})
     import ray.data
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
