@@ -50,10 +50,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
     r.add_argument("--restart", action="store_true",
                    help="start the run afresh: move an existing run folder of this name aside (never deleted)")
+    _console_flags(r)
     w = with_overrides(sub.add_parser("sweep", help="Ray Tune sweep over the spec's tune.space"))
     w.add_argument("spec", metavar="SPEC")
     w.add_argument("--address", default=None,
                    help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+    _console_flags(w)
     sub.add_parser("reference", help="print the spec reference (markdown, as in README.md)")
     rl = sub.add_parser("rl", help="reinforcement-learning tools").add_subparsers(dest="rl_command", required=True)
     c = rl.add_parser("collect", help="roll out a checkpointed policy; write demonstrations as Parquet")
@@ -70,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_parsers(sub)
     serve.add_parsers(sub)
     return p
+
+
+def _console_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--verbose", action="store_true",
+                   help="show Ray's own console: every worker's output (prefixed) and Ray's warnings")
+    g.add_argument("--quiet", action="store_true", help="print only the result folder (and errors)")
+
+
+def _set_console(args) -> None:
+    from ftray import ray_context
+    ray_context.set_console("verbose" if args.verbose else "quiet" if args.quiet else "normal")
 
 
 def cmd_reference(args) -> int:
@@ -109,6 +123,7 @@ def _validate_one(path: str, overrides: list[str], spec_only: bool):
 
 
 def cmd_run(args) -> int:
+    _set_console(args)
     spec = load_spec(args.spec, args.overrides)
     runner = runner_for(spec)
     plan = runner.check(args.address)
@@ -121,6 +136,7 @@ def cmd_run(args) -> int:
 
 def cmd_sweep(args) -> int:
     from ftray.sweep import run_sweep
+    _set_console(args)
     spec, raw = load_spec_and_raw(args.spec, args.overrides)
     status, folder = run_sweep(raw, spec, args.spec, args.address)
     return _finish(status, folder, "every trial failed; see trials.csv and the trial folders")

@@ -55,12 +55,21 @@ class Board:
 
     def __init__(self):
         self.position = None
+        self.lines: list[str] = []
 
     def post(self, position: Position) -> None:
         self.position = position
 
     def latest(self) -> Position | None:
         return self.position
+
+    def say(self, line: str) -> None:
+        """A whole line for the driver to print (the controller's epoch line)."""
+        self.lines.append(line)
+
+    def said(self, start: int) -> list[str]:
+        """The lines said from the `start`-th on."""
+        return self.lines[start:]
 
 
 class Poster:
@@ -91,10 +100,12 @@ class Display:
     On a terminal (`out.isatty()`) it redraws one line in place every `refresh_s`; otherwise it
     writes a timestamped line every `every_s`, and only when the position moved."""
 
-    def __init__(self, board, every_s: float, out: TextIO | None = None, refresh_s: float = 1.0):
-        self.board, self.out = board, out or sys.stdout
+    def __init__(self, board, every_s: float, out: TextIO | None = None, refresh_s: float = 1.0,
+                 positions: bool = True):
+        self.board, self.out, self.positions = board, out or sys.stdout, positions
         self.tty = bool(getattr(self.out, "isatty", lambda: False)())
-        self.every_s = refresh_s if self.tty else every_s
+        self.every_s = refresh_s if self.tty or not positions else every_s
+        self._printed = 0  # lines of `Board.said` printed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="ftray-progress", daemon=True)
         self._shown = None
@@ -106,13 +117,29 @@ class Display:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(timeout=10)
+        self.print_lines()  # the last epoch's line, said after the thread's last look
         if self.tty and self._shown is not None:
             self.out.write("\r\x1b[K")  # clear the live line: the epoch lines stay
             self.out.flush()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
-            self.show_once()
+            self.print_lines()
+            if self.positions:
+                self.show_once()
+
+    def print_lines(self) -> None:
+        """Print the whole lines said since the last call (over a live line on a terminal)."""
+        try:
+            lines = ray.get(self.board.said.remote(self._printed), timeout=10)
+        except Exception:  # noqa: BLE001 - a gone board has nothing more to say
+            return
+        for line in lines:
+            self.out.write(f"\r\x1b[K{line}\n" if self.tty else f"{line}\n")
+        self._printed += len(lines)
+        if lines:
+            self._shown = None if self.tty else self._shown  # the live line was overwritten: redraw it
+            self.out.flush()
 
     def show_once(self) -> None:
         """Show the latest position if it moved since the last one shown."""

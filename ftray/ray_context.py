@@ -10,12 +10,23 @@
 
 `use_ray` stops only a Ray that it started, when its `with` block ends: before the command prints
 its last line, so that Ray's forwarded worker logs end first.
+
+The console (`set_console`, from `ftray run/sweep --verbose/--quiet`): "verbose" forwards every
+worker's output (Ray's `(TrainController pid=...)` prefixes and colours) and Ray's own warnings, as
+Ray does; "normal" and "quiet" start Ray without log forwarding and silence Ray's driver-side
+warnings, so the console has ftray's lines only (the driver prints them, see `ftray.progress`); the
+workers' logs are copied into the run folder (`keep_logs`), and a failed run's error, which carries
+the worker's traceback, is printed in full.
 """
 
 from __future__ import annotations
 
+import glob
+import logging
 import math
 import os
+import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,6 +37,9 @@ from ftray.spec import JobSpec, SpecError
 from ftray.spec.load import RAY_JOB_ENV
 
 ADDRESS_ENV = "RAY_ADDRESS"
+CONSOLES = ("verbose", "normal", "quiet")
+_forwarding = True  # a Ray ftray did not start (a test session) forwards, as Ray does by default
+_console = "verbose"  # library callers and commands without the flags keep Ray's own console
 WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
@@ -83,6 +97,49 @@ def runtime_env(spec: JobSpec) -> dict:
                          HEALTH_CHECK_ENV: os.environ.get(HEALTH_CHECK_ENV) or "0.5"}}
 
 
+def set_console(mode: str) -> None:
+    """How much the console shows from now on (one of CONSOLES); see the module docstring."""
+    global _console
+    assert mode in CONSOLES, mode
+    _console = mode
+    if mode != "verbose":
+        # Ray's and Ray Data's deprecation notices and internal warnings, raised in this process.
+        warnings.filterwarnings("ignore", module=r"ray(\..*)?$")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*[Rr]ay.*")
+        import ray  # noqa: F401 - importing Ray sets its loggers' levels: set ours after it
+        for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def console() -> str:
+    """The console mode set by `set_console` ("verbose" unless set)."""
+    return _console
+
+
+def forwarding_logs() -> bool:
+    """Whether the workers' output reaches this console (Ray's log forwarding)."""
+    return _forwarding
+
+
+def keep_logs(dest) -> list[str]:
+    """Copy this job's worker log files from Ray's session folder into `dest` (a local folder) while
+    Ray still runs; [] when this process is not on Ray's head node (a cluster's logs stay there)."""
+    import ray
+    try:
+        node = ray._private.worker.global_worker.node
+        logs = node.get_logs_dir_path()
+        job = ray.get_runtime_context().get_job_id()
+    except Exception:  # noqa: BLE001 - a driver connected to a remote cluster has no local node
+        return []
+    names = sorted({*glob.glob(f"{logs}/worker-*-{job}-*.out"), *glob.glob(f"{logs}/worker-*-{job}-*.err"),
+                    *glob.glob(f"{logs}/python-core-worker-*_*.log")})
+    if names:
+        os.makedirs(dest, exist_ok=True)
+    for name in names:
+        shutil.copy(name, dest)
+    return [os.path.basename(n) for n in names]
+
+
 @contextmanager
 def use_ray(spec: JobSpec, address: str | None = None, cpus: int | None = None) -> Iterator[str]:
     """Run the `with` block on Ray: join the cluster at `address` (else RAY_ADDRESS), else start a
@@ -90,21 +147,25 @@ def use_ray(spec: JobSpec, address: str | None = None, cpus: int | None = None) 
     process is on Ray already. Yields how (`summary.json`'s `ray.mode`): "local", the cluster's
     address, or "existing". Stops Ray at the end only if it started it here."""
     import ray
+    global _forwarding
     if ray.is_initialized():
         yield "existing"
         return
+    _forwarding = _console == "verbose"
+    # `ray.init` sets the "ray" logger's level again (its token and "Started a local Ray" notices).
+    quiet = {} if _forwarding else {"log_to_driver": False, "logging_level": logging.ERROR}
     target = cluster_address(address)
     if target:
         # Inside `ray job submit` the job's own runtime env applies to every worker, and Ray refuses
         # to merge a second one into it: join without ours.
         in_job = bool(os.environ.get(RAY_JOB_ENV))
-        ray.init(address=target, runtime_env=None if in_job else runtime_env(spec), log_to_driver=True)
+        ray.init(address=target, runtime_env=None if in_job else runtime_env(spec), **quiet)
     else:
         # Logical CPUs: room for every worker plus Ray Data's read and preprocessing tasks, even on a
         # machine with fewer cores (oversubscribed, but it never deadlocks waiting for a slot).
         need = cpus or math.ceil(spec.scaling.num_workers * spec.scaling.cpus_per_worker) + 1
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), dashboard_host="127.0.0.1",
-                 runtime_env=runtime_env(spec))
+                 runtime_env=runtime_env(spec), **quiet)
     try:
         yield target or "local"
     finally:

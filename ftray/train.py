@@ -14,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+import sys
 import time
 import traceback
 from contextlib import nullcontext
@@ -439,17 +440,23 @@ class Progress(ray.train.UserCallback):
     TensorBoard scalars per epoch. A report without a checkpoint is no new epoch: a finished run
     resumed reports its last epoch once more for a waiting Tune trial (`fit`)."""
 
-    def __init__(self, epochs: int, tensorboard_dir: str, task_metric: str):
+    def __init__(self, epochs: int, tensorboard_dir: str, task_metric: str, board=None):
         self.epochs, self.tensorboard_dir, self.task_metric = epochs, tensorboard_dir, task_metric
+        self.board = board  # `progress.Board`: the driver prints our line (no Ray log prefix)
         self.writer = None
 
     def after_report(self, run_context, metrics, checkpoint):
         if checkpoint is None:
             return
         m = metrics[0]
-        print(f"[ftray] epoch {m['epoch']}/{self.epochs}  train_loss {m['train_loss']:.4f}  "
-              f"val_loss {m['val_loss']:.4f}  {self.task_metric} {m[self.task_metric]:.4f}  "
-              f"lr {m['lr']:.2e}  {m['epoch_time_s']:.1f}s  {m['samples_per_s']:.0f} samples/s", flush=True)
+        line = (f"[ftray] epoch {m['epoch']}/{self.epochs}  train_loss {m['train_loss']:.4f}  "
+                f"val_loss {m['val_loss']:.4f}  {self.task_metric} {m[self.task_metric]:.4f}  "
+                f"lr {m['lr']:.2e}  {m['epoch_time_s']:.1f}s  {m['samples_per_s']:.0f} samples/s")
+        if self.board is not None:
+            # Waited on: the line is on the board before the run can end and the driver's last look.
+            ray.get(self.board.say.remote(line))
+        else:
+            print(line, flush=True)
         if self.writer is None:
             from tensorboardX import SummaryWriter
             self.writer = SummaryWriter(self.tensorboard_dir)
@@ -517,13 +524,17 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
         ray.data.DataContext.get_current().enable_progress_bars = False
         datasets, rows = get_method(spec).inputs(plan)
         data_ready_s = round(time.time() - started_at, 3)
-        callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", spec.validation_metrics[0])
-        # A sweep's trial (`callbacks`) leaves the console to the sweep.
-        board = progress.Board.remote() if spec.run.progress_every_s and not callbacks else None
-        config = LoopConfig(spec, plan.info, rows["train"], started_at, fault_hooks(), board)
-        with progress.Display(board, spec.run.progress_every_s) if board else nullcontext():
+        # A sweep's trial (`callbacks`) leaves the console to the sweep; `--quiet` prints no progress.
+        board = progress.Board.remote() if not callbacks and ray_context.console() != "quiet" else None
+        callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", spec.validation_metrics[0], board)
+        live = board if spec.run.progress_every_s else None
+        config = LoopConfig(spec, plan.info, rows["train"], started_at, fault_hooks(), live)
+        with (progress.Display(board, spec.run.progress_every_s, positions=live is not None) if board
+              else nullcontext()):
             error = fit_on_ray(trainer(spec, config, datasets, storage_path, [callback, *callbacks]))
         t_fit = time.perf_counter()
+        if local:
+            ray_context.keep_logs(Path(run_dir) / "logs")
     if local_tb != run_dir:
         pafs.copy_files(local_tb, run_dir, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     timings = {"ray_start_s": round(t_ray - t0, 3), "fit_s": round(t_fit - t_ray, 3), "checked_s": checked_s,
@@ -577,6 +588,9 @@ def fit_on_ray(torch_trainer: TorchTrainer) -> str | None:
     try:
         torch_trainer.fit()
     except Exception as e:  # noqa: BLE001 - the run failed; record it, keep the checkpoints
+        if not ray_context.forwarding_logs():
+            # The workers' own tracebacks did not reach the console: the error carries them.
+            traceback.print_exception(e, file=sys.stderr)
         return "".join(traceback.format_exception_only(type(e), e)).strip()
     return None
 
