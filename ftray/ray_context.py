@@ -22,6 +22,7 @@ the worker's traceback, is printed in full.
 from __future__ import annotations
 
 import glob
+import importlib
 import logging
 import math
 import os
@@ -106,7 +107,7 @@ def set_console(mode: str) -> None:
         # Ray's and Ray Data's deprecation notices and internal warnings, raised in this process.
         warnings.filterwarnings("ignore", module=r"ray(\..*)?$")
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*[Rr]ay.*")
-        import ray  # noqa: F401 - importing Ray sets its loggers' levels: set ours after it
+        importlib.import_module("ray")  # importing Ray sets its loggers' levels: set ours after it
         for name in ("ray", "ray.data", "ray.train", "ray.tune"):
             logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -533,7 +533,7 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
               else nullcontext()):
             error = fit_on_ray(trainer(spec, config, datasets, storage_path, [callback, *callbacks]))
         t_fit = time.perf_counter()
-        if local:
+        if local and not ray_context.forwarding_logs():  # the console did not show them
             ray_context.keep_logs(Path(run_dir) / "logs")
     if local_tb != run_dir:
         pafs.copy_files(local_tb, run_dir, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

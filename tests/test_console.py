@@ -41,3 +41,19 @@ def test_the_console_has_ftrays_lines_only_unless_verbose(tmp_path):
     assert "\x1b[36m(TrainController pid=" in out + err
     assert (out + err).count(REPORT) == 2  # one per worker
     assert out.splitlines()[-1] == str(tmp_path / "verbose" / "quickstart"), out
+
+
+class FailingTrainer:
+    def fit(self):
+        raise RuntimeError("Training failed.\nTraceback (most recent call last):\nValueError: bad row 7")
+
+
+def test_a_failed_run_prints_its_whole_error_when_the_workers_output_is_hidden(monkeypatch, capsys):
+    from ftray import ray_context, train
+    monkeypatch.setattr(ray_context, "_forwarding", False)
+    assert train.fit_on_ray(FailingTrainer()).startswith("RuntimeError: Training failed.")
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and err.endswith("ValueError: bad row 7\n"), err
+    monkeypatch.setattr(ray_context, "_forwarding", True)  # forwarded: the workers printed it already
+    train.fit_on_ray(FailingTrainer())
+    assert capsys.readouterr().err == ""

@@ -84,3 +84,16 @@ def test_a_run_shows_its_steps_advancing_within_an_epoch(ray_session, tmp_path, 
     steps = [int(m.group(1)) for m in re.finditer(rf"\[ftray\] \d\d:\d\d:\d\d  epoch 1/1  step (\d+)/{total} ", out)]
     # At least two positions inside the epoch, advancing (the epoch line comes after them).
     assert len(steps) >= 2 and steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] <= total, out
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_display_prints_the_lines_said_on_the_board_once_each(ray_session, tty):
+    board = Board.remote()
+    out = Terminal() if tty else io.StringIO()
+    display = Display(board, every_s=30.0, out=out, positions=False)
+    for line in ("[ftray] epoch 1/2  a", "[ftray] epoch 2/2  b"):
+        ray_session.get(board.say.remote(line))
+        display.print_lines()
+        display.print_lines()  # nothing new said: nothing printed
+    prefix = "\r\x1b[K" if tty else ""  # over the live line on a terminal
+    assert out.getvalue() == f"{prefix}[ftray] epoch 1/2  a\n{prefix}[ftray] epoch 2/2  b\n"
