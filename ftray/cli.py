@@ -81,9 +81,14 @@ def _console_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="print only the result folder (and errors)")
 
 
-def _set_console(args) -> None:
+def _set_console(args, default: str = "normal") -> None:
     from ftray import ray_context
-    ray_context.set_console("verbose" if args.verbose else "quiet" if args.quiet else "normal")
+    ray_context.set_console("verbose" if args.verbose else "quiet" if args.quiet else default)
+
+
+# Sweeps and RL runs keep Ray's console unless --quiet: their lines (each trial's epochs, PPO's
+# iterations) are printed by Ray's processes, not yet gathered by the driver as a run's are.
+RAY_CONSOLE = "verbose"
 
 
 def cmd_reference(args) -> int:
@@ -123,8 +128,8 @@ def _validate_one(path: str, overrides: list[str], spec_only: bool):
 
 
 def cmd_run(args) -> int:
-    _set_console(args)
     spec = load_spec(args.spec, args.overrides)
+    _set_console(args, "normal" if spec.method.supervised else RAY_CONSOLE)
     runner = runner_for(spec)
     plan = runner.check(args.address)
     if args.restart:
@@ -136,8 +141,8 @@ def cmd_run(args) -> int:
 
 def cmd_sweep(args) -> int:
     from ftray.sweep import run_sweep
-    _set_console(args)
     spec, raw = load_spec_and_raw(args.spec, args.overrides)
+    _set_console(args, RAY_CONSOLE)
     status, folder = run_sweep(raw, spec, args.spec, args.address)
     return _finish(status, folder, "every trial failed; see trials.csv and the trial folders")
 
