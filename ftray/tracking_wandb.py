@@ -149,11 +149,26 @@ def sweep_callbacks(spec: JobSpec, sweep_dir: Path) -> list:
     tracking = spec.run.tracking
     if tracking is None or tracking.wandb is None:
         return []
-    from ray.air.integrations.wandb import WandbLoggerCallback
     wb = tracking.wandb
     where = wb.dir or str(sweep_dir)
     Path(where).mkdir(parents=True, exist_ok=True)
     _environ(wb.mode, where)
     kwargs = {"entity": wb.entity} if wb.entity else {}
-    return [WandbLoggerCallback(project=wb.project, group=spec.run.name, mode=wb.mode, dir=where,
+    return [_logger_callback()(project=wb.project, group=spec.run.name, mode=wb.mode, dir=where,
                                 tags=list(wb.tags), settings=dict(SETTINGS), job_type="ftray-trial", **kwargs)]
+
+
+def _logger_callback():
+    """Ray Tune's `WandbLoggerCallback` whose per-trial logging actor stops its W&B service after
+    `finish` (see `_close`: the trial's last records are on disk when the sweep ends)."""
+    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+
+    class FlushingActor(_WandbLoggingActor):
+        def run(self):
+            super().run()
+            self._wandb.teardown()
+
+    class Callback(WandbLoggerCallback):
+        _logger_actor_cls = FlushingActor
+
+    return Callback
