@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from ftray import data, ray_context, tracking, train
+from ftray import data, ray_context, tracking, tracking_wandb, train
 from ftray.checkpoint import MODEL_DIR
 from ftray.runner import Runner, runner_for, trial_checkpoint
 from ftray.spec import PBT_MUTABLE, JobSpec, SpecError, apply_overrides, validate
@@ -205,7 +205,8 @@ def fit_sweep(raw: dict, spec: JobSpec, source: str, address: str | None, sweep_
     parent = tracking.start_sweep(spec, Path(sweep_dir))
     with ray_context.use_ray(spec, address, cpus=ray_cpus(spec)):
         results = tuner(trainable, spec, sweep_dir, search_alg, trial_scheduler,
-                        tracking.sweep_callbacks(spec, parent)).fit()
+                        tracking.sweep_callbacks(spec, parent)
+                        + tracking_wandb.sweep_callbacks(spec, Path(sweep_dir))).fit()
         status = write_outputs(results, raw, spec, sweep_dir, time.perf_counter() - t0, source)
     tracking.finish_sweep(spec, parent, Path(sweep_dir), status == 0)
     return status

@@ -54,6 +54,8 @@ def check(spec: JobSpec) -> JobSpec:
     """Before Ray starts: the tracking library is installed and the server answers. Returns the spec
     to run: unchanged, or without tracking when the server is down and `unreachable: warn`."""
     tracking = spec.run.tracking
+    if tracking is not None and tracking.wandb is not None and importlib.util.find_spec("wandb") is None:
+        raise SpecError("run.tracking.wandb: wandb is not installed (pip install 'ftray[wandb]')")
     if tracking is None or tracking.mlflow is None:
         return spec
     if importlib.util.find_spec("mlflow") is None:

@@ -29,7 +29,7 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from ftray import checkpoint, data, parallel, progress, ray_context, resume, tracking
+from ftray import checkpoint, data, parallel, progress, ray_context, resume, tracking, tracking_wandb
 from ftray.methods import get_method
 from ftray.models import ModelInfo
 from ftray.numerics import all_sum, improved, l1_penalty, make_optimizer, make_scheduler
@@ -516,16 +516,20 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
     fs.create_dir(run_dir, recursive=True)
     local = isinstance(fs, pafs.LocalFileSystem)
     local_tb = run_dir if local else tempfile.mkdtemp(prefix="ftray-tb-")
+    trial = bool(callbacks)  # before tracking's callbacks join them
     tracked = tracking.start_run(spec, Path(run_dir) if local else None)
     if tracked:
         callbacks = [*callbacks, tracking.EpochLogger(tracking.target(spec), tracked)]
+    wandb_run = tracking_wandb.start_run(spec, Path(run_dir) if local else None)
+    if wandb_run:
+        callbacks = [*callbacks, tracking_wandb.EpochLogger(wandb_run, spec.train.epochs)]
     with ray_context.use_ray(spec, address) as ray_mode:
         t_ray = time.perf_counter()
         ray.data.DataContext.get_current().enable_progress_bars = False
         datasets, rows = get_method(spec).inputs(plan)
         data_ready_s = round(time.time() - started_at, 3)
-        # A sweep's trial (`callbacks`) leaves the console to the sweep; `--quiet` prints no progress.
-        board = progress.Board.remote() if not callbacks and ray_context.console() != "quiet" else None
+        # A sweep's trial leaves the console to the sweep; `--quiet` prints no progress.
+        board = progress.Board.remote() if not trial and ray_context.console() != "quiet" else None
         callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", spec.validation_metrics[0], board)
         live = board if spec.run.progress_every_s else None
         config = LoopConfig(spec, plan.info, rows["train"], started_at, fault_hooks(), live)
@@ -543,6 +547,7 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
     summary["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     _write_bytes(fs, f"{run_dir}/summary.json", json.dumps(redact(summary), indent=2).encode())
     tracking.finish(spec, tracked, summary, Path(run_dir) if local else None)
+    tracking_wandb.finish(wandb_run, summary, Path(run_dir) if local else None)
     return (1 if error else 0), folder
 
 
