@@ -79,8 +79,8 @@ def meta(d: Path, _) -> dict:
 
 
 def hf(method: dict):
-    def make(d: Path, bert) -> dict:  # bert: () -> the tiny BERT folder
-        return {"model": {"name": "hf", "path": str(bert()), "max_length": 16},
+    def make(d: Path, fixture) -> dict:  # fixture: a fixture's value by name (built only when asked)
+        return {"model": {"name": "hf", "path": str(fixture("tiny_bert")), "max_length": 16},
                 "data": {"path": str(write_jsonl(d / "texts.jsonl", texts(32))), "text": "text", "label": "label"},
                 "method": method, "train": {"epochs": 2, "batch_size": 8, "lr": 0.01},
                 "run": {"name": "t", "storage_path": str(d / "runs"), "seed": 0}}
@@ -94,9 +94,16 @@ def rl(d: Path, _) -> dict:
             "run": {"name": "t", "storage_path": str(d / "runs"), "seed": 0}}
 
 
+def preference(name: str):
+    def make(d: Path, fixture) -> dict:  # pairs of answers on a tiny decoder (tests/methods/test_dpo.py)
+        from tests.methods.test_dpo import pair_spec
+        return {**pair_spec(d, fixture("tiny_gpt")), "method": {"name": name}}
+    return make
+
+
 SPECS = {"full": full, "transfer": transfer, "distill": distill, "incremental": incremental, "meta": meta,
          "lora": hf({"name": "lora", "r": 2, "target_modules": ["query", "value"]}),
-         "attention": hf({"name": "attention"}), "rl": rl}
+         "attention": hf({"name": "attention"}), "rl": rl, "dpo": preference("dpo"), "simpo": preference("simpo")}
 # The combinations `validate` refuses, and the words of its refusal.
 REFUSED = {("rl", "packed"): "tune.trial: an rl sweep runs one RLlib algorithm per trial (no packed trials"}
 # The default run: the methods that build their own inputs, in packed trials, and the refusals
@@ -128,6 +135,10 @@ def _spec_only(method: str) -> dict:
     if method in ("lora", "attention"):
         raw["model"] = {"name": "hf", "path": str(d / "bert")}
         raw["data"] = {"path": str(d / "t.jsonl"), "text": "text", "label": "label"}
+    if method in ("dpo", "simpo"):
+        raw["model"] = {"name": "hf", "path": str(d / "gpt")}
+        raw["data"] = {"path": str(d / "p.jsonl"), "task": "causal_lm", "prompt": "prompt", "chosen": "chosen",
+                       "rejected": "rejected", "label": None}
     extra = {"distill": {"teacher": "x"}, "incremental": {"replay_path": "x", "old_val_path": "x"}}
     raw["method"] = {"name": method, **extra.get(method, {})}
     if method in ("incremental", "transfer"):
@@ -142,8 +153,10 @@ def one_point_sweep(raw: dict, shape: str) -> dict:
         raw["method"]["lr"] = 3e-4
     else:
         task = raw["data"].get("task", "classification")
-        space, metric, mode = {"train.lr": {"grid": [raw["train"]["lr"]]}}, \
-            "val_mse" if task == "regression" else "val_accuracy", "min" if task == "regression" else "max"
+        metric, mode = ("val_mse", "min") if task == "regression" else ("val_accuracy", "max")
+        if "chosen" in raw["data"]:  # preference pairs
+            metric = "val_preference_accuracy"
+        space = {"train.lr": {"grid": [raw["train"]["lr"]]}}
     return {**raw, "tune": {"space": space, "metric": metric, "mode": mode, "searcher": "grid", "num_samples": 1,
                             "max_concurrent": 1, "trial": shape}}
 
@@ -179,9 +192,8 @@ def plain_runs():
 @pytest.mark.parametrize("method, shape", CASES)
 def test_a_trial_reports_what_a_plain_run_reports(method, shape, request, tmp_path, capsys, plain_runs,
                                                  tmp_path_factory):
-    def tiny_bert() -> Path:  # built only for the rows that need it
-        return request.getfixturevalue("tiny_bert")
-    path = write_spec(tmp_path / "sweep.yaml", one_point_sweep(SPECS[method](tmp_path, tiny_bert), shape))
+    fixture = request.getfixturevalue  # tiny models are built only for the rows that need them
+    path = write_spec(tmp_path / "sweep.yaml", one_point_sweep(SPECS[method](tmp_path, fixture), shape))
     if (method, shape) in REFUSED:
         assert cli.main(["validate", str(path)]) == 2
         err = capsys.readouterr().err
@@ -191,7 +203,7 @@ def test_a_trial_reports_what_a_plain_run_reports(method, shape, request, tmp_pa
     if method not in plain_runs:
         # A plain run of the same spec (tune is ignored by `ftray run`), in a folder of its own.
         plain_dir = tmp_path_factory.mktemp(f"plain_{method}")
-        plain = write_spec(plain_dir / "job.yaml", one_point_sweep(SPECS[method](plain_dir, tiny_bert), shape))
+        plain = write_spec(plain_dir / "job.yaml", one_point_sweep(SPECS[method](plain_dir, fixture), shape))
         plain_runs[method] = cli_summary(capsys, "run", str(plain))
     want = plain_runs[method]
     sweep = cli_summary(capsys, "sweep", str(path))

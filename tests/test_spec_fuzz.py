@@ -214,6 +214,10 @@ def base_for(path: str, context: tuple) -> dict:
     if names.get("model") == "hf" or names.get("method") in ("lora", "attention"):
         raw["model"] = {"name": "hf", "path": "org/model"}
         raw["data"] = {"path": "d.jsonl", "text": "text"}
+    if names.get("method") in ("dpo", "simpo"):  # pairs of answers for a causal LM
+        raw["model"] = {"name": "hf", "path": "org/model"}
+        raw["data"] = {"path": "d.jsonl", "task": "causal_lm", "prompt": "prompt", "chosen": "chosen",
+                       "rejected": "rejected", "label": None}
     if names.get("model") == "multimodal":  # its tabular encoder reads the base's features
         raw["model"] = {"name": "multimodal", "modalities": ["tabular"]}
     if names.get("method") == "distill":

@@ -286,7 +286,8 @@ def load_spec_and_raw(path: str | os.PathLike, overrides: list[str] = ()) -> tup
             validate(raw, str(path))  # raises the top-level message
         raw = apply_overrides(raw, [parse_override(o) for o in overrides])
     spec = validate(raw, str(path))
-    relative_storage = "://" not in spec.run.storage_path and not Path(spec.run.storage_path).expanduser().is_absolute()
+    # os.path's expanduser leaves `~nosuchuser` as it is (pathlib's raises; `_absolute` reports it).
+    relative_storage = "://" not in spec.run.storage_path and not os.path.isabs(os.path.expanduser(spec.run.storage_path))
     try:
         spec = with_absolute_paths(spec)
     except SpecError as e:
