@@ -266,6 +266,8 @@ def test_precomputed_teacher_logits_train_the_same_student(ray_session, tmp_path
     assert s["teacher"]["params"]["total"] == 8 * 32 + 32 + 32 * 3 + 3
 
 
+# tests/test_console.py checks the same of the quickstart's own process in the default run.
+@pytest.mark.slow
 def test_last_stdout_line_names_the_run_folder(tmp_path, blobs_parquet):
     """The real command in its own process (its own embedded Ray): Ray's forwarded worker output
     ends before ftray prints the run folder as the last line of stdout."""
