@@ -135,7 +135,7 @@ ENTRIES = [
     Figure("dpo.preference_accuracy", "preference accuracy (implicit reward) {100}%", 0.007,
            f"{JOBS}::test_llm_sft_then_dpo"),
     Setting("dpo.val_rows", ("of the 160 held-out pairs",), "the validation rows (20% of 800 pairs)"),
-    Untested("dpo.wall", ("12 min 22 s and 6 min 47 s;", "(2026-12-01, under load 40-80 from other"), f"{WALL}: `ftray run jobs/llm_sft.yaml && ftray run jobs/dpo.yaml`"),
+    Untested("dpo.wall", ("90 s and 113 s;", "(2026-12-02, one run each, on a quiet"), f"{WALL}: `ftray run jobs/llm_sft.yaml && ftray run jobs/dpo.yaml`"),
     # ----------------------------------------------------------------------------- chat SFT
     Figure("chat_sft.untrained", "val perplexity {31071} untrained", 50, f"{JOBS}::test_chat_sft_short", scale=1,
            also=("({31071} before training",)),
