@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, TextIO
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 
 @dataclass
@@ -70,6 +71,13 @@ class Board:
     def said(self, start: int) -> list[str]:
         """The lines said from the `start`-th on."""
         return self.lines[start:]
+
+
+def board():
+    """A `Board` on the driver's own node: the driver reads it to the end of the run, and a worker
+    node lost in an elastic or fault-tolerant run must not take the board (and the run) with it."""
+    here = ray.get_runtime_context().get_node_id()
+    return Board.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
 
 
 class Poster:

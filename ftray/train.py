@@ -452,10 +452,7 @@ class Progress(ray.train.UserCallback):
         line = (f"[ftray] epoch {m['epoch']}/{self.epochs}  train_loss {m['train_loss']:.4f}  "
                 f"val_loss {m['val_loss']:.4f}  {self.task_metric} {m[self.task_metric]:.4f}  "
                 f"lr {m['lr']:.2e}  {m['epoch_time_s']:.1f}s  {m['samples_per_s']:.0f} samples/s")
-        if self.board is not None:
-            # Waited on: the line is on the board before the run can end and the driver's last look.
-            ray.get(self.board.say.remote(line))
-        else:
+        if not self._said(line):
             print(line, flush=True)
         if self.writer is None:
             from tensorboardX import SummaryWriter
@@ -469,6 +466,18 @@ class Progress(ray.train.UserCallback):
             self.writer.close()
         else:
             self.writer.flush()
+
+    def _said(self, line: str) -> bool:
+        """Put the line on the board, waited on: it is there before the run can end and the
+        driver's last look. A board that is gone (or slow) is cosmetic: the line is printed instead."""
+        if self.board is None:
+            return False
+        try:
+            ray.get(self.board.say.remote(line), timeout=30)
+            return True
+        except Exception:  # noqa: BLE001 - the console must never fail the run
+            self.board = None
+            return False
 
     def after_exception(self, run_context, worker_exceptions):
         if self.writer is not None:
@@ -529,7 +538,7 @@ def run(spec: JobSpec, address: str | None = None, plan: data.DataPlan | None = 
         datasets, rows = get_method(spec).inputs(plan)
         data_ready_s = round(time.time() - started_at, 3)
         # A sweep's trial leaves the console to the sweep; `--quiet` prints no progress.
-        board = progress.Board.remote() if not trial and ray_context.console() != "quiet" else None
+        board = progress.board() if not trial and ray_context.console() != "quiet" else None
         callback = Progress(spec.train.epochs, f"{local_tb}/tensorboard", spec.validation_metrics[0], board)
         live = board if spec.run.progress_every_s else None
         config = LoopConfig(spec, plan.info, rows["train"], started_at, fault_hooks(), live)

@@ -9,6 +9,7 @@ import io
 import re
 
 import pyarrow.parquet as pq
+import ray
 import pytest
 
 from ftray import cli
@@ -97,3 +98,18 @@ def test_display_prints_the_lines_said_on_the_board_once_each(ray_session, tty):
         display.print_lines()  # nothing new said: nothing printed
     prefix = "\r\x1b[K" if tty else ""  # over the live line on a terminal
     assert out.getvalue() == f"{prefix}[ftray] epoch 1/2  a\n{prefix}[ftray] epoch 2/2  b\n"
+
+
+def test_an_epoch_line_is_printed_when_the_board_is_gone(ray_session, tmp_path, capsys):
+    # The controller's epoch callback must never fail a run over the console: a board lost with
+    # its node (an elastic run's node loss took one down in CI) means the line is printed instead.
+    from ftray.progress import board
+    from ftray.train import Progress
+    gone = board()
+    ray.kill(gone)
+    callback = Progress(2, str(tmp_path / "tb"), "val_accuracy", gone)
+    metrics = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.9, "lr": 1e-3,
+               "epoch_time_s": 1.0, "samples_per_s": 100.0}
+    callback.after_report(None, [metrics], checkpoint=object())
+    assert "[ftray] epoch 1/2  train_loss 0.5000  val_loss 0.4000  val_accuracy 0.9000" in capsys.readouterr().out
+    callback.after_exception(None, {})
