@@ -287,7 +287,7 @@ def train_epoch(t: Training, epoch: int) -> tuple[Any, int, int]:
         loss = backward(t, batch, sync)
         n = len(next(iter(batch.values())))
         loss_sum, seen = loss_sum + loss * n, seen + n
-        tokens += batch["input_ids"].numel() if "input_ids" in batch else 0
+        tokens += batch_tokens(batch)
         if sync:
             optimizer_step(t)
         if t.poster:
@@ -318,6 +318,12 @@ def optimizer_step(t: Training) -> None:
     if t.state.startup is None:  # the first update of the run: time from `ftray run` to it
         t.state.first_step_s = _seconds_since(t.config.started_at, t.worker.device)
         t.state.startup = t.startup
+
+
+def batch_tokens(batch: dict) -> int:
+    """Token positions a batch feeds the model: every `input_ids` column (a preference pair's
+    `chosen_input_ids` and `rejected_input_ids` both count); 0 for rows of features."""
+    return sum(v.numel() for k, v in batch.items() if k == "input_ids" or k.endswith("_input_ids"))
 
 
 def end_epoch(t: Training, epoch: int, started: float, loss_sum, seen: int, tokens: int) -> dict:

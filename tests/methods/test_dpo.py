@@ -147,6 +147,8 @@ def test_dpo_run_end_to_end(ray_session, tmp_path, tiny_gpt, capsys):
     moved = [n for n, p in after.items() if not torch.equal(p, before[n])]
     assert len(moved) == len(after), sorted(set(after) - set(moved))
     assert np.isfinite(s["metrics"]["val_chosen_logp"])
+    # Both answers of a pair count as tokens fed (the throughput DPO is compared to SFT by).
+    assert all(h["tokens_per_s"] > 0 for h in s["history"])
 
 
 def test_sweeps_and_early_stopping_watch_the_preference_metrics(tmp_path, tiny_gpt):
