@@ -8,6 +8,7 @@ PyTorch DDP (torchrun), tokens/s, MFU, peak GPU memory and time to the first opt
     python benchmarks/llm_bench.py profile --size 8b --batch 2 [--fused-ce]  # LoRA step, plain, by kernel
     python benchmarks/llm_bench.py plain   --size 1b [--gpus N] [--compile]  # torchrun, same step
     python benchmarks/llm_bench.py floor   --size 1b                         # Ray Train start-up alone
+    python benchmarks/llm_bench.py pairs   --size 1b --steps 20 --batch 8    # SFT, generation, DPO
     python benchmarks/llm_bench.py smoke                                     # tiny, CPU, both paths
 
 Each measuring command appends one JSON line to `--results` (default benchmarks/out/results.jsonl)
@@ -153,11 +154,11 @@ def prepare(work: Path, size: str, steps: int, batch: int, doc_words: int | None
 def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu: bool,
               checkpointing: bool, strategy: str, batch: int | None = None, kernels: str = "default",
               accum: int = 1, quantize: str | None = None, packing: str | None = None,
-              extra: tuple[str, ...] = ()) -> dict:
-    """One `ftray run` of the prepared spec with these overrides. `quantize: nf4` is QLoRA (LoRA on
+              extra: tuple[str, ...] = (), spec_name: str | None = None) -> dict:
+    """One `ftray run` of the prepared spec (`spec_name`.yaml, default the size's) with these overrides. `quantize: nf4` is QLoRA (LoRA on
     a frozen 4-bit base, `method.quantize`); `packing` sets `data.packing`; `extra` are further
     `--set KEY=VALUE` overrides, passed as they are."""
-    spec = work / f"{size}.yaml"
+    spec = work / f"{spec_name or size}.yaml"
     name = (f"{method}-{gpus}g-{'c' if compile_ else 'e'}-{strategy}{'-gc' if checkpointing else ''}"
             f"-{kernels}-a{accum}{'-' + quantize if quantize else ''}")
     sets = [f"run.name={name}", f"scaling.num_workers={gpus}", f"scaling.use_gpu={str(not cpu).lower()}",
@@ -169,6 +170,9 @@ def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu
     if method == "lora":
         q = f", quantize: {quantize}" if quantize else ""
         sets.append(f"method={{name: lora, r: 16, alpha: 32, target_modules: all-linear{q}}}")
+    if method == "dpo":  # the pairs spec's SFT data as preference pairs, the reference precomputed
+        sets += ["method={name: dpo, beta: 0.1, reference: precompute}", "data.response=null",
+                 "data.chosen=chosen", "data.rejected=rejected"]
     if packing is not None:
         sets.append(f"data.packing={packing}")
     sets += list(extra)
@@ -198,7 +202,92 @@ def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu
             "wall_s": round(time.time() - started, 1), "params": s["params"],
             "epochs": [round(h["tokens_per_s"]) for h in s["history"]],
             "epoch_peak_memory_gib": [h.get("peak_memory_gib") for h in s["history"]],
-            "val_loss": last.get("val_loss")}
+            "val_loss": last.get("val_loss"), "run_dir": str(work / "runs" / name)}
+
+
+# ==================================================================================== pairs
+def prepare_pairs(work: Path, size: str, steps: int, batch: int) -> Path:
+    """Preference pairs for DPO against SFT on the same rows: a prompt of seq/8 words, and a
+    `chosen` and a `rejected` answer of 3 seq/8 words each, so that prompt + answer is about half a
+    sequence (`model.max_length` seq/2, no packing). The spec is SFT on prompt + chosen; `run_ftray`
+    with method dpo turns it into DPO on the pairs. `steps * batch` training rows."""
+    prepare(work, size, 1, 1)  # the tokenizer
+    import random
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(work / "tokenizer"))
+    words = [w for w in tok.get_vocab() if w.isalpha() and len(w) > 2][:5000]
+    rng, seq = random.Random(1), SEQ[size]
+
+    def rows(n):
+        return "".join(json.dumps({"prompt": " ".join(rng.choices(words, k=seq // 8)),
+                                   "chosen": " ".join(rng.choices(words, k=3 * seq // 8)),
+                                   "rejected": " ".join(rng.choices(words, k=3 * seq // 8))}) + "\n"
+                       for _ in range(n))
+    (work / "pairs_train.jsonl").write_text(rows(steps * batch))
+    (work / "pairs_val.jsonl").write_text(rows(batch))
+    (work / "prompts.jsonl").write_text(rows(4 * batch))
+    spec = yaml.safe_load((work / f"{size}.yaml").read_text())
+    spec["model"]["max_length"] = seq // 2
+    spec["data"] = {"path": str(work / "pairs_train.jsonl"), "val_path": str(work / "pairs_val.jsonl"),
+                    "task": "causal_lm", "prompt": "prompt", "response": "chosen", "label": None,
+                    "shuffle_buffer": 0}
+    spec["train"]["epochs"] = 2
+    path = work / f"{size}-pairs.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run_generation(work: Path, run_dir: str, size: str, cpu: bool, batch: int, new_tokens: int) -> dict:
+    """Generation tokens/s of a trained run's model on `prompts.jsonl`: `ftray predict` (Ray Data,
+    one actor on one GPU) against the same `Predictor` called in this process without Ray, both
+    greedy, `new_tokens` each (counted from the outputs: a stop token ends a row early). ftray's
+    figure is taken between a 1-row and a whole-file run, so that start-up does not count."""
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+    prompts = [json.loads(line)["prompt"] for line in (work / "prompts.jsonl").read_text().splitlines()]
+    (work / "one.jsonl").write_text(json.dumps({"prompt": prompts[0]}) + "\n")
+    tok = AutoTokenizer.from_pretrained(str(work / "tokenizer"))
+
+    def generated(texts):
+        return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+    walls = {}
+    for name in ("one", "prompts"):
+        cmd = [sys.executable, "-m", "ftray", "predict", run_dir, "--data", str(work / f"{name}.jsonl"),
+               "--out", str(work / f"{name}.parquet"), "--batch-size", str(batch),
+               "--max-new-tokens", str(new_tokens)] + ([] if cpu else ["--gpu"])
+        started = time.time()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"ftray predict failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        walls[name] = time.time() - started
+    texts = pq.read_table(work / "prompts.parquet").column("prediction").to_pylist()
+    ftray_tokens = generated(texts)
+
+    from ftray.predict import Generation, load
+    predictor = load(run_dir, device="cpu" if cpu else "cuda", generation=Generation(new_tokens), batch_size=batch)
+    predictor.generate(prompts[:batch])  # warm-up: kernels, allocator
+    started = time.perf_counter()
+    plain = predictor.generate(prompts)
+    plain_s = time.perf_counter() - started
+    plain_tokens = generated(plain)
+    ftray_tps = ftray_tokens / max(1e-9, walls["prompts"] - walls["one"])
+    return {"path": "generation", "size": size, "gpu": gpu_name(), "rows": len(prompts), "batch": batch,
+            "new_tokens": new_tokens, "ftray_tokens": ftray_tokens, "ftray_wall_s": round(walls["prompts"], 1),
+            "ftray_startup_s": round(walls["one"], 1), "ftray_tokens_per_s": ftray_tps,
+            "plain_tokens": plain_tokens, "plain_s": round(plain_s, 2), "plain_tokens_per_s": plain_tokens / plain_s,
+            "ratio": ftray_tps / (plain_tokens / plain_s), "same_outputs": texts == plain}
+
+
+def run_pairs(work: Path, size: str, cpu: bool, batch: int, results: Path) -> None:
+    """SFT on prompt + chosen, generation with its model, then DPO on the pairs (`batch // 2` pairs
+    a step: the same sequences a step as SFT's `batch`); each result recorded as it comes."""
+    sft = run_ftray(work, size, "full", 1, False, cpu, False, "ddp", batch, spec_name=f"{size}-pairs")
+    record(sft, results)
+    record(run_generation(work, sft["run_dir"], size, cpu, batch, 8 if cpu else 128), results)
+    dpo = run_ftray(work, size, "dpo", 1, False, cpu, False, "ddp", max(1, batch // 2), spec_name=f"{size}-pairs")
+    dpo["dpo_over_sft_tokens_per_s"] = dpo["tokens_per_s"] / sft["tokens_per_s"]
+    record(dpo, results)
 
 
 # ==================================================================================== plain path
@@ -471,7 +560,7 @@ def record(result: dict, results: Path) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["prepare", "ftray", "plain", "plain-worker", "floor", "floor-run",
+    p.add_argument("mode", choices=["prepare", "ftray", "plain", "plain-worker", "floor", "floor-run", "pairs",
                                        "profile", "smoke"])
     p.add_argument("--size", choices=list(SIZES), default="1b")
     p.add_argument("--method", choices=["full", "lora"], default="full")
@@ -516,6 +605,9 @@ def main(argv=None) -> None:
                          a.strategy), a.results)
     elif a.mode == "floor":
         record(run_floor(a.work, a.size, a.cpu), a.results)
+    elif a.mode == "pairs":
+        prepare_pairs(a.work, a.size, a.steps, a.batch)
+        run_pairs(a.work, a.size, a.cpu, a.batch, a.results)
     else:  # smoke: the tiny model on CPU through both paths (LoRA through ftray), 2 workers each
         prepare(a.work, "tiny", 4, 4)
         record(run_ftray(a.work, "tiny", "lora", 2, False, True, False, "ddp"), a.results)
