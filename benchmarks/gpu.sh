@@ -5,7 +5,7 @@
 #                                                  kernels | kernels-accum | kernels-lora |
 #                                                  kernels-repeat | single | single-more | compile | fsdp1 |
 #                                                  multi | multi-fsdp | multi4 |
-#                                                  8b-lora-probe | 8b-lora | 8b-qlora-pack | pairs
+#                                                  8b-lora-probe | 8b-lora | 8b-qlora-pack | pairs | dpo
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
 # the offline bundle made by ../shared/gpu/offline-wheels.sh .whl (installed first when .whl exists).
 set -euo pipefail
@@ -25,9 +25,12 @@ b() { timeout "${BENCH_TIMEOUT:-900}" python3 benchmarks/llm_bench.py "$@" --wor
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 case $set_name in
   pairs)            # one GPU, 1B shape: SFT on prompt + chosen, generation tokens/s of its model
-    #               (ftray predict against the same Predictor without Ray), DPO on the same pairs
+    #               (ftray predict against the same Predictor without Ray)
     b prepare --size 1b --steps 4 --batch 8
-    b pairs --size 1b --steps 20 --batch 8 ;;
+    b pairs --size 1b --steps 20 --batch 8 --prompts 1024 ;;
+  dpo)              # one GPU, 1B shape: DPO on the pairs of set pairs (tokens/s against its SFT row)
+    b prepare --size 1b --steps 4 --batch 8
+    b dpo --size 1b --steps 20 --batch 8 ;;
   8b-lora)          # one GPU, 8B shape: the plain step with ftray's in-place adapter add, then ftray's
     #               LoRA with that add and the fused loss (model.fused_loss)
     b prepare --size 8b --steps 16 --batch 4

@@ -8,7 +8,8 @@ PyTorch DDP (torchrun), tokens/s, MFU, peak GPU memory and time to the first opt
     python benchmarks/llm_bench.py profile --size 8b --batch 2 [--fused-ce]  # LoRA step, plain, by kernel
     python benchmarks/llm_bench.py plain   --size 1b [--gpus N] [--compile]  # torchrun, same step
     python benchmarks/llm_bench.py floor   --size 1b                         # Ray Train start-up alone
-    python benchmarks/llm_bench.py pairs   --size 1b --steps 20 --batch 8    # SFT, generation, DPO
+    python benchmarks/llm_bench.py pairs   --size 1b --steps 20 --batch 8 --prompts 1024  # SFT, generation
+    python benchmarks/llm_bench.py dpo     --size 1b --steps 20 --batch 8    # DPO on the same pairs
     python benchmarks/llm_bench.py smoke                                     # tiny, CPU, both paths
 
 Each measuring command appends one JSON line to `--results` (default benchmarks/out/results.jsonl)
@@ -206,7 +207,7 @@ def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu
 
 
 # ==================================================================================== pairs
-def prepare_pairs(work: Path, size: str, steps: int, batch: int) -> Path:
+def prepare_pairs(work: Path, size: str, steps: int, batch: int, prompts: int = 32) -> Path:
     """Preference pairs for DPO against SFT on the same rows: a prompt of seq/8 words, and a
     `chosen` and a `rejected` answer of 3 seq/8 words each, so that prompt + answer is about half a
     sequence (`model.max_length` seq/2, no packing). The spec is SFT on prompt + chosen; `run_ftray`
@@ -225,7 +226,7 @@ def prepare_pairs(work: Path, size: str, steps: int, batch: int) -> Path:
                        for _ in range(n))
     (work / "pairs_train.jsonl").write_text(rows(steps * batch))
     (work / "pairs_val.jsonl").write_text(rows(batch))
-    (work / "prompts.jsonl").write_text(rows(4 * batch))
+    (work / "prompts.jsonl").write_text(rows(prompts))
     spec = yaml.safe_load((work / f"{size}.yaml").read_text())
     spec["model"]["max_length"] = seq // 2
     spec["data"] = {"path": str(work / "pairs_train.jsonl"), "val_path": str(work / "pairs_val.jsonl"),
@@ -241,7 +242,8 @@ def run_generation(work: Path, run_dir: str, size: str, cpu: bool, batch: int, n
     """Generation tokens/s of a trained run's model on `prompts.jsonl`: `ftray predict` (Ray Data,
     one actor on one GPU) against the same `Predictor` called in this process without Ray, both
     greedy, `new_tokens` each (counted from the outputs: a stop token ends a row early). ftray's
-    figure is taken between a 1-row and a whole-file run, so that start-up does not count."""
+    figure is taken between a 1-row and a whole-file run, so that start-up does not count: use
+    enough prompts (`--prompts`) that generating takes minutes against start-up's noise."""
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
     prompts = [json.loads(line)["prompt"] for line in (work / "prompts.jsonl").read_text().splitlines()]
@@ -271,7 +273,10 @@ def run_generation(work: Path, run_dir: str, size: str, cpu: bool, batch: int, n
     plain = predictor.generate(prompts)
     plain_s = time.perf_counter() - started
     plain_tokens = generated(plain)
-    ftray_tps = ftray_tokens / max(1e-9, walls["prompts"] - walls["one"])
+    # The 1-row run holds start-up and one batch's generation (latency-bound: as long as a full
+    # batch): the difference covers all batches but one.
+    batches = -(-len(prompts) // batch)
+    ftray_tps = ftray_tokens * (batches - 1) / batches / max(1e-9, walls["prompts"] - walls["one"])
     return {"path": "generation", "size": size, "gpu": gpu_name(), "rows": len(prompts), "batch": batch,
             "new_tokens": new_tokens, "ftray_tokens": ftray_tokens, "ftray_wall_s": round(walls["prompts"], 1),
             "ftray_startup_s": round(walls["one"], 1), "ftray_tokens_per_s": ftray_tps,
@@ -280,14 +285,23 @@ def run_generation(work: Path, run_dir: str, size: str, cpu: bool, batch: int, n
 
 
 def run_pairs(work: Path, size: str, cpu: bool, batch: int, results: Path) -> None:
-    """SFT on prompt + chosen, generation with its model, then DPO on the pairs (`batch // 2` pairs
-    a step: the same sequences a step as SFT's `batch`); each result recorded as it comes."""
+    """SFT on prompt + chosen, then generation with its model (32 prompts a batch on a GPU); each
+    result recorded as it comes."""
     sft = run_ftray(work, size, "full", 1, False, cpu, False, "ddp", batch, spec_name=f"{size}-pairs")
     record(sft, results)
-    record(run_generation(work, sft["run_dir"], size, cpu, batch, 8 if cpu else 128), results)
+    record(run_generation(work, sft["run_dir"], size, cpu, batch if cpu else 32, 8 if cpu else 128), results)
+
+
+def run_dpo(work: Path, size: str, cpu: bool, batch: int, results: Path) -> dict:
+    """DPO on the pairs, `batch // 2` pairs a step (the same sequences a step as SFT's `batch`),
+    with its tokens/s over the last SFT row of `results` on the same pairs (`pairs` mode)."""
     dpo = run_ftray(work, size, "dpo", 1, False, cpu, False, "ddp", max(1, batch // 2), spec_name=f"{size}-pairs")
-    dpo["dpo_over_sft_tokens_per_s"] = dpo["tokens_per_s"] / sft["tokens_per_s"]
-    record(dpo, results)
+    sft = [r for r in map(json.loads, results.read_text().splitlines()) if r.get("path") == "ftray"
+           and r.get("method") == "full" and r.get("size") == size and r.get("run_dir", "").endswith("-a1")] \
+        if results.exists() else []
+    if sft:
+        dpo["dpo_over_sft_tokens_per_s"] = dpo["tokens_per_s"] / sft[-1]["tokens_per_s"]
+    return dpo
 
 
 # ==================================================================================== plain path
@@ -560,7 +574,7 @@ def record(result: dict, results: Path) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["prepare", "ftray", "plain", "plain-worker", "floor", "floor-run", "pairs",
+    p.add_argument("mode", choices=["prepare", "ftray", "plain", "plain-worker", "floor", "floor-run", "pairs", "dpo",
                                        "profile", "smoke"])
     p.add_argument("--size", choices=list(SIZES), default="1b")
     p.add_argument("--method", choices=["full", "lora"], default="full")
@@ -582,6 +596,7 @@ def main(argv=None) -> None:
                    "(several per packed sequence) instead of one per sequence")
     p.add_argument("--fused-ce", action="store_true", help="profile: Liger's fused linear cross-entropy")
     p.add_argument("--lora-addmm", action="store_true", help="profile: adapter product added by one addmm")
+    p.add_argument("--prompts", type=int, default=32, help="pairs: prompts to generate from")
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--work", type=Path, default=HERE / "out" / "work")
     p.add_argument("--results", type=Path, default=HERE / "out" / "results.jsonl")
@@ -606,8 +621,11 @@ def main(argv=None) -> None:
     elif a.mode == "floor":
         record(run_floor(a.work, a.size, a.cpu), a.results)
     elif a.mode == "pairs":
-        prepare_pairs(a.work, a.size, a.steps, a.batch)
+        prepare_pairs(a.work, a.size, a.steps, a.batch, a.prompts)
         run_pairs(a.work, a.size, a.cpu, a.batch, a.results)
+    elif a.mode == "dpo":
+        prepare_pairs(a.work, a.size, a.steps, a.batch, a.prompts)
+        record(run_dpo(a.work, a.size, a.cpu, a.batch, a.results), a.results)
     else:  # smoke: the tiny model on CPU through both paths (LoRA through ftray), 2 workers each
         prepare(a.work, "tiny", 4, 4)
         record(run_ftray(a.work, "tiny", "lora", 2, False, True, False, "ddp"), a.results)
