@@ -136,7 +136,8 @@ class Dpo(Preference):
         import ray.data
         # Once, before training, and materialized: every epoch then streams the columns.
         return {name: ds.map_batches(ReferenceLogps, fn_constructor_args=(self.spec, plan.info), batch_format="numpy",
-                                     batch_size=16, compute=ray.data.ActorPoolStrategy(size=1)).materialize()
+                                     batch_size=16, compute=ray.data.ActorPoolStrategy(size=1),
+                                     num_gpus=1 if self.spec.scaling.use_gpu else 0).materialize()
                 for name, ds in datasets.items()}, rows
 
     def attach(self, device):
@@ -170,16 +171,20 @@ def reference_model(spec, info):
 
 class ReferenceLogps:
     """map_batches actor: adds the reference's summed log-probs of each pair's answers as
-    `ref_chosen_logp` and `ref_rejected_logp`."""
+    `ref_chosen_logp` and `ref_rejected_logp`; on a GPU when the run trains on GPUs (it runs
+    before training, so the workers' GPUs are still free), at the training's precision."""
 
     def __init__(self, spec, info):
-        self.model = reference_model(spec, info)
+        self.device = torch.device("cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = reference_model(spec, info).to(self.device)
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision)
+        self.autocast = torch.autocast(self.device.type, dtype=half) if half else nullcontext()
 
     def __call__(self, batch: dict) -> dict:
-        with torch.no_grad():
-            logps = pair_logps(self.model, {k: torch.as_tensor(v) for k, v in batch.items()})
-        batch["ref_chosen_logp"] = logps["chosen_sum"].numpy()
-        batch["ref_rejected_logp"] = logps["rejected_sum"].numpy()
+        with torch.no_grad(), self.autocast:
+            logps = pair_logps(self.model, {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()})
+        batch["ref_chosen_logp"] = logps["chosen_sum"].float().cpu().numpy()
+        batch["ref_rejected_logp"] = logps["rejected_sum"].float().cpu().numpy()
         return batch
 
 
