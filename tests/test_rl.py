@@ -247,7 +247,7 @@ def test_job_rl_finetune_then_rl_transfer(ray_session, tmp_path, capsys, monkeyp
     s = json.loads((Path(out.strip().splitlines()[-1]) / "summary.json").read_text())
     bc = s["rl"]["bc"]
     assert s["rl"]["start"] == "bc"
-    assert bc["rows"] == pq.read_metadata(REPO / "jobs/data/cartpole_demos.parquet").num_rows
+    assert bc["rows"] == pq.read_metadata(REPO / "jobs/data/cartpole_weak_demos.parquet").num_rows
     assert bc["last_loss"] < bc["first_loss"] - 0.1  # cloning learned the demonstrator's actions
     # PPO starts from the cloned policy, which balances far longer than random weights (~10-50).
     # BC's data order varies between runs: measured 150.5 (loss 0.69 -> 0.46) and 500 (-> 0.28).
