@@ -1,6 +1,6 @@
 """PPO from a behaviour-cloned start vs PPO from scratch on CartPole-v1: env steps to the target.
 
-Runs jobs/rl_finetune.yaml (BC on jobs/data/cartpole_demos.parquet, then PPO) and the same spec
+Runs jobs/rl_finetune.yaml (BC on jobs/data/cartpole_weak_demos.parquet, then PPO) and the same spec
 with `method.demos=null` (PPO from random weights) for each seed; both stop when greedy
 evaluation episodes return >= 475. Prints one row per run and the ratio of the mean env steps.
 

@@ -37,6 +37,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.rl_module import RLModule, RLModuleSpec
 from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from ftray.models.base import ModelInfo, param_mismatch
 from ftray.models.mlp import MLP, WEIGHTS
@@ -75,8 +76,41 @@ def env_class(env: str) -> type:
 
 
 def _env_from_config(config) -> object:
-    """RLlib's env creator (runs in every env runner): the config carries the spec's env and kwargs."""
-    return make_env(config["env"], dict(config["env_kwargs"]))
+    """RLlib's env creator (runs in every env runner): the config carries the spec's env and kwargs
+    (and whether a guide policy plays the start of each episode, `method.guide_steps`)."""
+    env = make_env(config["env"], dict(config["env_kwargs"]))
+    return GuidedEnv(env) if config.get("guided") else env
+
+
+class GuidedEnv(gym.Wrapper):
+    """JSRL's guide (Uchendu et al. 2023): a frozen policy acts greedily for the first `steps` steps
+    of every episode, inside `reset`, and the learner's episode starts from where the guide left off.
+    The learner never sees the guide's
+    steps, so PPO's batches hold only its own actions; an episode that ends within the guide's steps
+    starts again with the learner from its first step. The driver sets the guide and shrinks `steps`
+    between iterations (`set_guide`, through every env runner)."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.guide, self.guide_dir, self.steps, self.guide_actions = None, None, 0, 0
+
+    def set_guide(self, guide_dir: str | None, steps: int) -> None:
+        if guide_dir != self.guide_dir:
+            self.guide = RLModule.from_checkpoint(guide_dir).eval() if guide_dir else None
+            self.guide_dir = guide_dir
+        self.steps = steps if self.guide is not None else 0
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        for _ in range(self.steps):
+            with torch.no_grad():
+                logits = self.guide.forward_inference({Columns.OBS: torch.as_tensor(np.asarray(obs)[None])})[
+                    Columns.ACTION_DIST_INPUTS][0]
+            obs, _, terminated, truncated, info = self.env.step(int(logits.argmax()))
+            self.guide_actions += 1
+            if terminated or truncated:  # the guide's part ended the episode: the learner plays another whole
+                return self.env.reset()
+        return obs, info
 
 
 def check_env(method: RLMethod):
@@ -151,10 +185,57 @@ class FtrayPolicy(TorchRLModule, ValueFunctionAPI):
         return self.value({"x": batch[Columns.OBS].float()})
 
 
-class WarmCriticLearner(PPOTorchLearner):
-    """PPO's learner with two optimizers, one per network: the policy's learning rate is 0 for the
-    first `critic_warmup_steps` env steps (a schedule on RLlib's lifetime step counter), the value
-    network's is `lr` from the start."""
+def start_pull_weight(env_steps: int, weight: float, decay_steps: int) -> float:
+    """`method.bc_weight` after `env_steps` sampled env steps: linear from `weight` to 0 at `decay_steps`."""
+    return weight * max(0.0, 1.0 - env_steps / decay_steps)
+
+
+class FtrayPPOLearner(PPOTorchLearner):
+    """PPO's learner with the protections of a pretrained start.
+
+    Critic warm-up: two optimizers, one per network; the policy's learning rate is 0 for the first
+    `critic_warmup_steps` env steps (a schedule on RLlib's lifetime step counter), the value
+    network's is `lr` from the start.
+
+    Pull toward the start (`bc_weight`, DAPG-style): PPO's loss plus weight x KL(start || policy)
+    averaged over the train batch's observations, where `start` is the frozen start policy read
+    from its module folder. A KL to the start policy rather than the demonstrations' negative
+    log-likelihood because it needs no data in the learner and so protects every kind of start
+    (cloned, checkpoint, supervised export) the same way; on the demonstrators' own states the two
+    agree up to a constant."""
+
+    def before_gradient_based_update(self, *, timesteps):
+        super().before_gradient_based_update(timesteps=timesteps)
+        if not hasattr(self, "env_steps"):  # env steps sampled before this batch (a resumed run's too)
+            lifetime = int(timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0))
+            self.env_steps = max(0, lifetime - self.config.total_train_batch_size)
+
+    def after_gradient_based_update(self, *, timesteps):
+        super().after_gradient_based_update(timesteps=timesteps)
+        self.env_steps = int(timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0))
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+        cfg = config.learner_config_dict
+        weight = start_pull_weight(self.env_steps, cfg.get("bc_weight", 0.0),
+                                   cfg.get("bc_decay_steps", 1))
+        self.metrics.log_value((module_id, "start_pull_weight"), weight, window=1)
+        if weight > 0:
+            with torch.no_grad():
+                start = self._start_policy(module_id, cfg["start_dir"])({"x": batch[Columns.OBS].float()})
+            kl = torch.nn.functional.kl_div(torch.log_softmax(fwd_out[Columns.ACTION_DIST_INPUTS], -1),
+                                            torch.log_softmax(start, -1), log_target=True, reduction="none").sum(-1)
+            if Columns.LOSS_MASK in batch:
+                kl = kl[batch[Columns.LOSS_MASK]]
+            self.metrics.log_value((module_id, "start_kl"), kl.mean().detach(), window=1)
+            loss = loss + weight * kl.mean()
+        return loss
+
+    def _start_policy(self, module_id, start_dir: str):
+        if not hasattr(self, "_start"):
+            device = next(self._module[module_id].parameters()).device
+            self._start = RLModule.from_checkpoint(start_dir).pi.to(device).eval().requires_grad_(False)
+        return self._start
 
     def configure_optimizers_for_module(self, module_id, config=None):
         module = self._module[module_id]
@@ -363,14 +444,15 @@ def learners(spec: JobSpec) -> int:
 def _common(config, spec: JobSpec, plan: RLPlan):
     n = learners(spec)
     return (config
-            .environment(env=ENV_NAME, env_config={"env": spec.method.env, "env_kwargs": spec.method.env_kwargs},
+            .environment(env=ENV_NAME, env_config={"env": spec.method.env, "env_kwargs": spec.method.env_kwargs,
+                                                   "guided": spec.method.guide_steps > 0},
                          observation_space=plan.obs_space, action_space=plan.act_space)
             .learners(num_learners=n, num_gpus_per_learner=1 if spec.scaling.use_gpu else 0)
             .rl_module(rl_module_spec=module_spec(spec))
             .debugging(seed=spec.run.seed))
 
 
-def ppo_config(spec: JobSpec, plan: RLPlan):
+def ppo_config(spec: JobSpec, plan: RLPlan, start_dir: Path | None = None):
     from ray.rllib.algorithms.ppo import PPOConfig
     m = spec.method
     return (_common(PPOConfig(), spec, plan)
@@ -378,8 +460,10 @@ def ppo_config(spec: JobSpec, plan: RLPlan):
             .training(lr=m.lr, gamma=m.gamma, lambda_=m.gae_lambda, clip_param=m.clip,
                       entropy_coeff=m.entropy_coeff, num_epochs=m.epochs, minibatch_size=m.minibatch,
                       train_batch_size_per_learner=m.train_batch // max(1, learners(spec)),
-                      learner_class=WarmCriticLearner,
-                      learner_config_dict={"critic_warmup_steps": critic_warmup_steps(spec, plan)}))
+                      learner_class=FtrayPPOLearner,
+                      learner_config_dict={"critic_warmup_steps": critic_warmup_steps(spec, plan),
+                                           "bc_weight": m.bc_weight, "bc_decay_steps": m.bc_decay_steps,
+                                           "start_dir": None if start_dir is None else str(start_dir)}))
 
 
 def behaviour_cloning(spec: JobSpec, plan: RLPlan, out: Path) -> dict:
@@ -414,6 +498,60 @@ def policy_from_algo(algo, spec: JobSpec, plan: RLPlan):
     module = module_spec(spec, plan.obs_space, plan.act_space).build()
     module.set_state(state[COMPONENT_LEARNER][COMPONENT_RL_MODULE][DEFAULT_MODULE_ID])
     return module
+
+
+def start_module_dir(spec: JobSpec, plan: RLPlan, run_dir: Path) -> Path | None:
+    """The start policy's module folder (made by `set_up_start`), which PPO restores, the pull
+    toward the start (`bc_weight`) reads and the guide (`guide_steps`) plays; None from scratch."""
+    if plan.start == "scratch":
+        return None
+    if spec.method.start_temperature != 1.0:
+        return run_dir / "start"
+    return {"bc": run_dir / "bc" / MODULE_PATH, "checkpoint": plan.start_path,
+            "supervised": run_dir / "pretrained"}[plan.start]
+
+
+def set_up_start(spec: JobSpec, plan: RLPlan, run_dir: Path, progress: dict) -> None:
+    """Write the start's module folder: behaviour cloning, a supervised export's weights, and the
+    start's temperature (`start_temperature`)."""
+    if plan.start == "bc":
+        bc_dir = run_dir / "bc"
+        if not bc_dir.is_dir():  # a re-run after a failure keeps a finished BC checkpoint
+            behaviour_cloning(spec, plan, bc_dir)
+        progress["bc"] = json.loads((bc_dir / BC_RECORD).read_text())
+        d = bc_dir / MODULE_PATH
+    elif plan.start == "checkpoint":
+        d = plan.start_path
+    else:
+        d = _supervised_module_dir(spec, plan, run_dir / "pretrained")
+    temperature = spec.method.start_temperature
+    if temperature != 1.0:
+        module = RLModule.from_checkpoint(str(d))
+        with torch.no_grad():  # logits / T: the same greedy actions, a flatter sampling distribution
+            module.pi.classifier.weight.div_(temperature)
+            module.pi.classifier.bias.div_(temperature)
+        module.save_to_path(str(run_dir / "start"))
+
+
+def guide_steps_now(spec: JobSpec, progress: dict) -> int:
+    """The guide's k for the next iteration: `guide_steps`, less guide_steps/guide_stages for each
+    threshold (evenly spaced from the start's return to the target) the best evaluation has passed."""
+    m = spec.method
+    if not m.guide_steps:
+        return 0
+    start, target = progress["pretrained_return"], m.stop.target_return
+    best = max((h["eval_return"] for h in progress["history"]), default=-math.inf)
+    passed = sum(best >= start + (target - start) * i / m.guide_stages for i in range(1, m.guide_stages + 1))
+    return round(m.guide_steps * (1 - passed / m.guide_stages))
+
+
+def set_guide(algo, guide_dir: Path, steps: int) -> None:
+    """Give every env runner's environments (`GuidedEnv`) the guide policy and its k."""
+    def apply(runner):
+        env = getattr(runner, "env", None)  # the driver's env runner has none when there are remote ones
+        if env is not None:
+            env.unwrapped.call("set_guide", str(guide_dir), steps)
+    algo.env_runner_group.foreach_env_runner(apply)
 
 
 def _supervised_module_dir(spec: JobSpec, plan: RLPlan, out: Path) -> Path:
@@ -462,7 +600,8 @@ def fit(spec: JobSpec, plan: RLPlan, run_dir: Path, on_iteration: Callable[[dict
     from ray.tune.registry import register_env
     register_env(ENV_NAME, _env_from_config)
     target = spec.method.stop.target_return
-    algo = ppo_config(spec, plan).build_algo()
+    start_dir = start_module_dir(spec, plan, run_dir)
+    algo = ppo_config(spec, plan, start_dir).build_algo()
     try:
         resume = latest_checkpoint(run_dir)
         if resume:
@@ -472,18 +611,8 @@ def fit(spec: JobSpec, plan: RLPlan, run_dir: Path, on_iteration: Callable[[dict
         else:
             progress = {"iteration": 0, "env_steps": 0, "steps_to_target": None, "history": [], "resumes": [],
                         "start": plan.start, "bc": None}
-            start_dir = None
-            if plan.start == "bc":
-                bc_dir = run_dir / "bc"
-                if not bc_dir.is_dir():  # a re-run after a failure keeps a finished BC checkpoint
-                    behaviour_cloning(spec, plan, bc_dir)
-                progress["bc"] = json.loads((bc_dir / BC_RECORD).read_text())
-                start_dir = bc_dir / MODULE_PATH
-            elif plan.start == "checkpoint":
-                start_dir = plan.start_path
-            elif plan.start == "supervised":
-                start_dir = _supervised_module_dir(spec, plan, run_dir / "pretrained")
             if start_dir:
+                set_up_start(spec, plan, run_dir, progress)
                 # Restoring the module component also sends the weights to every env runner.
                 algo.restore_from_path(str(start_dir), component=MODULE_PATH)
             progress["pretrained_return"] = evaluate(policy_from_algo(algo, spec, plan), spec)
@@ -493,6 +622,9 @@ def fit(spec: JobSpec, plan: RLPlan, run_dir: Path, on_iteration: Callable[[dict
 
         while not _stopped(spec, progress):
             t0 = time.perf_counter()
+            guide = guide_steps_now(spec, progress)
+            if spec.method.guide_steps:
+                set_guide(algo, start_dir, guide)
             result = algo.train()
             runners = result[ENV_RUNNER_RESULTS]
             progress["iteration"] += 1
@@ -500,6 +632,10 @@ def fit(spec: JobSpec, plan: RLPlan, run_dir: Path, on_iteration: Callable[[dict
             ret = runners.get(METRIC)
             ret = None if ret is None or math.isnan(ret) else float(ret)
             metrics = {"iteration": progress["iteration"], "env_steps": progress["env_steps"], METRIC: ret}
+            if spec.method.guide_steps:
+                metrics["guide_steps"] = guide
+            if spec.method.bc_weight:
+                metrics["start_pull_weight"] = float(result["learners"]["default_policy"]["start_pull_weight"])
             if target is not None:
                 # The target is judged by greedy evaluation episodes, not by RLlib's training-return
                 # window: that window spans the last 100 episodes and so lags the policy by many

@@ -224,15 +224,15 @@ ENTRIES += [
              "`--set run.seed=0/1/2` (six runs)"),
     Untested("incremental_meta.wall", ("`): 53 s;", "`: 74 s (figures"), WALL),
     # ------------------------------------------------------------------- RL (tests/test_rl.py)
-    Setting("rl.machine", ("| (16-core CPU) 500", "| (16-core CPU) starts"), "the machine the RL rows ran on"),
-    # Not checkable here: measured on the 16-core host, and behaviour cloning's data order is not fixed
-    # by run.seed (two identical runs of jobs/rl_finetune.yaml on this machine started PPO at 150.5
-    # and at 500). tests/test_rl.py checks each start against its own checkpoint instead, and
+    Setting("rl.machine", ("| (2-core CPU, seed 0) the", "| (16-core CPU) starts"), "the machine the RL rows ran on"),
+    # Not checkable here: a 20-minute run on a loaded machine, and behaviour cloning's data order is not
+    # fixed by run.seed. tests/test_rl.py checks each start against its own checkpoint instead, and
     # tests/test_rl_target.py that PPO reaches method.stop.target_return from a weak start.
-    Untested("rl_finetune.start", ("(16-core CPU) 500 before PPO (0 env steps to the target",),
-             "measured on the 16-core host (3 seeds): `python benchmarks/rl_pretrained_vs_scratch.py --seeds 0 1 2`"),
-    Untested("rl_finetune.scratch", ("PPO from scratch: 18000-34000)",),
-             "measured once on the 16-core host: `method.demos=null`, seeds 0/1/2 (see the RL section)"),
+    Untested("rl_finetune.demonstrator", ("imperfect CartPole heuristic (return 289)",),
+             "`python jobs/data/make_weak_demos.py` prints it (deterministic: a fixed heuristic, seeds 0-19)"),
+    Untested("rl_finetune.start", ("the clone starts at 311; PPO peaks at 368 and ends at 351 after 60000 env steps",),
+             "measured once on the 2-core machine under load: `python benchmarks/rl_protections.py --storage "
+             "/tmp/rl_local --seeds 0 --variants plain --set method.stop.env_steps=60000`"),
     Untested("rl_transfer.start", ("starts at 419 on the variant; PPO",),
              "measured once on the 16-core host: `ftray run jobs/rl_transfer.yaml` (its start depends on the BC run)"),
     Untested("rl_transfer.ppo", ("PPO did not reach 475 in 100000 steps (scratch: 50000)",),

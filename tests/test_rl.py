@@ -128,6 +128,9 @@ BAD = {
         ["model.init_from", "8 inputs", "4 observation features"]),
     "rl with a data section": (lambda d: {**rl_spec(d), "data": {"path": "x.parquet", "features": ["x"]}},
                                ["data: method rl learns from its environment"]),
+    "start pull from scratch": (lambda d: rl_spec(d, bc_weight=0.5), ["method.bc_weight", "pretrained start"]),
+    "guide without a target": (lambda d: rl_spec(d, guide_steps=10, init_checkpoint="b"),
+                               ["method.guide_steps", "target_return"]),
     "two pretrained starts": (lambda d: rl_spec(d, demos="a.parquet", init_checkpoint="b"),
                               ["method.init_checkpoint: give one pretrained start"]),
     "supervised method without data": (lambda d: {"model": {"name": "mlp"}, "run": {"name": "x"}},
@@ -244,7 +247,7 @@ def test_job_rl_finetune_then_rl_transfer(ray_session, tmp_path, capsys, monkeyp
     s = json.loads((Path(out.strip().splitlines()[-1]) / "summary.json").read_text())
     bc = s["rl"]["bc"]
     assert s["rl"]["start"] == "bc"
-    assert bc["rows"] == pq.read_metadata(REPO / "jobs/data/cartpole_demos.parquet").num_rows
+    assert bc["rows"] == pq.read_metadata(REPO / "jobs/data/cartpole_weak_demos.parquet").num_rows
     assert bc["last_loss"] < bc["first_loss"] - 0.1  # cloning learned the demonstrator's actions
     # PPO starts from the cloned policy, which balances far longer than random weights (~10-50).
     # BC's data order varies between runs: measured 150.5 (loss 0.69 -> 0.46) and 500 (-> 0.28).

@@ -39,6 +39,23 @@ class RLMethod(MethodConfig):
         "Env steps at the start during which only the value network learns (the policy's learning "
         "rate is 0), so a pretrained policy is not pushed by a value network that knows nothing yet. "
         "Default: two `train_batch`es with a pretrained start, 0 from scratch.", None, ge=0, le=1 << 40)
+    bc_weight: float = describe(
+        "Weight of a pull toward the pretrained start in PPO's loss (DAPG-style): the KL divergence from "
+        "the frozen start policy to the learner's, on the states of each train batch, times a weight that "
+        "falls linearly from this to 0 over `bc_decay_steps` env steps. 0 = off.", 0.0, ge=0.0, le=1000.0)
+    bc_decay_steps: int = describe(
+        "Env steps over which `bc_weight` decays linearly to 0.", 20000, ge=1, le=1 << 40)
+    guide_steps: int = describe(
+        "JSRL guide curriculum: the frozen pretrained start acts (greedily) for the first k steps of every "
+        "training episode, then the learner takes over; k starts at this and shrinks by "
+        "guide_steps/guide_stages each time the greedy evaluation return passes the next of `guide_stages` "
+        "thresholds evenly spaced from the start's return to `stop.target_return`. 0 = off.", 0, ge=0,
+        le=1 << 30)
+    guide_stages: int = describe("Steps of the guide curriculum (`guide_steps`).", 4, ge=1, le=1000)
+    start_temperature: float = describe(
+        "Divide the pretrained start's action logits by this before PPO (its last layer's weights and bias): "
+        "above 1 a near-deterministic start samples other actions more often, so PPO has something to "
+        "learn from; its greedy actions stay the same.", 1.0, gt=0.0, le=1000.0)
     stop: RLStop = describe("When training stops (whichever comes first).", default_factory=RLStop)
     evaluation_episodes: int = describe(
         "Greedy episodes that score the policy: at the start, after every iteration (for "
@@ -76,6 +93,14 @@ class RLMethod(MethodConfig):
                                  ("model.init_from", spec.model.init_from)) if v]
         if len(starts) > 1:
             raise ValueError(f"{starts[1]}: give one pretrained start, not {' and '.join(starts)}")
+        for key, on in (("bc_weight", self.bc_weight > 0), ("guide_steps", self.guide_steps > 0),
+                        ("start_temperature", self.start_temperature != 1.0)):
+            if on and not starts:
+                raise ValueError(f"method.{key}: protects a pretrained start; give method.demos, "
+                                 "method.init_checkpoint or model.init_from (or leave it at its default)")
+        if self.guide_steps and self.stop.target_return is None:
+            raise ValueError("method.guide_steps: the guide curriculum's thresholds lead to "
+                             "method.stop.target_return; set it")
         if self.minibatch > self.train_batch:
             raise ValueError(f"method.minibatch: {self.minibatch} is larger than method.train_batch "
                              f"{self.train_batch}")
