@@ -136,6 +136,11 @@ ENTRIES = [
            f"{JOBS}::test_llm_sft_then_dpo"),
     Setting("dpo.val_rows", ("of the 160 held-out pairs",), "the validation rows (20% of 800 pairs)"),
     Untested("dpo.wall", ("90 s and 113 s;", "(2026-12-02, one run each, on a quiet"), f"{WALL}: `ftray run jobs/llm_sft.yaml && ftray run jobs/dpo.yaml`"),
+    # ----------------------------------------------------------------- GRPO (after llm_sft)
+    Figure("grpo.start_reward", "in the rewarded format: {45.0}% before", 0.013, f"{JOBS}::test_llm_sft_then_grpo"),
+    Figure("grpo.val_reward", "format: 45.0% before, {100}% after", 0.013, f"{JOBS}::test_llm_sft_then_grpo"),
+    Setting("grpo.format", ("(a sentence of 2+ words ending with a full stop, 60% of prompts word reversals)",),
+            "the reward's rule and the data's design"),
     # ----------------------------------------------------------------------------- chat SFT
     Figure("chat_sft.untrained", "val perplexity {31071} untrained", 50, f"{JOBS}::test_chat_sft_short", scale=1,
            also=("({31071} before training",)),
