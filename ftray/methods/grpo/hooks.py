@@ -25,6 +25,7 @@ validation metrics under `start`.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 
 import numpy as np
 import pyarrow as pa
@@ -114,9 +115,7 @@ class Grpo(Preference):
         for batch in loop.data(name).iter_batches(
                 batch_size=self.spec.micro_batch_size, batch_format="numpy", local_shuffle_buffer_size=shuffle or None,
                 local_shuffle_seed=self.spec.run.seed * 100003 + epoch if shuffle else None):
-            ids, mask = torch.as_tensor(batch["prompt_ids"]), torch.as_tensor(batch["prompt_mask"])
-            start = int((mask.sum(0) > 0).int().argmax())  # cut the columns no prompt reaches
-            yield batch, ids[:, start:].to(loop.worker.device), mask[:, start:].to(loop.worker.device)
+            yield prompt_tensors(batch, loop.worker.device)
 
     @torch.no_grad()
     def generate(self, model, ids, mask, repeat: int, sample: bool, seed: int = 0):
@@ -159,32 +158,56 @@ class Grpo(Preference):
                 return token_logps(self._hf(model), seqs, full_mask, width)
         return token_logps(self.reference.hf, seqs, full_mask, width)
 
+    def rollout(self, model, batch: dict, seed: int, autocast=None) -> dict:
+        """`group_size` sampled answers to each prompt of `batch` (PromptRows' columns; `prompt_ids`
+        and `prompt_mask` as tensors on the model's device), scored: the sequences and masks, the
+        rewards (prompts, group_size), the advantages, and the reference's token log-probs (None
+        when kl_coef is 0)."""
+        m, ids, mask = self.spec.method, batch["prompt_ids"], batch["prompt_mask"]
+        seqs, full_mask, answer_mask = self.generate(model, ids, mask, m.group_size, True, seed)
+        width = ids.shape[1]
+        rewards = self._rewards(batch, self._texts(seqs, answer_mask, width), m.group_size, "training")
+        groups = rewards.view(-1, m.group_size)
+        with torch.no_grad(), (autocast or nullcontext()):
+            ref = self._reference_logps(model, seqs, full_mask, width)
+        return {"seqs": seqs, "mask": full_mask, "answer_mask": answer_mask.float(), "width": width, "groups": groups,
+                "advantages": group_advantages(groups).view(-1).to(ids.device), "ref": ref}
+
+    def rollout_loss(self, model, r: dict, old: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, mean KL) of a rollout under `model`'s current weights, `old` the sampling policy's
+        token log-probs."""
+        m = self.spec.method
+        logp = token_logps(self._hf(model), r["seqs"], r["mask"], r["width"])
+        return grpo_loss(logp, old, r["ref"], r["advantages"], r["answer_mask"], m.clip, m.kl_coef)
+
+    def loss(self, model, batch):
+        """One batch of prompts as one on-policy GRPO loss (roll out, score, loss); the training
+        epoch is `run_epoch`'s, which reuses a rollout for `steps_per_batch` steps."""
+        model.eval()
+        r = self.rollout(model, batch, seed=self.spec.run.seed)
+        old = token_logps(self._hf(model), r["seqs"], r["mask"], r["width"]).detach()
+        return self.rollout_loss(model, r, old)[0], None
+
     def run_epoch(self, loop, epoch):
-        m, model, device = self.spec.method, loop.model, loop.worker.device
+        m, model = self.spec.method, loop.model
         model.eval()  # dropout off: old and new log-probs come from one function
         loss_sum, seen = 0.0, 0
         sums = np.zeros(6)  # reward sum, answers, KL sum, KL steps, answer tokens, equal-reward groups
-        for i, (batch, ids, mask) in enumerate(self._batches(loop, "train", epoch)):
+        for i, batch in enumerate(self._batches(loop, "train", epoch)):
             seed = hash((self.spec.run.seed, epoch, i, loop.worker.rank)) % (1 << 62)
-            seqs, full_mask, answer_mask = self.generate(model, ids, mask, m.group_size, True, seed)
-            width = ids.shape[1]
-            rewards = self._rewards(batch, self._texts(seqs, answer_mask, width), m.group_size, "training")
-            groups = rewards.view(-1, m.group_size)
-            advantages = group_advantages(groups).view(-1).to(device)
+            r = self.rollout(model, batch, seed, loop.autocast)
             with torch.no_grad(), loop.autocast:
-                old = token_logps(self._hf(model), seqs, full_mask, width)
-                ref = self._reference_logps(model, seqs, full_mask, width)
-            answer_mask = answer_mask.float()
+                old = token_logps(self._hf(model), r["seqs"], r["mask"], r["width"])
             for _ in range(m.steps_per_batch):
                 with loop.autocast:
-                    logp = token_logps(self._hf(model), seqs, full_mask, width)
-                    loss, kl = grpo_loss(logp, old, ref, advantages, answer_mask, m.clip, m.kl_coef)
+                    loss, kl = self.rollout_loss(model, r, old)
                 loss.backward()
                 average_gradients(model, loop.worker.world)
                 loop.step()
                 sums[2:4] += (float(kl), 1)
-            loss_sum, seen = loss_sum + float(loss) * len(ids), seen + len(ids)
-            sums += (float(rewards.sum()), len(rewards), 0, 0, float(answer_mask.sum()),
+            n, groups = len(batch["prompt_ids"]), r["groups"]
+            loss_sum, seen = loss_sum + float(loss) * n, seen + n
+            sums += (float(groups.sum()), groups.numel(), 0, 0, float(r["answer_mask"].sum()),
                      float((groups.max(-1).values == groups.min(-1).values).sum()))
         self.train_sums = sums
         return loss_sum, seen
@@ -201,13 +224,22 @@ class Grpo(Preference):
         model = getattr(model, "module", model)
         model.eval()
         reward, answers, tokens = 0.0, 0, 0.0
-        for batch, ids, mask in self._batches(loop, "val", 0):
-            seqs, _, answer_mask = self.generate(model, ids, mask, 1, False)
+        for batch in self._batches(loop, "val", 0):
+            ids = batch["prompt_ids"]
+            seqs, _, answer_mask = self.generate(model, ids, batch["prompt_mask"], 1, False)
             rewards = self._rewards(batch, self._texts(seqs, answer_mask, ids.shape[1]), 1, "validation")
             reward, answers, tokens = reward + float(rewards.sum()), answers + len(rewards), tokens + float(answer_mask.sum())
         reward, answers, tokens = all_sum([reward, answers, tokens], loop.worker.device)
         val_reward = reward / max(1.0, answers)
         return {"val_loss": 1.0 - val_reward, "val_reward": val_reward, "val_answer_length": tokens / max(1.0, answers)}
+
+
+def prompt_tensors(batch: dict, device) -> dict:
+    """A batch of PromptRows' columns with `prompt_ids` and `prompt_mask` as tensors on `device`,
+    cut to the columns some prompt reaches (they are left-padded to the longest possible prompt)."""
+    ids, mask = torch.as_tensor(batch["prompt_ids"]), torch.as_tensor(batch["prompt_mask"])
+    start = int((mask.sum(0) > 0).int().argmax())
+    return {**batch, "prompt_ids": ids[:, start:].to(device), "prompt_mask": mask[:, start:].to(device)}
 
 
 def average_gradients(model, world: int) -> None:
