@@ -103,7 +103,7 @@ def preference(name: str):
 
 def prompts(d: Path, fixture) -> dict:  # prompts a tiny decoder answers itself (tests/methods/test_grpo.py)
     from tests.methods.test_grpo import grpo_spec
-    return grpo_spec(d, fixture("tiny_gpt"))
+    return grpo_spec(d, fixture("tiny_gpt"), name="t")
 
 
 SPECS = {"full": full, "transfer": transfer, "distill": distill, "incremental": incremental, "meta": meta,
