@@ -456,8 +456,12 @@ def _check_prompts(spec: JobSpec, t: pa.Table, where: str) -> None:
     """Prompt rows: a prompt (text, or chat turns for the model to answer) and, if the data names
     one, an expected answer in every row."""
     d = spec.data
-    if d.messages:
-        chat.check_rows(t.column(d.messages).to_pylist(), d.messages, where)
+    if d.messages:  # turns the model's answer can follow: as if followed by one
+        for i, turns in enumerate(t.column(d.messages).to_pylist()):
+            problem = chat.turns_problem(turns if not isinstance(turns, list) else
+                                         turns + [{"role": "assistant", "content": "answer"}])
+            if problem:
+                raise SpecError(f"{where}: row {i}: {d.messages!r} {problem}")
     else:
         _check_text(t, d.prompt, where)
     if d.answer and t.column(d.answer).null_count:

@@ -162,3 +162,23 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(ray_session, tmp_path, 
     for a, b in zip(killed["history"], straight["history"]):
         for key in ("train_loss", "train_reward", "train_kl", "val_reward", "val_answer_length"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+
+
+def test_chat_prompts_end_with_the_generation_prompt(tmp_path, tiny_gpt):
+    """Chat turns ending with a user turn are prompts (no assistant turn needed); the model answers
+    after the template's generation prompt, and the reward gets the turns back."""
+    from transformers import AutoTokenizer
+
+    from ftray import data
+    from ftray.spec import JobSpec
+    turns = [[{"role": "user", "content": f"add {i} and 1."}] for i in range(6)]
+    write_jsonl(tmp_path / "c.jsonl", [{"m": t, "a": i + 1} for i, t in enumerate(turns)])  # numbers as answers
+    raw = grpo_spec(tmp_path, tiny_gpt, reward="numeric")
+    raw["model"]["max_length"] = 40
+    raw["data"].update(path=str(tmp_path / "c.jsonl"), prompt=None, messages="m", answer="a", chat_template="chatml")
+    spec = JobSpec.model_validate(raw)
+    out = data.PromptRows(spec, str(tiny_gpt))(data.inspect(spec).train_table)
+    text = AutoTokenizer.from_pretrained(tiny_gpt).decode(out["prompt_ids"][0][out["prompt_mask"][0] == 1])
+    assert text.replace(" ", "").endswith("<|im_start|>assistant") and "add" in text
+    assert out["prompt_ids"].shape[1] == 40 - 6 and out["prompt_mask"][0][0] == 0  # left-padded, room for 6
+    assert json.loads(out["prompt"][0]) == turns[0] and out["answer"].tolist()[:2] == ["1", "2"]
