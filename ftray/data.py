@@ -191,6 +191,8 @@ def text_columns(spec: JobSpec) -> list[str]:
     d = spec.data
     if d.chosen:  # preference pairs: the prompt (text or turns) and its two answers
         return [d.messages or d.prompt, d.chosen, d.rejected]
+    if spec.method.prompts:  # prompts the method answers itself, and the expected answers
+        return [d.messages or d.prompt] + ([d.answer] if d.answer else [])
     if d.messages:
         return [d.messages]
     return [d.text] if d.text else [d.prompt, d.response]
@@ -369,6 +371,8 @@ def inspect(spec: JobSpec) -> DataPlan:
             _check_features(spec, t, where, info)
         elif d.chosen:
             _check_pairs(spec, t, where)
+        elif spec.method.prompts:
+            _check_prompts(spec, t, where)
         elif d.messages:
             chat.check_rows(t.column(d.messages).to_pylist(), d.messages, where)
         else:
@@ -446,6 +450,23 @@ def _check_pairs(spec: JobSpec, t: pa.Table, where: str) -> None:
     if same is not None:
         raise SpecError(f"{where}: row {same}: {d.chosen!r} and {d.rejected!r} are the same answer "
                         f"({chosen[same][:40]!r}); a pair needs two different answers")
+
+
+def _check_prompts(spec: JobSpec, t: pa.Table, where: str) -> None:
+    """Prompt rows: a prompt (text, or chat turns for the model to answer) and, if the data names
+    one, an expected answer in every row."""
+    d = spec.data
+    if d.messages:  # turns the model's answer can follow: as if followed by one
+        for i, turns in enumerate(t.column(d.messages).to_pylist()):
+            problem = chat.turns_problem(turns if not isinstance(turns, list) else
+                                         turns + [{"role": "assistant", "content": "answer"}])
+            if problem:
+                raise SpecError(f"{where}: row {i}: {d.messages!r} {problem}")
+    else:
+        _check_text(t, d.prompt, where)
+    if d.answer and t.column(d.answer).null_count:
+        raise SpecError(f"{where}: row {_first_bad_row(t.column(d.answer).is_null().to_numpy(zero_copy_only=False))}: "
+                        f"answer {d.answer!r} is empty")
 
 
 def _check_text(t: pa.Table, name: str, where: str) -> None:
@@ -537,6 +558,8 @@ def check_lengths(spec: JobSpec, plan: DataPlan, tokenizer_source: str) -> None:
     if spec.data.messages:
         chat.check_tokenizer(tok, spec, tokenizer_source)
     fn = encode_pair if spec.data.chosen else encode
+    if spec.method.prompts:
+        fn = lambda tok, spec, prompt, *answer: generation_prompt(tok, spec, prompt)  # noqa: E731
     for where, first, table in plan.batches(text_columns(spec)):
         rows = zip(*(table.column(c).to_pylist() for c in text_columns(spec)))
         for i, row in enumerate(rows, first):
@@ -600,6 +623,28 @@ def prompt_ids(tok, prompt: str) -> list[int]:
         return tok(tok.apply_chat_template(turn, add_generation_prompt=True, tokenize=False),
                    add_special_tokens=False)["input_ids"]
     return tok(prompt, add_special_tokens=True)["input_ids"]
+
+
+def generation_prompt(tok, spec: JobSpec, prompt) -> list[int]:
+    """The token ids a model generates its answer after: a prompt as `prompt_ids` encodes it, or
+    chat turns rendered with the generation prompt. They leave `method.max_new_tokens` of
+    `model.max_length` free (`data.truncation: left` cuts the prompt's start; otherwise ValueError)."""
+    if spec.data.messages:
+        ids = tok(chat.render(tok, chat.template_for(tok, spec), prompt, generation_prompt=True),
+                  add_special_tokens=False)["input_ids"]
+    else:
+        ids = prompt_ids(tok, prompt)
+    room = spec.model.max_length - spec.method.max_new_tokens
+    if room < 1:
+        raise ValueError(f"model.max_length {spec.model.max_length} leaves no room for a prompt before "
+                         f"method.max_new_tokens {spec.method.max_new_tokens}")
+    if len(ids) > room:
+        if spec.data.truncation != "left":
+            raise ValueError(f"the prompt is {len(ids)} tokens; model.max_length {spec.model.max_length} minus "
+                             f"method.max_new_tokens {spec.method.max_new_tokens} leaves {room} "
+                             "(data.truncation: left cuts its start)")
+        ids = ids[-room:]
+    return ids
 
 
 def _fit_text(ids: list[int], spec: JobSpec) -> tuple[list[int], list[int] | None]:
@@ -688,6 +733,37 @@ class PairRows:
         return out
 
 
+class PromptRows:
+    """map_batches UDF for prompt rows (grpo): `prompt_ids` and `prompt_mask` left-padded to
+    max_length - max_new_tokens (generation appends on the right), the prompt as the reward sees
+    it (`prompt`: text, or the chat turns as JSON), the expected `answer` as text, and `row` (the
+    row's number in its file, from a `ROW` column when there is one)."""
+
+    ROW = "__row"
+
+    def __init__(self, spec: JobSpec, tokenizer_source: str):
+        self.spec, self.source = spec, tokenizer_source
+
+    def __call__(self, batch: pa.Table) -> dict:
+        import json
+
+        from ftray.models.hf import load_tokenizer
+        tok, spec, d = load_tokenizer(self.source), self.spec, self.spec.data
+        prompts = batch.column(d.messages or d.prompt).to_pylist()
+        n, width = len(prompts), spec.model.max_length - spec.method.max_new_tokens
+        out = {"prompt_ids": np.full((n, width), tok.pad_token_id, np.int64),
+               "prompt_mask": np.zeros((n, width), np.int64)}
+        for i, prompt in enumerate(prompts):
+            ids = generation_prompt(tok, spec, prompt)
+            out["prompt_ids"][i, width - len(ids):], out["prompt_mask"][i, width - len(ids):] = ids, 1
+        out["prompt"] = np.array([json.dumps(p) if d.messages else p for p in prompts], dtype=object)
+        answers = batch.column(d.answer).to_pylist() if d.answer else [""] * n
+        out["answer"] = np.array([str(a) for a in answers], dtype=object)
+        out["row"] = (np.asarray(batch.column(self.ROW).to_pylist(), np.int64) if self.ROW in batch.column_names
+                      else np.arange(n, dtype=np.int64))
+        return out
+
+
 class MultimodalRows:
     """map_batches UDF for `multimodal` models: `image` float32 (rows, C, H, W); text as hashed
     `words` (embedding bag) or padded `input_ids`/`attention_mask` (hf encoder); tabular `x`; `y`
@@ -726,9 +802,15 @@ def labels(batch: pa.Table, column: str, task: str, class_index: dict) -> dict:
 
 def split_table(table: pa.Table, val_fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
     """(train, validation) rows of `table`: a seeded random permutation, the same on every run."""
-    order = np.random.default_rng(seed).permutation(table.num_rows)
-    n_val = max(1, round(table.num_rows * val_fraction))
-    return table.take(np.sort(order[n_val:])), table.take(np.sort(order[:n_val]))
+    train, val = split_rows(table.num_rows, val_fraction, seed)
+    return table.take(train), table.take(val)
+
+
+def split_rows(rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The row numbers `split_table` keeps for training and for validation, each in file order."""
+    order = np.random.default_rng(seed).permutation(rows)
+    n_val = max(1, round(rows * val_fraction))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 def _read(src: Source, columns: list[str], schema: pa.Schema):
@@ -796,6 +878,9 @@ def row_transform(spec: JobSpec, plan: DataPlan):
     if spec.data.chosen:
         from ftray.models.hf import resolve_source
         return PairRows(spec, resolve_source(spec))
+    if spec.method.prompts:
+        from ftray.models.hf import resolve_source
+        return PromptRows(spec, resolve_source(spec))
     if spec.model.name == "mlp":
         return TabularRows(spec, plan.class_index)
     if spec.model.name == "multimodal":

@@ -333,7 +333,7 @@ def end_epoch(t: Training, epoch: int, started: float, loss_sum, seen: int, toke
     loss_total, seen_total, tokens_total = all_sum([float(loss_sum), seen, tokens], device)
     train_time = time.perf_counter() - started  # all_sum waited for the last step's kernels
     metrics = {"epoch": epoch, "step": t.state.step, "workers": t.worker.world,
-               "train_loss": loss_total / max(1, seen_total)}
+               "train_loss": loss_total / max(1, seen_total), **t.method.epoch_metrics(t.loop)}
     metrics.update(t.method.validate(t.loop, t.module))
     if t.spec.train.schedule.name == "plateau":
         t.scheduler.step(metrics["val_loss"])

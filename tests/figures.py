@@ -136,6 +136,17 @@ ENTRIES = [
            f"{JOBS}::test_llm_sft_then_dpo"),
     Setting("dpo.val_rows", ("of the 160 held-out pairs",), "the validation rows (20% of 800 pairs)"),
     Untested("dpo.wall", ("90 s and 113 s;", "(2026-12-02, one run each, on a quiet"), f"{WALL}: `ftray run jobs/llm_sft.yaml && ftray run jobs/dpo.yaml`"),
+    # ----------------------------------------------------------------- GRPO (after llm_sft)
+    Figure("grpo.start_reward", "in the rewarded format: {45.0}% before", 0.013, f"{JOBS}::test_llm_sft_then_grpo"),
+    Figure("grpo.val_reward", "format: 45.0% before, {100}% after", 0.013, f"{JOBS}::test_llm_sft_then_grpo"),
+    Setting("grpo.format", ("(a sentence of 2+ words ending with a full stop, 60% of prompts word reversals)",),
+            "the reward's rule and the data's design"),
+    Untested("grpo.seeds", ("(2026-12-02, one run per seed with `--set run.seed=N`)",
+                            "0.450 → 1.000 (seed 0), 0.388 → 0.988 (seed 1), 0.425 → 1.000 (seed 2)"),
+             "measured once per seed, not tested (seed 0's are test_llm_sft_then_grpo's figures): `ftray run "
+             "jobs/grpo.yaml --set run.seed=N --set run.name=grpo_sN` after `ftray run jobs/llm_sft.yaml`"),
+    Untested("grpo.wall", ("204 s (seed 2, load average falling from about 20 to 5), 8 to 11 minutes at a load of 40 to 60",),
+             f"{WALL}: `ftray run jobs/grpo.yaml`"),
     # ----------------------------------------------------------------------------- chat SFT
     Figure("chat_sft.untrained", "val perplexity {31071} untrained", 50, f"{JOBS}::test_chat_sft_short", scale=1,
            also=("({31071} before training",)),

@@ -78,8 +78,9 @@ def test_text_classifier_then_distill_short(ray_session, tmp_path, capsys, monke
 
 
 def test_llm_sft_then_dpo_short(ray_session, tmp_path, capsys, monkeypatch):
-    """jobs/llm_sft.yaml for 2 epochs, then jobs/dpo.yaml from its model for 1 epoch on one worker
-    (the shipped budgets and figures are test_llm_sft's and test_llm_sft_then_dpo's)."""
+    """jobs/llm_sft.yaml for 2 epochs, then jobs/dpo.yaml and jobs/grpo.yaml from its model for 1
+    epoch on one worker (the shipped budgets and figures are test_llm_sft's, test_llm_sft_then_dpo's
+    and test_llm_sft_then_grpo's)."""
     monkeypatch.chdir(REPO)
     s = job_summary(capsys, "run", "llm_sft.yaml", tmp_path, "--set", "train.epochs=2")
     ppl = [m["val_perplexity"] for m in s["history"]]
@@ -89,6 +90,10 @@ def test_llm_sft_then_dpo_short(ray_session, tmp_path, capsys, monkeypatch):
     assert set(d["start"]) == set(d["metrics"]) and "val_logprob_preference" in d["metrics"]
     assert d["start"]["val_preference_accuracy"] == 0.0  # the policy is the reference: every reward is 0
     assert d["metrics"]["val_preference_accuracy"] > 0.5 and d["metrics"]["val_loss"] < d["start"]["val_loss"]
+    g = job_summary(capsys, "run", "grpo.yaml", tmp_path, "--set", "train.epochs=1", "--set", "scaling.num_workers=1",
+                    "--set", f"model.init_from={tmp_path}/llm_sft")
+    assert set(g["start"]) == set(g["metrics"]) == {"val_loss", "val_reward", "val_answer_length"}
+    assert 0 <= g["start"]["val_reward"] <= 1 and 0 < g["history"][0]["train_reward"] <= 1
 
 
 def untrained_perplexity(job: str) -> float:
@@ -210,6 +215,18 @@ def test_llm_sft_then_dpo(ray_session, tmp_path, capsys, monkeypatch):
     FIGURES["dpo.preference_accuracy"].check(s["metrics"]["val_preference_accuracy"])
     assert s["start"]["val_logprob_preference"] < 0.7
     assert s["metrics"]["val_logprob_preference"] >= 0.85 and s["metrics"]["val_preference_accuracy"] >= 0.9
+
+
+@pytest.mark.slow
+def test_llm_sft_then_grpo(ray_session, tmp_path, capsys, monkeypatch):
+    """jobs/grpo.yaml as its header runs it: after jobs/llm_sft.yaml. The greedy held-out answers
+    in the rewarded format rise by at least 0.20 (issue 19's target)."""
+    monkeypatch.chdir(REPO)
+    job_summary(capsys, "run", "llm_sft.yaml", tmp_path)
+    s = job_summary(capsys, "run", "grpo.yaml", tmp_path, "--set", f"model.init_from={tmp_path}/llm_sft")
+    FIGURES["grpo.start_reward"].check(s["start"]["val_reward"])
+    FIGURES["grpo.val_reward"].check(s["metrics"]["val_reward"])
+    assert s["metrics"]["val_reward"] >= s["start"]["val_reward"] + 0.20
 
 
 @pytest.mark.slow

@@ -101,9 +101,15 @@ def preference(name: str):
     return make
 
 
+def prompts(d: Path, fixture) -> dict:  # prompts a tiny decoder answers itself (tests/methods/test_grpo.py)
+    from tests.methods.test_grpo import grpo_spec
+    return grpo_spec(d, fixture("tiny_gpt"), name="t")
+
+
 SPECS = {"full": full, "transfer": transfer, "distill": distill, "incremental": incremental, "meta": meta,
          "lora": hf({"name": "lora", "r": 2, "target_modules": ["query", "value"]}),
-         "attention": hf({"name": "attention"}), "rl": rl, "dpo": preference("dpo"), "simpo": preference("simpo")}
+         "attention": hf({"name": "attention"}), "rl": rl, "dpo": preference("dpo"), "simpo": preference("simpo"),
+         "grpo": prompts}
 # The combinations `validate` refuses, and the words of its refusal.
 REFUSED = {("rl", "packed"): "tune.trial: an rl sweep runs one RLlib algorithm per trial (no packed trials"}
 # The default run: the methods that build their own inputs, in packed trials, and the refusals
@@ -139,6 +145,10 @@ def _spec_only(method: str) -> dict:
         raw["model"] = {"name": "hf", "path": str(d / "gpt")}
         raw["data"] = {"path": str(d / "p.jsonl"), "task": "causal_lm", "prompt": "prompt", "chosen": "chosen",
                        "rejected": "rejected", "label": None}
+    if method == "grpo":
+        raw["model"] = {"name": "hf", "path": str(d / "gpt")}
+        raw["data"] = {"path": str(d / "p.jsonl"), "task": "causal_lm", "prompt": "prompt", "answer": "answer",
+                       "label": None}
     extra = {"distill": {"teacher": "x"}, "incremental": {"replay_path": "x", "old_val_path": "x"}}
     raw["method"] = {"name": method, **extra.get(method, {})}
     if method in ("incremental", "transfer"):
@@ -156,6 +166,8 @@ def one_point_sweep(raw: dict, shape: str) -> dict:
         metric, mode = ("val_mse", "min") if task == "regression" else ("val_accuracy", "max")
         if "chosen" in raw["data"]:  # preference pairs
             metric = "val_preference_accuracy"
+        if raw["method"]["name"] == "grpo":
+            metric = "val_reward"
         space = {"train.lr": {"grid": [raw["train"]["lr"]]}}
     return {**raw, "tune": {"space": space, "metric": metric, "mode": mode, "searcher": "grid", "num_samples": 1,
                             "max_concurrent": 1, "trial": shape}}

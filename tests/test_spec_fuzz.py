@@ -218,6 +218,9 @@ def base_for(path: str, context: tuple) -> dict:
         raw["model"] = {"name": "hf", "path": "org/model"}
         raw["data"] = {"path": "d.jsonl", "task": "causal_lm", "prompt": "prompt", "chosen": "chosen",
                        "rejected": "rejected", "label": None}
+    if names.get("method") == "grpo":  # prompts (and expected answers) for a causal LM
+        raw["model"] = {"name": "hf", "path": "org/model"}
+        raw["data"] = {"path": "d.jsonl", "task": "causal_lm", "prompt": "prompt", "answer": "answer", "label": None}
     if names.get("model") == "multimodal":  # its tabular encoder reads the base's features
         raw["model"] = {"name": "multimodal", "modalities": ["tabular"]}
     if names.get("method") == "distill":

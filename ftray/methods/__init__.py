@@ -15,6 +15,7 @@ from ftray.methods.config import MethodConfig
 from ftray.methods.distill.config import DistillMethod
 from ftray.methods.dpo.config import DpoMethod
 from ftray.methods.full.config import FullMethod
+from ftray.methods.grpo.config import GrpoMethod
 from ftray.methods.incremental.config import IncrementalMethod
 from ftray.methods.lora.config import LoraMethod
 from ftray.methods.meta.config import MetaMethod
@@ -37,6 +38,7 @@ METHODS: dict[str, type[MethodConfig]] = {
     "meta": MetaMethod,
     "dpo": DpoMethod,
     "simpo": SimpoMethod,
+    "grpo": GrpoMethod,
     "rl": RLMethod,
 }
 

@@ -73,6 +73,11 @@ class Method:
         (loss sum, examples) of this worker. None (default) runs the shared supervised epoch."""
         return None
 
+    def epoch_metrics(self, loop) -> dict:
+        """More training metrics of the epoch just trained, over all workers (every rank calls it);
+        default: none."""
+        return {}
+
     def validate(self, loop, model) -> dict:
         """This epoch's validation metrics (default: loss and task metric on the validation data)."""
         return loop.evaluate(model)

@@ -23,6 +23,9 @@ class MethodConfig(Strict):
     path_fields: ClassVar[tuple[str, ...]] = ()
     # True: rows are preference pairs (`data.chosen`, `data.rejected` answers to one prompt).
     pairs: ClassVar[bool] = False
+    # True: rows are prompts (`data.prompt` or `data.messages`, optional `data.answer`) that the
+    # method answers itself while it trains (grpo).
+    prompts: ClassVar[bool] = False
     # The validation metrics the method reports in place of the task's (`TASK_METRICS`); the first
     # is the one the console and the curves show. None: the task's.
     metrics: ClassVar[tuple[str, ...] | None] = None

@@ -34,6 +34,9 @@ class DataSpec(Strict):
     chosen: str | None = describe(
         "`dpo`, `simpo`: column of the preferred answer to `prompt` (or to the `messages` turns).", None)
     rejected: str | None = describe("`dpo`, `simpo`: column of the dispreferred answer.", None)
+    answer: str | None = describe(
+        "`grpo`: column of the expected answer to each prompt, which the reward checks (None: the reward "
+        "reads the generated answer alone).", None)
     messages: str | None = describe(
         "`causal_lm` chat tuning: column whose rows are lists of {role, content} turns (system, user, "
         "assistant, tool), rendered by the chat template.", None)

@@ -72,7 +72,8 @@ def _check_columns(spec: JobSpec) -> None:
     d, model = spec.data, spec.model
     if model.name == "mlp" and not d.features:
         raise ValueError("data.features: an mlp model needs at least one feature column")
-    if model.name == "hf" and not (d.text or (d.prompt and (d.response or d.chosen)) or d.messages):
+    if model.name == "hf" and not (d.text or (d.prompt and (d.response or d.chosen or spec.method.prompts))
+                                   or d.messages):
         raise ValueError("data.text: an hf model needs a text column (or data.prompt and data.response, "
                          "or data.messages)")
     if model.name == "multimodal":
@@ -85,7 +86,8 @@ def _check_columns(spec: JobSpec) -> None:
     elif d.image:
         raise ValueError("data.image: image columns are for model.name: multimodal")
     _check_pairs(spec)
-    if (d.prompt is None) != (d.response is None) and not spec.method.pairs:
+    _check_prompts(spec)
+    if (d.prompt is None) != (d.response is None) and not (spec.method.pairs or spec.method.prompts):
         raise ValueError("data.prompt: give both data.prompt and data.response, or neither")
     if d.prompt and d.task != "causal_lm":
         raise ValueError("data.prompt: prompt/response columns are for data.task: causal_lm")
@@ -118,6 +120,23 @@ def _check_pairs(spec: JobSpec) -> None:
         raise ValueError(f"data.packing: method.name: {method.name} compares whole answers, one per row")
     if d.chosen == d.rejected:
         raise ValueError(f"data.rejected: {d.rejected!r} is data.chosen too")
+
+
+def _check_prompts(spec: JobSpec) -> None:
+    """Prompt rows (`data.prompt` or `data.messages`, and an optional `data.answer`) are the input
+    of the methods that generate their own answers (grpo), and theirs only."""
+    d, method = spec.data, spec.method
+    if not method.prompts:
+        if d.answer:
+            raise ValueError("data.answer: an answer column is for method.name: grpo (its reward reads it)")
+        return
+    if d.task != "causal_lm":
+        raise ValueError(f"data.task: method.name: {method.name} trains a causal_lm")
+    if not (d.prompt or d.messages) or d.text or d.response:
+        raise ValueError(f"data.prompt: method.name: {method.name} reads prompts (data.prompt, or the turns of "
+                         "data.messages) and answers them itself, not data.text or data.response")
+    if d.packing:
+        raise ValueError(f"data.packing: method.name: {method.name} generates one answer per row")
 
 
 def _check_chat(d: DataSpec) -> None:

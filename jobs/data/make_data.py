@@ -15,6 +15,9 @@
   bare result, which the SFT model already disprefers), never for word reversal (a bare list of
   words, which the SFT model prefers); reversal prompts are 60% of the pairs, so the SFT model
   prefers the chosen answer of about 40% of them.
+- grpo_prompts.jsonl: `prompt` and its `answer` (prompts of `instructions`, 60% word reversal) for
+  GRPO after jobs/llm_sft.yaml, rewarded for a format: a sentence ending with a full stop, which the
+  SFT model never writes for a reversal.
 - chats.jsonl: multi-turn `messages` (a system prompt, then 2-3 exchanges) for chat tuning. The
   system prompt picks the reply style (terse or full sentences), a follow-up question refers to the
   previous answer ("now double it"), and some chats carry a `tool` turn whose result the reply uses.
@@ -140,6 +143,29 @@ def preferences(rows: int = 800, reversal_share: float = 0.6) -> None:
             f.write(json.dumps(dict(zip(("prompt", "chosen", "rejected"), row))) + "\n")
 
 
+def grpo_prompts(rows: int = 400, reversal_share: float = 0.6) -> None:
+    """Prompts for `jobs/grpo.yaml`: new draws of the prompts of `instructions`, with the `answer`
+    that instructions.jsonl would give. The reward there checks a format (a sentence of two or more
+    words ending with a full stop), which the SFT model follows for sums, opposites and colours and
+    never for word reversal (bare words): reversal prompts are 60% of the rows."""
+    rng = random.Random(7)
+    with open(OUT / "grpo_prompts.jsonl", "w") as f:
+        for _ in range(rows):
+            if rng.random() < reversal_share:
+                words = rng.sample(WORDS, 3)
+                row = (f"reverse the words: {' '.join(words)}", " ".join(reversed(words)))
+            elif (kind := rng.randrange(3)) == 0:
+                a, b = rng.randint(0, 20), rng.randint(0, 20)
+                row = (f"add {a} and {b}.", str(a + b))
+            elif kind == 1:
+                word = rng.choice(sorted(OPPOSITES))
+                row = (f"what is the opposite of {word}?", OPPOSITES[word])
+            else:
+                thing = rng.choice(sorted(COLORS))
+                row = (f"what color is {thing}?", COLORS[thing])
+            f.write(json.dumps(dict(zip(("prompt", "answer"), row))) + "\n")
+
+
 SYSTEMS = {"terse": "you are a calculator. reply with the result only.",
            "full": "you are a patient tutor. reply in a full sentence."}
 WEATHER = ["sunny", "rainy", "cloudy", "windy", "snowy"]
@@ -238,6 +264,7 @@ if __name__ == "__main__":
     topics("topics_val", rows=200, seed=3)  # distillation: clean held-out sentences
     instructions()
     preferences()
+    grpo_prompts()
     chats()
     digit_questions()
     digits_old_task()

@@ -13,7 +13,7 @@ from ftray.methods import METHODS, get_method
 from ftray.models import ModelInfo, build_model
 from ftray.numerics import make_optimizer, make_scheduler
 from ftray.spec import JobSpec
-from tests.conftest import mlp_spec
+from tests.conftest import mlp_spec, write_jsonl
 
 MLP_INFO = ModelInfo(task="classification", in_features=4, classes=[0, 1, 2])
 HF_INFO = ModelInfo(task="classification", classes=[0, 1])
@@ -48,6 +48,22 @@ def pairs_case(tmp_path, method, tiny_gpt):
         batch.update({f"{part}_input_ids": ids, f"{part}_attention_mask": torch.ones_like(ids),
                       f"{part}_labels": torch.where(torch.arange(16) < 6, -100, ids)})
     return JobSpec.model_validate(raw), ModelInfo(task="causal_lm"), batch
+
+
+def prompts_case(tmp_path, method, tiny_gpt):
+    """A method that answers prompts itself (grpo) over the tiny GPT-2: a batch of two prompts as
+    `ftray.data.PromptRows` encodes them, rewarded by length (tests/methods/grpo_rewards.py)."""
+    from ftray import data
+    from ftray.methods.grpo.hooks import prompt_tensors
+    write_jsonl(tmp_path / "d.jsonl", [{"p": "say a few words."}, {"p": "say more words, please."}])
+    raw = {"model": {"name": "hf", "path": str(tiny_gpt), "max_length": 16},
+           "data": {"path": str(tmp_path / "d.jsonl"), "task": "causal_lm", "prompt": "p", "label": None,
+                    "val_fraction": 0.5},
+           "method": {"reward": "tests.methods.grpo_rewards:length_reward", "max_new_tokens": 6, **method},
+           "run": {"name": "t", "storage_path": str(tmp_path)}}
+    spec = JobSpec.model_validate(raw)
+    rows = data.PromptRows(spec, str(tiny_gpt))(data.inspect(spec).train_table)
+    return spec, ModelInfo(task="causal_lm"), prompt_tensors(rows, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +131,12 @@ CASES = {
          ["hf.base_model.model.transformer.wte", "hf.base_model.model.transformer.h.0.attn.c_attn.base_layer"]),
         ({"name": "simpo"}, ["hf.transformer.h.1", "hf.transformer.wte"], []),
     ],
+    "prompts": [  # causal LMs that sample their own answers and learn from their rewards
+        ({"name": "grpo"}, ["hf.transformer.h.0", "hf.transformer.wte"], []),
+        ({"name": "grpo", "lora": {"target_modules": "all-linear"}},
+         ["hf.base_model.model.transformer.h.0.attn.c_attn.lora_"],
+         ["hf.base_model.model.transformer.wte", "hf.base_model.model.transformer.h.0.attn.c_attn.base_layer"]),
+    ],
 }
 
 
@@ -134,6 +156,7 @@ def test_trainable_change_frozen_do_not(tmp_path, tiny_bert, tiny_gpt, teachers,
         method, init_from = with_files(tmp_path, teachers, method)
     spec, info, batch = (mlp_case(tmp_path, method, init_from) if builder == "mlp"
                          else pairs_case(tmp_path, method, tiny_gpt) if builder == "pairs"
+                         else prompts_case(tmp_path, method, tiny_gpt) if builder == "prompts"
                          else hf_case(tmp_path, method, tiny_bert))
     m = get_method(spec)
     m.check(info)
