@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/RESULTS.md, in batches that fit one device call each.
 #   bash benchmarks/gpu.sh SET RESULTS_FILE   SET: fsdp-liger | fsdp-liger-more | fsdp-liger-pair |
-#                                                  fsdp-liger-again | fsdp-lora | fsdp-plain-accum | first-step-cached |
+#                                                  fsdp-liger-again | fsdp-lora | fsdp-plain-accum | first-step-cached | first-step |
 #                                                  kernels | kernels-accum | kernels-lora |
 #                                                  kernels-repeat | single | single-more | compile | fsdp1 |
 #                                                  multi | multi-fsdp | multi4 |
@@ -92,6 +92,13 @@ case $set_name in
     b floor --size 1b
     b prepare --size 1b --steps 64 --batch 8
     b ftray --size 1b --method full --kernels liger ;;
+  first-step)       # one GPU: the 1B first step of `ftray run` against Ray Train's floor, side by side
+    #               (issue 22 item 5: within 5 s of the floor), alternated floor / ftray twice
+    b prepare --size 1b --steps 30 --batch 8
+    b floor --size 1b
+    b ftray --size 1b --method full
+    b floor --size 1b
+    b ftray --size 1b --method full ;;
   fsdp-lora)        # one GPU: LoRA under FSDP2 + Liger (bf16 compute copies of the frozen fp32 weights)
     b prepare --size 1b --steps 64 --batch 8
     b ftray --size 1b --method lora --kernels liger --strategy fsdp ;;

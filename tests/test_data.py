@@ -438,3 +438,15 @@ def test_a_normalized_run_applies_its_scaling_in_every_later_use(ray_session, tm
     capsys.readouterr()
     assert cli.main(["run", str(path), "--set", "data.normalize=minmax", "--set", "train.epochs=3"]) == 2
     assert "data.normalize ('standard' -> 'minmax') changed" in capsys.readouterr().err
+
+
+def test_datasets_built_here_hold_the_tables_rows_in_order(ray_session):
+    """`from_arrow_here` (block metadata computed in the driver, no Ray task) is Ray's `from_arrow`."""
+    import ray
+    tables = [pa.table({"x": np.arange(i * 5, i * 5 + 5), "y": [f"r{j}" for j in range(i * 5, i * 5 + 5)]})
+              for i in range(3)]
+    here, ray_made = data.from_arrow_here(tables), ray.data.from_arrow(tables)
+    assert here.count() == ray_made.count() == 15 and here.num_blocks() == 3
+    assert here.schema() == ray_made.schema()
+    assert here.take_all() == ray_made.take_all() == [{"x": i, "y": f"r{i}"} for i in range(15)]
+    assert [len(b["x"]) for b in here.iter_batches(batch_size=4)] == [4, 4, 4, 3]
