@@ -111,13 +111,7 @@ def _check_pairs(spec: JobSpec) -> None:
     for key in ("chosen", "rejected"):
         if not getattr(d, key):
             raise ValueError(f"data.{key}: method.name: {method.name} needs the column of the {key} answer")
-    if d.task != "causal_lm":
-        raise ValueError(f"data.task: method.name: {method.name} trains a causal_lm")
-    if not (d.prompt or d.messages) or d.text or d.response:
-        raise ValueError(f"data.prompt: method.name: {method.name} reads a prompt (data.prompt, or the "
-                         "turns of data.messages) and its two answers, not data.text or data.response")
-    if d.packing:
-        raise ValueError(f"data.packing: method.name: {method.name} compares whole answers, one per row")
+    _check_prompt_rows(spec, "a prompt", "and its two answers", "compares whole answers, one per row")
     if d.chosen == d.rejected:
         raise ValueError(f"data.rejected: {d.rejected!r} is data.chosen too")
 
@@ -130,13 +124,20 @@ def _check_prompts(spec: JobSpec) -> None:
         if d.answer:
             raise ValueError("data.answer: an answer column is for method.name: grpo (its reward reads it)")
         return
+    _check_prompt_rows(spec, "prompts", "and answers them itself", "generates one answer per row")
+
+
+def _check_prompt_rows(spec: JobSpec, reads: str, answers: str, one_per_row: str) -> None:
+    """What the methods reading prompt rows share (preference pairs, grpo's prompts): a causal_lm
+    task, a prompt from data.prompt or data.messages (not data.text or data.response), no packing."""
+    d, name = spec.data, spec.method.name
     if d.task != "causal_lm":
-        raise ValueError(f"data.task: method.name: {method.name} trains a causal_lm")
+        raise ValueError(f"data.task: method.name: {name} trains a causal_lm")
     if not (d.prompt or d.messages) or d.text or d.response:
-        raise ValueError(f"data.prompt: method.name: {method.name} reads prompts (data.prompt, or the turns of "
-                         "data.messages) and answers them itself, not data.text or data.response")
+        raise ValueError(f"data.prompt: method.name: {name} reads {reads} (data.prompt, or the turns of "
+                         f"data.messages) {answers}, not data.text or data.response")
     if d.packing:
-        raise ValueError(f"data.packing: method.name: {method.name} generates one answer per row")
+        raise ValueError(f"data.packing: method.name: {name} {one_per_row}")
 
 
 def _check_chat(d: DataSpec) -> None:

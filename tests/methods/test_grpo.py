@@ -182,3 +182,18 @@ def test_chat_prompts_end_with_the_generation_prompt(tmp_path, tiny_gpt):
     assert text.replace(" ", "").endswith("<|im_start|>assistant") and "add" in text
     assert out["prompt_ids"].shape[1] == 40 - 6 and out["prompt_mask"][0][0] == 0  # left-padded, room for 6
     assert json.loads(out["prompt"][0]) == turns[0] and out["answer"].tolist()[:2] == ["1", "2"]
+
+
+@pytest.mark.parametrize("method", ["grpo", "dpo"])
+@pytest.mark.parametrize("change, message", [
+    ({"packing": True}, "data.packing: method.name: {name} "),
+    ({"prompt": None, "text": "prompt"}, "data.prompt: method.name: {name} reads "),
+])
+def test_prompt_row_rules_are_shared_by_grpo_and_the_pair_methods(tmp_path, tiny_gpt, method, change, message):
+    """The rules every method that reads prompt rows keeps (`spec.job._check_prompt_rows`)."""
+    from ftray.spec import SpecError, validate
+    from tests.methods.test_dpo import pair_spec
+    raw = grpo_spec(tmp_path, tiny_gpt) if method == "grpo" else pair_spec(tmp_path, tiny_gpt)
+    raw["data"].update(change)
+    with pytest.raises(SpecError, match=re.escape(message.format(name=method))):
+        validate(raw, "job.yaml")
