@@ -203,7 +203,7 @@ def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu
             "wall_s": round(time.time() - started, 1), "params": s["params"],
             "epochs": [round(h["tokens_per_s"]) for h in s["history"]],
             "epoch_peak_memory_gib": [h.get("peak_memory_gib") for h in s["history"]],
-            "val_loss": last.get("val_loss"), "run_dir": str(work / "runs" / name)}
+            "val_loss": last.get("val_loss"), "spec": spec.stem, "run_dir": str(work / "runs" / name)}
 
 
 # ==================================================================================== pairs
@@ -296,9 +296,8 @@ def run_dpo(work: Path, size: str, cpu: bool, batch: int, results: Path) -> dict
     """DPO on the pairs, `batch // 2` pairs a step (the same sequences a step as SFT's `batch`),
     with its tokens/s over the last SFT row of `results` on the same pairs (`pairs` mode)."""
     dpo = run_ftray(work, size, "dpo", 1, False, cpu, False, "ddp", max(1, batch // 2), spec_name=f"{size}-pairs")
-    sft = [r for r in map(json.loads, results.read_text().splitlines()) if r.get("path") == "ftray"
-           and r.get("method") == "full" and r.get("size") == size and r.get("run_dir", "").endswith("-a1")] \
-        if results.exists() else []
+    sft = [r for r in map(json.loads, results.read_text().splitlines())
+           if r.get("method") == "full" and r.get("spec") == f"{size}-pairs"] if results.exists() else []
     if sft:
         dpo["dpo_over_sft_tokens_per_s"] = dpo["tokens_per_s"] / sft[-1]["tokens_per_s"]
     return dpo
