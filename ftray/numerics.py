@@ -79,6 +79,20 @@ def all_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
+def all_mean_(tensors: list[torch.Tensor], world: int) -> None:
+    """Average `tensors` over the workers in place, with one all-reduce of one flat buffer (for
+    methods that make their own gradients: meta's meta-gradient, grpo's rollout updates)."""
+    if world == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
 def improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
     if best is None:
         return True

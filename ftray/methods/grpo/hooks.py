@@ -34,7 +34,7 @@ import torch
 from ftray import data
 from ftray.methods.dpo.hooks import Preference, reference_model
 from ftray.methods.grpo.rewards import reward_function, score
-from ftray.numerics import all_sum
+from ftray.numerics import all_mean_, all_sum
 
 EPS = 1e-4  # keeps a group with equal rewards at advantage 0 rather than 0 / 0
 
@@ -202,7 +202,9 @@ class Grpo(Preference):
                 with loop.autocast:
                     loss, kl = self.rollout_loss(model, r, old)
                 loss.backward()
-                average_gradients(model, loop.worker.world)
+                # each worker had its own prompts
+                all_mean_([p.grad for p in model.parameters() if p.requires_grad and p.grad is not None],
+                          loop.worker.world)
                 loop.step()
                 sums[2:4] += (float(kl), 1)
             n, groups = len(batch["prompt_ids"]), r["groups"]
@@ -240,20 +242,6 @@ def prompt_tensors(batch: dict, device) -> dict:
     ids, mask = torch.as_tensor(batch["prompt_ids"]), torch.as_tensor(batch["prompt_mask"])
     start = int((mask.sum(0) > 0).int().argmax())
     return {**batch, "prompt_ids": ids[:, start:].to(device), "prompt_mask": mask[:, start:].to(device)}
-
-
-def average_gradients(model, world: int) -> None:
-    """Average the trainable parameters' gradients over the workers (each had its own prompts)."""
-    if world == 1:
-        return
-    params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
-        offset += p.numel()
 
 
 HOOKS = Grpo  # what `MethodConfig.hooks` finds beside the config

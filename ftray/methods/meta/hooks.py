@@ -24,7 +24,7 @@ from torch.func import functional_call, grad, vmap
 from ftray import data
 from ftray.methods.base import Method, task_loss
 from ftray.models import build_model
-from ftray.numerics import make_optimizer
+from ftray.numerics import all_mean_, make_optimizer
 from ftray.schema import SpecError
 from ftray.spec.data import TASK_METRICS
 
@@ -132,15 +132,11 @@ class Meta(Method):
     @staticmethod
     def _set_mean_grad(model, grads: dict, world: int) -> None:
         """Put the meta-gradient, averaged over the workers (each had its own tasks), in `.grad`."""
-        flat = torch.cat([g.reshape(-1) for g in grads.values()])
-        if world > 1:
-            torch.distributed.all_reduce(flat)
-            flat /= world
-        offset = 0
+        means = {n: g.detach().clone() for n, g in grads.items()}
+        all_mean_(list(means.values()), world)
         for n, p in model.named_parameters():
-            if n in grads:
-                p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
-                offset += p.numel()
+            if n in means:
+                p.grad = means[n].view_as(p)
 
     def validate(self, loop, model):
         """k-shot adaptation on every held-out task: loss and metric on its other rows."""
