@@ -237,7 +237,15 @@ def test_settings_flags_and_bad_runs(runs, served, no_ray, capsys):
     assert serve.deployment_options(ServeSpec(replicas=2)) == {"ray_actor_options": {"num_cpus": 1.0}, "num_replicas": 2}
     assert serve.deployment_options(ServeSpec(replicas=1, max_replicas=3, target_ongoing_requests=4))[
         "autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4.0}
-    assert ray_serve.status().applications["quickstart"].deployments["ModelServer"].replica_states == {"RUNNING": 2}
+    # Two replicas, once Serve has settled: a replica it replaced (a failed health check on a
+    # loaded machine, or the kill test above) is STARTING for a while before it is RUNNING.
+    deadline, states = time.monotonic() + 180, {}
+    while time.monotonic() < deadline:
+        states = ray_serve.status().applications["quickstart"].deployments["ModelServer"].replica_states
+        if states == {"RUNNING": 2}:
+            break
+        time.sleep(0.5)
+    assert states == {"RUNNING": 2}
     for argv, message in (
             ([str(runs["tmp"] / "nope")], "no such folder"),
             ([str(runs["quick"]), "--replicas", "3", "--max-replicas", "2"], "serve.max_replicas: 2 is below"),
