@@ -78,9 +78,10 @@ def test_text_classifier_then_distill_short(ray_session, tmp_path, capsys, monke
 
 
 def test_llm_sft_then_dpo_short(ray_session, tmp_path, capsys, monkeypatch):
-    """jobs/llm_sft.yaml for 2 epochs, then jobs/dpo.yaml and jobs/grpo.yaml from its model for 1
-    epoch on one worker (the shipped budgets and figures are test_llm_sft's, test_llm_sft_then_dpo's
-    and test_llm_sft_then_grpo's)."""
+    """jobs/llm_sft.yaml for 2 epochs, then jobs/dpo.yaml from its model for 1 epoch on one worker
+    (the shipped budgets and figures are test_llm_sft's and test_llm_sft_then_dpo's). jobs/grpo.yaml
+    from the same start is test_llm_sft_then_grpo's (slow: a GRPO epoch generates on the CPU for
+    ~100 s); GRPO end to end on a tiny decoder is tests/methods/test_grpo.py's."""
     monkeypatch.chdir(REPO)
     s = job_summary(capsys, "run", "llm_sft.yaml", tmp_path, "--set", "train.epochs=2")
     ppl = [m["val_perplexity"] for m in s["history"]]
@@ -90,10 +91,6 @@ def test_llm_sft_then_dpo_short(ray_session, tmp_path, capsys, monkeypatch):
     assert set(d["start"]) == set(d["metrics"]) and "val_logprob_preference" in d["metrics"]
     assert d["start"]["val_preference_accuracy"] == 0.0  # the policy is the reference: every reward is 0
     assert d["metrics"]["val_preference_accuracy"] > 0.5 and d["metrics"]["val_loss"] < d["start"]["val_loss"]
-    g = job_summary(capsys, "run", "grpo.yaml", tmp_path, "--set", "train.epochs=1", "--set", "scaling.num_workers=1",
-                    "--set", f"model.init_from={tmp_path}/llm_sft")
-    assert set(g["start"]) == set(g["metrics"]) == {"val_loss", "val_reward", "val_answer_length"}
-    assert 0 <= g["start"]["val_reward"] <= 1 and 0 < g["history"][0]["train_reward"] <= 1
 
 
 def untrained_perplexity(job: str) -> float:
@@ -126,12 +123,12 @@ def test_chat_sft_short(ray_session, tmp_path, capsys, monkeypatch):
     from ftray.chat import CHATML
     monkeypatch.chdir(REPO)
     # One worker: the two-worker job is the slow test's (and DDP has its own tests).
-    s = job_summary(capsys, "run", "chat_sft.yaml", tmp_path, "--set", "train.epochs=2", "--set", "scaling.num_workers=1")
-    ppl = [m["val_perplexity"] for m in s["history"]]
+    # One epoch (perplexity falling epoch on epoch is the slow full-size test's).
+    s = job_summary(capsys, "run", "chat_sft.yaml", tmp_path, "--set", "train.epochs=1", "--set", "scaling.num_workers=1")
+    [ppl] = [m["val_perplexity"] for m in s["history"]]
     untrained = untrained_perplexity("chat_sft.yaml")
     FIGURES["chat_sft.untrained"].check(untrained)
-    assert all(p == p and p < untrained for p in ppl)  # p == p: not NaN
-    assert ppl[1] < ppl[0] < untrained / 20
+    assert ppl == ppl and ppl < untrained / 20  # ppl == ppl: not NaN
     assert AutoTokenizer.from_pretrained(tmp_path / "chat_sft" / "model").chat_template == CHATML
 
 
@@ -226,6 +223,8 @@ def test_llm_sft_then_grpo(ray_session, tmp_path, capsys, monkeypatch):
     s = job_summary(capsys, "run", "grpo.yaml", tmp_path, "--set", f"model.init_from={tmp_path}/llm_sft")
     FIGURES["grpo.start_reward"].check(s["start"]["val_reward"])
     FIGURES["grpo.val_reward"].check(s["metrics"]["val_reward"])
+    assert set(s["start"]) == set(s["metrics"]) == {"val_loss", "val_reward", "val_answer_length"}
+    assert all(0 <= m["train_reward"] <= 1 for m in s["history"])
     assert s["metrics"]["val_reward"] >= s["start"]["val_reward"] + 0.20
 
 
@@ -244,7 +243,7 @@ def test_chat_sft(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     s = job_summary(capsys, "run", "chat_sft.yaml", tmp_path)
     ppl = [m["val_perplexity"] for m in s["history"]]
-    assert len(ppl) == 4
+    assert len(ppl) == 4 and ppl[-1] < ppl[0]
     FIGURES["chat_sft.ppl_epoch1"].check(ppl[0])
     FIGURES["chat_sft.ppl_final"].check(ppl[-1])
 
