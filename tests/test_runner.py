@@ -30,7 +30,8 @@ from tests.methods.test_meta import sines
 
 TOL = 1e-5
 # Per-epoch entries that measure the machine, not the model.
-TIMINGS = {"epoch_time_s", "samples_per_s", "train_time_s", "tokens_per_s", "iteration_s", "peak_memory_gib"}
+TIMINGS = {"epoch_time_s", "samples_per_s", "train_time_s", "tokens_per_s", "iteration_s", "peak_memory_gib",
+           "generate_tokens_per_s", "update_tokens_per_s", "generate_share"}
 
 
 def export_mlp(run_dir: Path, classes: int = 3) -> Path:

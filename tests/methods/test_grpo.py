@@ -113,6 +113,8 @@ def test_grpo_run_end_to_end(ray_session, tmp_path, tiny_gpt, capsys):
         assert TRAIN_KEYS <= set(m)
         assert 0 <= m["train_reward"] <= 1 and 0 <= m["train_equal_groups"] <= 1 and m["train_kl"] >= 0
         assert 1 <= m["train_answer_length"] <= 6
+        # the timings: generating is part of the epoch, not all of it (scoring and updates are the rest)
+        assert 0 < m["generate_share"] < 1 and m["generate_tokens_per_s"] > 0 and m["update_tokens_per_s"] > 0
     assert 0 <= s["start"]["val_reward"] <= 1 and s["start"]["val_loss"] == pytest.approx(1 - s["start"]["val_reward"])
     before = dict(AutoModelForCausalLM.from_pretrained(tiny_gpt).named_parameters())
     after = dict(AutoModelForCausalLM.from_pretrained(s["model"]).named_parameters())

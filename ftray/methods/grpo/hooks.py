@@ -16,7 +16,10 @@ checkpoint draws the same answers, so a resumed run ends where an uninterrupted 
 
 Metrics per epoch: `train_reward` (mean reward of the sampled answers), `train_kl`,
 `train_answer_length` (tokens), `train_equal_groups` (share of groups whose answers all scored the
-same: no learning signal), and on held-out prompts with greedy answers `val_reward` and
+same: no learning signal), the timings `generate_tokens_per_s` (answer tokens sampled per second),
+`update_tokens_per_s` (sequence tokens the policy updates read per second, prompt and answer, each
+of the `steps_per_batch` passes counted) and `generate_share` (the share of the training epoch's
+wall time spent generating), and on held-out prompts with greedy answers `val_reward` and
 `val_answer_length`; `val_loss` is 1 - val_reward, the shortfall that loss-watching parts
 (early stopping's default, plateau schedules) read. summary.json holds the starting model's
 validation metrics under `start`.
@@ -25,6 +28,7 @@ validation metrics under `start`.
 from __future__ import annotations
 
 import json
+import time
 from contextlib import nullcontext
 
 import numpy as np
@@ -164,14 +168,16 @@ class Grpo(Preference):
         rewards (prompts, group_size), the advantages, and the reference's token log-probs (None
         when kl_coef is 0)."""
         m, ids, mask = self.spec.method, batch["prompt_ids"], batch["prompt_mask"]
+        started = _now(ids.device)
         seqs, full_mask, answer_mask = self.generate(model, ids, mask, m.group_size, True, seed)
+        generate_s = _now(ids.device) - started
         width = ids.shape[1]
         rewards = self._rewards(batch, self._texts(seqs, answer_mask, width), m.group_size, "training")
         groups = rewards.view(-1, m.group_size)
         with torch.no_grad(), (autocast or nullcontext()):
             ref = self._reference_logps(model, seqs, full_mask, width)
         return {"seqs": seqs, "mask": full_mask, "answer_mask": answer_mask.float(), "width": width, "groups": groups,
-                "advantages": group_advantages(groups).view(-1).to(ids.device), "ref": ref}
+                "advantages": group_advantages(groups).view(-1).to(ids.device), "ref": ref, "generate_s": generate_s}
 
     def rollout_loss(self, model, r: dict, old: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, mean KL) of a rollout under `model`'s current weights, `old` the sampling policy's
@@ -191,11 +197,14 @@ class Grpo(Preference):
     def run_epoch(self, loop, epoch):
         m, model = self.spec.method, loop.model
         model.eval()  # dropout off: old and new log-probs come from one function
-        loss_sum, seen = 0.0, 0
-        sums = np.zeros(6)  # reward sum, answers, KL sum, KL steps, answer tokens, equal-reward groups
+        loss_sum, seen, device = 0.0, 0, loop.worker.device
+        # reward sum, answers, KL sum, KL steps, answer tokens, equal-reward groups, then the seconds
+        # generating, the seconds of the rest, the epoch's seconds, and the tokens the updates read
+        sums, started = np.zeros(10), _now(device)
         for i, batch in enumerate(self._batches(loop, "train", epoch)):
             seed = hash((self.spec.run.seed, epoch, i, loop.worker.rank)) % (1 << 62)
             r = self.rollout(model, batch, seed, loop.autocast)
+            updating = _now(device)
             with torch.no_grad(), loop.autocast:
                 old = token_logps(self._hf(model), r["seqs"], r["mask"], r["width"])
             for _ in range(m.steps_per_batch):
@@ -210,15 +219,22 @@ class Grpo(Preference):
             n, groups = len(batch["prompt_ids"]), r["groups"]
             loss_sum, seen = loss_sum + float(loss) * n, seen + n
             sums += (float(groups.sum()), groups.numel(), 0, 0, float(r["answer_mask"].sum()),
-                     float((groups.max(-1).values == groups.min(-1).values).sum()))
+                     float((groups.max(-1).values == groups.min(-1).values).sum()), r["generate_s"],
+                     _now(device) - updating, 0, float(r["mask"].sum()) * m.steps_per_batch)
+        sums[8] = _now(device) - started
         self.train_sums = sums
         return loss_sum, seen
 
     def epoch_metrics(self, loop):
-        reward, answers, kl, kl_steps, tokens, equal = all_sum(self.train_sums.tolist(), loop.worker.device)
-        groups = answers / self.spec.method.group_size
+        reward, answers, kl, kl_steps, tokens, equal, generating, updating, epoch_s, read = all_sum(
+            self.train_sums.tolist(), loop.worker.device)
+        groups, world = answers / self.spec.method.group_size, loop.worker.world
         return {"train_reward": reward / max(1.0, answers), "train_kl": kl / max(1.0, kl_steps),
-                "train_answer_length": tokens / max(1.0, answers), "train_equal_groups": equal / max(1.0, groups)}
+                "train_answer_length": tokens / max(1.0, answers), "train_equal_groups": equal / max(1.0, groups),
+                # all workers' tokens over one worker's (mean) seconds
+                "generate_tokens_per_s": tokens / max(1e-9, generating / world),
+                "update_tokens_per_s": read / max(1e-9, updating / world),
+                "generate_share": generating / max(1e-9, epoch_s)}
 
     @torch.no_grad()
     def validate(self, loop, model):
@@ -245,3 +261,10 @@ def prompt_tensors(batch: dict, device) -> dict:
 
 
 HOOKS = Grpo  # what `MethodConfig.hooks` finds beside the config
+
+
+def _now(device: torch.device) -> float:
+    """Seconds, once the device's queued work is done (a GPU runs behind the Python that queues it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
