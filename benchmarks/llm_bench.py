@@ -174,6 +174,9 @@ def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu
     if method == "dpo":  # the pairs spec's SFT data as preference pairs, the reference precomputed
         sets += ["method={name: dpo, beta: 0.1, reference: precompute}", "data.response=null",
                  "data.chosen=chosen", "data.rejected=rejected"]
+    if method == "grpo":  # the pairs spec's prompts; a format reward (its values do not change the work done)
+        sets += [f"method={{name: grpo, reward: regex, pattern: '\\w+', group_size: 8, max_new_tokens: {SEQ[size] // 16},"
+                 " kl_coef: 0.04}", "data.response=null"]
     if packing is not None:
         sets.append(f"data.packing={packing}")
     sets += list(extra)
@@ -189,21 +192,23 @@ def run_ftray(work: Path, size: str, method: str, gpus: int, compile_: bool, cpu
         raise SystemExit(f"ftray run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     s = json.loads((work / "runs" / name / "summary.json").read_text())
     last = s["history"][-1]
-    cfg, seq = SIZES[size], SEQ[size]
+    cfg, seq, tps = SIZES[size], SEQ[size], last.get("tokens_per_s")
     trainable = s["params"]["trainable"] if method == "lora" else None  # frozen base: 4N, not 6N
     return {"path": "ftray", "size": size, "method": method, "quantize": quantize, "packing": packing,
             "set": list(extra), "work": str(work), "gpus": gpus, "compile": compile_,
             "strategy": strategy, "gradient_checkpointing": checkpointing, "kernels": kernels,
             "accum": accum, "batch": batch or yaml.safe_load(spec.read_text())["train"]["batch_size"], "gpu": gpu_name(),
-            "tokens_per_s": last["tokens_per_s"], "tokens_per_s_per_gpu": last["tokens_per_s"] / gpus,
-            "mfu": mfu(last["tokens_per_s"], cfg, seq, gpus, gpu_name(), trainable),
+            # GRPO's epochs count generation and update tokens apart (its generate_* keys below)
+            "tokens_per_s": tps, "tokens_per_s_per_gpu": tps and tps / gpus,
+            "mfu": tps and mfu(tps, cfg, seq, gpus, gpu_name(), trainable),
             "flops_per_token": flops_per_token(cfg, seq, trainable),
             "peak_memory_gib": last.get("peak_memory_gib"), "first_step_s": s["timings"]["first_step_s"],
             "startup": {k: s["timings"].get(k) for k in ("checked_s", "ray_start_s", "data_ready_s", "worker_started_s", "model_ready_s")},
             "wall_s": round(time.time() - started, 1), "params": s["params"],
-            "epochs": [round(h["tokens_per_s"]) for h in s["history"]],
+            "epochs": [round(h.get("tokens_per_s") or h.get("update_tokens_per_s", 0)) for h in s["history"]],
             "epoch_peak_memory_gib": [h.get("peak_memory_gib") for h in s["history"]],
-            "val_loss": last.get("val_loss"), "spec": spec.stem, "run_dir": str(work / "runs" / name)}
+            "val_loss": last.get("val_loss"), "spec": spec.stem, "run_dir": str(work / "runs" / name),
+            **{k: last[k] for k in ("generate_tokens_per_s", "update_tokens_per_s", "generate_share") if k in last}}
 
 
 # ==================================================================================== pairs
@@ -301,6 +306,14 @@ def run_dpo(work: Path, size: str, cpu: bool, batch: int, results: Path) -> dict
     if sft:
         dpo["dpo_over_sft_tokens_per_s"] = dpo["tokens_per_s"] / sft[-1]["tokens_per_s"]
     return dpo
+
+
+def run_grpo(work: Path, size: str, cpu: bool, batch: int) -> dict:
+    """GRPO on the pairs' prompts, `batch` prompts a step and 8 sampled answers of up to seq/16
+    tokens each (a format reward on random weights: this measures generation and update speed, not
+    learning; the work done does not depend on the rewards' values): the run's tokens/s, its generation and update tokens/s and the share of the epoch
+    spent generating (the run's own `generate_*` metrics)."""
+    return run_ftray(work, size, "grpo", 1, False, cpu, False, "ddp", batch, spec_name=f"{size}-pairs")
 
 
 # ==================================================================================== plain path
@@ -573,7 +586,7 @@ def record(result: dict, results: Path) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["prepare", "ftray", "plain", "plain-worker", "floor", "floor-run", "pairs", "dpo",
+    p.add_argument("mode", choices=["prepare", "ftray", "plain", "plain-worker", "floor", "floor-run", "pairs", "dpo", "grpo",
                                        "profile", "smoke"])
     p.add_argument("--size", choices=list(SIZES), default="1b")
     p.add_argument("--method", choices=["full", "lora"], default="full")
@@ -625,6 +638,9 @@ def main(argv=None) -> None:
     elif a.mode == "dpo":
         prepare_pairs(a.work, a.size, a.steps, a.batch, a.prompts)
         record(run_dpo(a.work, a.size, a.cpu, a.batch, a.results), a.results)
+    elif a.mode == "grpo":
+        prepare_pairs(a.work, a.size, a.steps, a.batch, a.prompts)
+        record(run_grpo(a.work, a.size, a.cpu, a.batch), a.results)
     else:  # smoke: the tiny model on CPU through both paths (LoRA through ftray), 2 workers each
         prepare(a.work, "tiny", 4, 4)
         record(run_ftray(a.work, "tiny", "lora", 2, False, True, False, "ddp"), a.results)
