@@ -98,7 +98,8 @@ def rl(d: Path, _) -> dict:
 def preference(name: str):
     def make(d: Path, fixture) -> dict:  # pairs of answers on a tiny decoder (tests/methods/test_dpo.py)
         from tests.methods.test_dpo import pair_spec
-        return {**pair_spec(d, fixture("tiny_gpt")), "method": {"name": name}}
+        raw = pair_spec(d, fixture("tiny_gpt"))
+        return {**raw, "method": {"name": name}, "run": {**raw["run"], "name": "t"}}  # the table's run name
     return make
 
 
