@@ -1,7 +1,7 @@
 """Preference methods (`dpo`, `simpo`): the sequence log-probs, each loss and the metrics against
 values worked by hand, the LoRA reference (the base with adapters off) and the precomputed one
-against the live one, and a tiny `ftray run` through the CLI (summary `start` beside `metrics`,
-trainable weights moved)."""
+against the live one, a tiny `ftray run` through the CLI (summary `start` beside `metrics`,
+trainable weights moved), and sweeps over beta (bad searched keys refused before Ray, a 2-trial sweep)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """`grpo`: the built-in rewards and the check of a user's `module:function` (no Ray), the group
 advantages and the clipped loss with its KL against hand values, a tiny `ftray run` through the CLI
 (summary `start` beside `metrics`, every weight moved), bad input (exit 2 before Ray), a reward that
-fails on a row at run time (status failed, the row named, the checkpoint kept), and (slow) a run
-killed mid-training that resumes to the uninterrupted run's metrics."""
+fails on a row at run time (status failed, the row named, the checkpoint kept), (slow) a run
+killed mid-training that resumes to the uninterrupted run's metrics, and sweeps: searched keys
+accepted and refused before Ray, and a tiny PBT sweep whose exploited trial resumes from its donor."""
 
 from __future__ import annotations
 
