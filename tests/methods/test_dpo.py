@@ -208,7 +208,7 @@ def test_beta_sweep_of_two_trials(ray_session, tmp_path, tiny_gpt, capsys):
     from pathlib import Path
 
     import yaml
-    raw = pair_spec(tmp_path, tiny_gpt)
+    raw = pair_spec(tmp_path, tiny_gpt, reference="live")  # no Ray Data pass in each trial: faster
     raw["train"]["epochs"] = 1
     raw["run"]["name"] = "dpo_beta"
     raw["tune"] = {"space": {"method.beta": {"grid": [0.05, 2.0]}}, "metric": "val_preference_accuracy",
