@@ -359,12 +359,25 @@ def pbt_log(sweep_dir: str) -> dict:
     target's old one), and each trial's iteration as of its last processed result, which can lag
     the exploit's epoch by one: hence these names."""
     path = Path(sweep_dir) / TUNE_DIR / "pbt_global.txt"
+    ids = trial_ids(Path(sweep_dir) / TUNE_DIR)
     steps = []
     for line in (path.read_text().splitlines() if path.is_file() else []):
         target, clone, target_iteration, clone_iteration, copied, new = json.loads(line)
-        steps.append({"trial": target, "copied": clone, "trial_iteration": target_iteration,
+        steps.append({"trial": target, "copied": clone, "trial_id": ids.get(target.split("_")[0]),
+                      "copied_id": ids.get(clone.split("_")[0]), "trial_iteration": target_iteration,
                       "copied_iteration": clone_iteration, "copied_config": copied, "new_config": new})
     return {"exploits": len(steps), "log": steps}
+
+
+def trial_ids(tune_dir: Path) -> dict[str, str]:
+    """{trial index: trial id} from Tune's trial folders (`trial_<id>_<index>_<values>_<time>`): PBT's
+    log names trials by their tag (`<index>_<values>`), the trial folders under `trials/` by id."""
+    ids = {}
+    for folder in tune_dir.glob("trial_*"):
+        m = re.match(r"trial_(\w+?_(\d+))_(\d+)_", folder.name)
+        if m and int(m.group(2)) == int(m.group(3)):
+            ids[m.group(3)] = m.group(1)
+    return ids
 
 
 def validation_batch(spec: JobSpec) -> dict:

@@ -147,6 +147,13 @@ ENTRIES = [
              "jobs/grpo.yaml --set run.seed=N --set run.name=grpo_sN` after `ftray run jobs/llm_sft.yaml`"),
     Untested("grpo.wall", ("204 s (seed 2, load average falling from about 20 to 5), 8 to 11 minutes at a load of 40 to 60",),
              f"{WALL}: `ftray run jobs/grpo.yaml`"),
+    # ----------------------------------------------------- GRPO PBT (after llm_sft; 30 held-out prompts)
+    Figure("grpo_pbt.exploits", "| {2} exploit steps; best trial", 0, f"{JOBS}::test_llm_sft_then_grpo_pbt", scale=1),
+    Figure("grpo_pbt.best", "best trial's greedy held-out answers {100}% in the format", 0.034,
+           f"{JOBS}::test_llm_sft_then_grpo_pbt"),
+    Figure("grpo_pbt.single", "against {66.7}% for the same spec's single run", 0.034,
+           f"{JOBS}::test_llm_sft_then_grpo_pbt"),
+    Figure("grpo_pbt.start", "single run (start {56.7}%)", 0.034, f"{JOBS}::test_llm_sft_then_grpo_pbt"),
     # ----------------------------------------------------------------------------- chat SFT
     Figure("chat_sft.untrained", "val perplexity {31071} untrained", 50, f"{JOBS}::test_chat_sft_short", scale=1,
            also=("({31071} before training",)),

@@ -229,6 +229,26 @@ def test_llm_sft_then_grpo(ray_session, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
+def test_llm_sft_then_grpo_pbt(ray_session, tmp_path, capsys, monkeypatch):
+    """jobs/grpo_pbt.yaml as its header runs it (after jobs/llm_sft.yaml), and the same spec's
+    single run (`ftray run`, the tune section ignored): the sweep exploits after epochs 1 and 2, and
+    its best trial ends above the single run (issue 19's target)."""
+    monkeypatch.chdir(REPO)
+    job_summary(capsys, "run", "llm_sft.yaml", tmp_path)
+    start = f"model.init_from={tmp_path}/llm_sft"
+    sweep = job_summary(capsys, "sweep", "grpo_pbt.yaml", tmp_path, "--set", start)
+    single = job_summary(capsys, "run", "grpo_pbt.yaml", tmp_path, "--set", start,
+                         "--set", "run.name=grpo_pbt_single")
+    assert sweep["status"] == single["status"] == "succeeded" and sweep["trials"] == 2
+    FIGURES["grpo_pbt.exploits"].check(sweep["pbt"]["exploits"])
+    assert all(step["trial_id"] != step["copied_id"] for step in sweep["pbt"]["log"])
+    FIGURES["grpo_pbt.start"].check(single["start"]["val_reward"])
+    FIGURES["grpo_pbt.single"].check(single["metrics"]["val_reward"])
+    FIGURES["grpo_pbt.best"].check(sweep["best"]["metrics"]["val_reward"])
+    assert sweep["best"]["metrics"]["val_reward"] > single["metrics"]["val_reward"]
+
+
+@pytest.mark.slow
 def test_llm_sft(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     s = job_summary(capsys, "run", "llm_sft.yaml", tmp_path)

@@ -33,10 +33,12 @@ class HyperbandScheduler(Strict):
 
 
 # What PBT/PB2 may change in a running trial: values the training loop reads from the spec at every
-# step (optimizer hyperparameters, penalties). Structure (layers, units, dropout) is baked into the
-# checkpointed model, so such keys are only sampled at the start and copied along with a checkpoint.
+# step (optimizer hyperparameters, penalties, and the method's own loss and sampling weights: grpo's
+# rollout temperature and KL weight, dpo's and simpo's beta, distill's temperature). Structure
+# (layers, units, dropout) is baked into the checkpointed model, and grpo's group size shapes every
+# batch's advantages, so such keys are only sampled at the start and copied along with a checkpoint.
 PBT_MUTABLE = ("train.lr", "train.l1", "train.grad_clip", "train.optimizer.weight_decay",
-               "train.optimizer.momentum")
+               "train.optimizer.momentum", "method.temperature", "method.kl_coef", "method.beta")
 
 
 class _Population(Strict):

@@ -17,7 +17,7 @@
   prefers the chosen answer of about 40% of them.
 - grpo_prompts.jsonl: `prompt` and its `answer` (prompts of `instructions`, 60% word reversal) for
   GRPO after jobs/llm_sft.yaml, rewarded for a format: a sentence ending with a full stop, which the
-  SFT model never writes for a reversal.
+  SFT model never writes for a reversal. grpo_pbt_prompts.jsonl: 120 more draws, for the PBT sweep.
 - chats.jsonl: multi-turn `messages` (a system prompt, then 2-3 exchanges) for chat tuning. The
   system prompt picks the reply style (terse or full sentences), a follow-up question refers to the
   previous answer ("now double it"), and some chats carry a `tool` turn whose result the reply uses.
@@ -143,13 +143,13 @@ def preferences(rows: int = 800, reversal_share: float = 0.6) -> None:
             f.write(json.dumps(dict(zip(("prompt", "chosen", "rejected"), row))) + "\n")
 
 
-def grpo_prompts(rows: int = 400, reversal_share: float = 0.6) -> None:
+def grpo_prompts(rows: int = 400, reversal_share: float = 0.6, name: str = "grpo_prompts", seed: int = 7) -> None:
     """Prompts for `jobs/grpo.yaml`: new draws of the prompts of `instructions`, with the `answer`
     that instructions.jsonl would give. The reward there checks a format (a sentence of two or more
     words ending with a full stop), which the SFT model follows for sums, opposites and colours and
     never for word reversal (bare words): reversal prompts are 60% of the rows."""
-    rng = random.Random(7)
-    with open(OUT / "grpo_prompts.jsonl", "w") as f:
+    rng = random.Random(seed)
+    with open(OUT / f"{name}.jsonl", "w") as f:
         for _ in range(rows):
             if rng.random() < reversal_share:
                 words = rng.sample(WORDS, 3)
@@ -265,6 +265,7 @@ if __name__ == "__main__":
     instructions()
     preferences()
     grpo_prompts()
+    grpo_prompts(rows=120, name="grpo_pbt_prompts", seed=8)  # jobs/grpo_pbt.yaml: a smaller population budget
     chats()
     digit_questions()
     digits_old_task()

@@ -1,7 +1,7 @@
 """Preference methods (`dpo`, `simpo`): the sequence log-probs, each loss and the metrics against
 values worked by hand, the LoRA reference (the base with adapters off) and the precomputed one
-against the live one, and a tiny `ftray run` through the CLI (summary `start` beside `metrics`,
-trainable weights moved)."""
+against the live one, a tiny `ftray run` through the CLI (summary `start` beside `metrics`,
+trainable weights moved), and sweeps over beta (bad searched keys refused before Ray, a 2-trial sweep)."""
 
 from __future__ import annotations
 
@@ -183,3 +183,42 @@ def test_chat_pairs_label_the_last_answer_only(tmp_path, tiny_gpt):
     assert tok.decode([t for t in r_lab if t != -100]).startswith("go away")
     first = next(i for i, t in enumerate(c_lab) if t != -100)
     assert c_ids[:first] == r_ids[:first]  # the same prompt before either answer
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"method.temperature": {"uniform": [0.5, 1.0]}}, "tune.space.method.temperature = 0.5: unknown key"),
+    ({"method.beta": {"loguniform": [0.01, 200.0]}}, "tune.space.method.beta = 200.0: Input should be less than"),
+    ({"method.beta": {"choice": [0.1, 0.0]}}, "tune.space.method.beta = 0.0: Input should be greater than 0"),
+])
+def test_sweep_refuses_a_searched_key_dpo_lacks_or_a_bad_beta(tmp_path, tiny_gpt, no_ray, capsys, space, message):
+    from ftray import cli
+    raw = pair_spec(tmp_path, tiny_gpt)
+    raw["tune"] = {"space": space, "metric": "val_preference_accuracy", "mode": "max", "num_samples": 2}
+    path = write_spec(tmp_path / "bad_sweep.yaml", raw)
+    assert cli.main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err and "Traceback" not in err, err
+
+
+def test_beta_sweep_of_two_trials(ray_session, tmp_path, tiny_gpt, capsys):
+    """`ftray sweep` over method.beta (a grid of 2, packed trials, 1 epoch) ranked by
+    val_preference_accuracy: each trial trains with its own beta (same data, seed and lr, so the
+    losses differ by beta alone), and best.yaml carries the best trial's beta."""
+    import json
+    from pathlib import Path
+
+    import yaml
+    raw = pair_spec(tmp_path, tiny_gpt, reference="live")  # no Ray Data pass in each trial: faster
+    raw["train"]["epochs"] = 1
+    raw["run"]["name"] = "dpo_beta"
+    raw["tune"] = {"space": {"method.beta": {"grid": [0.05, 2.0]}}, "metric": "val_preference_accuracy",
+                   "mode": "max", "num_samples": 1, "max_concurrent": 2, "trial": "packed"}
+    s = cli_summary(capsys, "sweep", str(write_spec(tmp_path / "beta.yaml", raw)))
+    assert s["status"] == "succeeded" and s["trials"] == 2 and s["errors"] == 0
+    folder = Path(s["best"]["run"]).parent.parent
+    trials = [json.loads((t / "summary.json").read_text()) for t in (folder / "trials").iterdir()]
+    assert sorted(t["config"]["method.beta"] for t in trials) == [0.05, 2.0]
+    assert all(t["status"] == "succeeded" and 0 <= t["metrics"]["val_preference_accuracy"] <= 1 for t in trials)
+    assert trials[0]["history"][0]["train_loss"] != pytest.approx(trials[1]["history"][0]["train_loss"], rel=1e-4)
+    best = yaml.safe_load((folder / "best.yaml").read_text())
+    assert best["method"]["beta"] == s["best"]["config"]["method.beta"] and "tune" not in best

@@ -1,8 +1,9 @@
 """`grpo`: the built-in rewards and the check of a user's `module:function` (no Ray), the group
 advantages and the clipped loss with its KL against hand values, a tiny `ftray run` through the CLI
 (summary `start` beside `metrics`, every weight moved), bad input (exit 2 before Ray), a reward that
-fails on a row at run time (status failed, the row named, the checkpoint kept), and (slow) a run
-killed mid-training that resumes to the uninterrupted run's metrics."""
+fails on a row at run time (status failed, the row named, the checkpoint kept), (slow) a run
+killed mid-training that resumes to the uninterrupted run's metrics, and sweeps: searched keys
+accepted and refused before Ray, and a tiny PBT sweep whose exploited trial resumes from its donor."""
 
 from __future__ import annotations
 
@@ -199,3 +200,72 @@ def test_prompt_row_rules_are_shared_by_grpo_and_the_pair_methods(tmp_path, tiny
     raw["data"].update(change)
     with pytest.raises(SpecError, match=re.escape(message.format(name=method))):
         validate(raw, "job.yaml")
+
+
+# ------------------------------------------------------------------------------------- sweeps
+GRPO_SPACE = {"train.lr": {"loguniform": [0.001, 0.05]}, "method.temperature": {"uniform": [0.5, 1.5]}}
+
+
+def grpo_sweep_spec(tmp_path, tiny_gpt, space=None, **tune) -> dict:
+    raw = grpo_spec(tmp_path, tiny_gpt, name="grpo_pbt_tiny")
+    raw["tune"] = {"trial": "packed", "metric": "val_reward", "mode": "max", "num_samples": 2, "max_concurrent": 2,
+                   "scheduler": {"name": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5, "synch": True},
+                   "space": space or GRPO_SPACE, **tune}
+    return raw
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"method.beta": {"uniform": [0.1, 0.5]}}, "tune.space.method.beta = 0.1: unknown key"),
+    ({"method.group_size": {"choice": [1, 4]}}, "tune.space.method.group_size = 1: Input should be greater than or equal to 2"),
+    ({"method.temperature": {"uniform": [0.0, 1.0]}}, "tune.space.method.temperature = 0.0: Input should be greater than 0"),
+    ({"method.tempreature": {"uniform": [0.5, 1.0]}}, "tune.space.method.tempreature = 0.5: unknown key"),
+])
+def test_sweep_refuses_a_searched_key_grpo_lacks_or_a_bad_value(tmp_path, tiny_gpt, no_ray, capsys, space, message):
+    path = write_spec(tmp_path / "bad_sweep.yaml", grpo_sweep_spec(tmp_path, tiny_gpt, space, scheduler={"name": "fifo"}))
+    assert cli.main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err and "Traceback" not in err, err
+
+
+def test_sweep_accepts_grpo_lr_group_size_temperature_and_pbt_over_temperature(tmp_path, tiny_gpt, no_ray, capsys):
+    space = {"train.lr": {"loguniform": [0.001, 0.05]}, "method.group_size": {"choice": [2, 4, 8]},
+             "method.temperature": {"uniform": [0.5, 1.5]}}
+    fifo = write_spec(tmp_path / "sweep.yaml", grpo_sweep_spec(tmp_path, tiny_gpt, space, scheduler={"name": "fifo"}))
+    assert cli.main(["validate", str(fifo)]) == 0, capsys.readouterr().err
+    # PBT may change the rollout temperature of a running trial: it alone is enough to mutate.
+    pbt = write_spec(tmp_path / "pbt.yaml", grpo_sweep_spec(tmp_path, tiny_gpt, {"method.temperature": GRPO_SPACE[
+        "method.temperature"]}))
+    assert cli.main(["validate", str(pbt)]) == 0, capsys.readouterr().err
+
+
+def test_pbt_exploit_resumes_a_grpo_trial_from_its_donor(ray_session, tmp_path, tiny_gpt, capsys):
+    """Two packed GRPO trials, PBT after epoch 1 (of 2): the worse trial continues from the better
+    one's checkpoint. Its history is then the donor's epoch 1 (weights, step count and metrics
+    came with the checkpoint), its own first epoch is gone, and its second epoch trains from the
+    donor's step count with its mutated lr and temperature."""
+    path = write_spec(tmp_path / "pbt.yaml", grpo_sweep_spec(tmp_path, tiny_gpt))
+    assert cli.main(["sweep", str(path)]) == 0, capsys.readouterr().err[-3000:]
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["trials"] == 2
+    assert summary["pbt"]["exploits"] == 1, summary["pbt"]  # none at the last epoch
+    step = summary["pbt"]["log"][0]
+    target, donor = step["trial_id"], step["copied_id"]
+    assert target and donor and target != donor
+
+    def trial(name):
+        return json.loads((folder / "trials" / name / "summary.json").read_text())
+    t, d = trial(target), trial(donor)
+    assert t["status"] == d["status"] == "succeeded" and t["epochs_done"] == d["epochs_done"] == 2
+    keys = ("step", "train_loss", "train_reward", "train_kl", "val_reward", "val_answer_length")
+    assert {k: t["history"][0][k] for k in keys} == {k: d["history"][0][k] for k in keys}
+    # Synchronous PBT pauses the whole population at the perturbation: the donor continues from its
+    # own checkpoint, the target from the donor's; both at the end of epoch 1.
+    assert t["resumes"] == d["resumes"] == [{"epoch": 1, "step": 3}]
+    assert t["history"][1]["step"] == 6 == t["steps_done"]
+    assert t["history"][1]["lr"] == pytest.approx(step["new_config"]["train.lr"])  # constant schedule
+    assert t["config"] == step["new_config"] and t["config"]["train.lr"] != d["config"]["train.lr"]
+    # What the target itself reported for epoch 1 (Tune's results) is not what its history now says.
+    own = [json.loads(line) for p in (folder / "tune").glob(f"*{target}*/result.json") for line in p.open()]
+    first = next(r for r in own if r["epoch"] == 1)
+    assert first["train_loss"] != d["history"][0]["train_loss"]
