@@ -111,9 +111,8 @@ class RLMethod(MethodConfig):
                              "method.stop.target_return; set it")
         if self.algorithm == "sac":
             _check_sac(self, spec)
-        elif self.model_fields_set & set(SAC_ONLY):
-            key = sorted(self.model_fields_set & set(SAC_ONLY))[0]
-            raise ValueError(f"method.{key}: a SAC setting; method.algorithm is ppo")
+        elif changed := _changed(self, SAC_ONLY):
+            raise ValueError(f"method.{changed[0]}: a SAC setting; method.algorithm is ppo")
         if self.algorithm == "ppo" and self.minibatch > self.train_batch:
             raise ValueError(f"method.minibatch: {self.minibatch} is larger than method.train_batch "
                              f"{self.train_batch}")
@@ -131,12 +130,18 @@ PPO_ONLY = ("gae_lambda", "clip", "entropy_coeff", "epochs", "critic_warmup_step
 SAC_ONLY = ("tau", "initial_alpha", "learning_starts", "replay_capacity")
 
 
+def _changed(method: RLMethod, keys: tuple) -> list[str]:
+    """The `keys` whose values differ from their defaults (a recorded spec holds every key)."""
+    fields = type(method).model_fields
+    return [k for k in keys if getattr(method, k) != fields[k].get_default(call_default_factory=True)]
+
+
 def _check_sac(method: RLMethod, spec) -> None:
     """SAC takes one pretrained start, an earlier SAC checkpoint; the rest is PPO's."""
     if spec.model.init_from:
         raise ValueError("model.init_from: method.algorithm sac starts from scratch or from an earlier sac "
                          "checkpoint (method.init_checkpoint), not from a supervised export")
-    ppo_only = sorted(method.model_fields_set & set(PPO_ONLY))
+    ppo_only = _changed(method, PPO_ONLY)
     if ppo_only:
         raise ValueError(f"method.{ppo_only[0]}: a PPO setting (or PPO's pretrained start); method.algorithm "
                          "sac does not use it")
