@@ -5,10 +5,13 @@ Read top to bottom: the driver checks everything it can before Ray starts (the e
 spaces, the pretrained start's parameter names and shapes, the demonstration columns); then it
 sets up the start (behaviour cloning on offline demonstrations with RLlib's BC, an earlier RLlib
 checkpoint, or an ftray supervised export), scores it with greedy evaluation episodes, fits PPO
-until a stop condition, checkpoints every iteration, scores the result again and writes the run
+(or SAC, `method.algorithm: sac`, on continuous actions: `ftray.rl_sac`) until a stop condition, checkpoints every iteration, scores the result again and writes the run
 folder (`summary.json`, `model/`, `curves.png`). `ftray rl collect` rolls a checkpointed policy
 out and writes demonstrations in the Parquet layout that RLlib's offline API (and so
 `method.demos`) reads.
+
+Actions are Discrete or a flat Box of floats; what differs between them (the policy's outputs,
+greedy actions, demonstration checks, the pull toward the start) is `ftray.rl_spaces`.
 
 The policy network is `model` (an `mlp`: layers, units, activation, as in supervised jobs) and
 its parameters carry the supervised names (`pi.backbone.0.0.weight`, `pi.classifier.weight`), so a
