@@ -5,8 +5,8 @@ Read top to bottom: the driver checks everything it can before Ray starts (the e
 spaces, the pretrained start's parameter names and shapes, the demonstration columns); then it
 sets up the start (behaviour cloning on offline demonstrations with RLlib's BC, an earlier RLlib
 checkpoint, or an ftray supervised export), scores it with greedy evaluation episodes, fits PPO
-(or SAC, `method.algorithm: sac`, on continuous actions: `ftray.rl_sac`) until a stop condition, checkpoints every iteration, scores the result again and writes the run
-folder (`summary.json`, `model/`, `curves.png`). `ftray rl collect` rolls a checkpointed policy
+(or SAC, `method.algorithm: sac`, on continuous actions: `ftray.rl_sac`) until a stop condition,
+checkpoints every iteration, scores the result again and writes the run folder (`summary.json`, `model/`, `curves.png`). `ftray rl collect` rolls a checkpointed policy
 out and writes demonstrations in the Parquet layout that RLlib's offline API (and so
 `method.demos`) reads.
 
