@@ -231,6 +231,12 @@ def test_sac_trains_checkpoints_resumes_and_starts_another_run(ray_session, tmp_
     _, s2 = summary_of(out)
     assert s2["resumes"] == [{"iteration": 1, "env_steps": 200}] and s2["rl"]["env_steps"] == 400
 
+    # A SAC run's rollouts are continuous demonstrations (tanh-squashed, rescaled to the bounds).
+    demos = tmp_path / "sac_demos.parquet"
+    code, out, err = run_cli(["rl", "collect", str(run_dir), "--episodes", "1", "--out", str(demos)], capsys)
+    assert code == 0, err
+    assert rl.check_demos(str(demos), TrackEnv().observation_space, TrackEnv().action_space) == HORIZON
+
     again = sac_spec(tmp_path, "sac_again", init_checkpoint=str(run_dir))
     code, out, err = run_cli(["run", str(write_spec(tmp_path / "again.yaml", again))], capsys)
     assert code == 0, err[-3000:]
