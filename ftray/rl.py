@@ -5,10 +5,13 @@ Read top to bottom: the driver checks everything it can before Ray starts (the e
 spaces, the pretrained start's parameter names and shapes, the demonstration columns); then it
 sets up the start (behaviour cloning on offline demonstrations with RLlib's BC, an earlier RLlib
 checkpoint, or an ftray supervised export), scores it with greedy evaluation episodes, fits PPO
-until a stop condition, checkpoints every iteration, scores the result again and writes the run
-folder (`summary.json`, `model/`, `curves.png`). `ftray rl collect` rolls a checkpointed policy
+(or SAC, `method.algorithm: sac`, on continuous actions: `ftray.rl_sac`) until a stop condition,
+checkpoints every iteration, scores the result again and writes the run folder (`summary.json`, `model/`, `curves.png`). `ftray rl collect` rolls a checkpointed policy
 out and writes demonstrations in the Parquet layout that RLlib's offline API (and so
 `method.demos`) reads.
+
+Actions are Discrete or a flat Box of floats; what differs between them (the policy's outputs,
+greedy actions, demonstration checks, the pull toward the start) is `ftray.rl_spaces`.
 
 The policy network is `model` (an `mlp`: layers, units, activation, as in supervised jobs) and
 its parameters carry the supervised names (`pi.backbone.0.0.weight`, `pi.classifier.weight`), so a
@@ -39,6 +42,7 @@ from ray.rllib.core.rl_module.rl_module import RLModule, RLModuleSpec
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
+from ftray import rl_sac, rl_spaces
 from ftray.models.base import ModelInfo, param_mismatch
 from ftray.models.mlp import MLP, WEIGHTS
 from ftray.redact import redact
@@ -103,10 +107,7 @@ class GuidedEnv(gym.Wrapper):
     def reset(self, *, seed=None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)
         for _ in range(self.steps):
-            with torch.no_grad():
-                logits = self.guide.forward_inference({Columns.OBS: torch.as_tensor(np.asarray(obs)[None])})[
-                    Columns.ACTION_DIST_INPUTS][0]
-            obs, _, terminated, truncated, info = self.env.step(int(logits.argmax()))
+            obs, _, terminated, truncated, info = self.env.step(greedy_action(self.guide, obs, self.action_space))
             self.guide_actions += 1
             if terminated or truncated:  # the guide's part ended the episode: the learner plays another whole
                 return self.env.reset()
@@ -131,9 +132,7 @@ def check_env(method: RLMethod):
         raise SpecError(f"method.env: {method.env} made a {type(env).__name__}, not a gymnasium.Env")
     obs, act = env.observation_space, env.action_space
     env.close()
-    if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1 and isinstance(act, gym.spaces.Discrete)):
-        raise SpecError(f"method.env: {method.env} has observations {obs} and actions {act}; method rl "
-                        "supports a flat Box observation and Discrete actions")
+    rl_spaces.check_spaces(method.env, method.algorithm, obs, act)
     return obs, act
 
 
@@ -165,7 +164,8 @@ class CartPoleVariant(CartPoleEnv):
 
 # =================================================================================== the policy
 class FtrayPolicy(TorchRLModule, ValueFunctionAPI):
-    """PPO's policy and value networks: two ftray `mlp`s over the observation vector.
+    """PPO's policy and value networks: two ftray `mlp`s over the observation vector (the policy's
+    outputs: one logit per Discrete action, or a Gaussian's means and log-stds, `ftray.rl_spaces`).
 
     `model_config` is the spec's `model` section (layers, units, activation). The value network
     is separate (no shared layers) so that a cloned or supervised policy keeps its weights while
@@ -175,7 +175,7 @@ class FtrayPolicy(TorchRLModule, ValueFunctionAPI):
         # RLlib adds its own default keys to model_config: take the structure's alone.
         structure = MLPModel(**{k: self.model_config[k] for k in ("layers", "units", "activation")})
         width = int(self.observation_space.shape[0])
-        self.pi = MLP(structure, ModelInfo("classification", width, list(range(int(self.action_space.n)))))
+        self.pi = MLP(structure, rl_spaces.policy_info(width, self.action_space))
         self.value = MLP(structure, ModelInfo("regression", width))
 
     def _forward(self, batch, **kwargs):
@@ -223,8 +223,7 @@ class FtrayPPOLearner(PPOTorchLearner):
         if weight > 0:
             with torch.no_grad():
                 start = self._start_policy(module_id, cfg["start_dir"])({"x": batch[Columns.OBS].float()})
-            kl = torch.nn.functional.kl_div(torch.log_softmax(fwd_out[Columns.ACTION_DIST_INPUTS], -1),
-                                            torch.log_softmax(start, -1), log_target=True, reduction="none").sum(-1)
+            kl = rl_spaces.start_kl(fwd_out[Columns.ACTION_DIST_INPUTS], start, self._module[module_id].action_space)
             if Columns.LOSS_MASK in batch:
                 kl = kl[batch[Columns.LOSS_MASK]]
             self.metrics.log_value((module_id, "start_kl"), kl.mean().detach(), window=1)
@@ -255,14 +254,16 @@ def critic_warmup_steps(spec: JobSpec, plan: "RLPlan") -> int:
 
 
 def module_spec(spec: JobSpec, obs_space=None, act_space=None) -> RLModuleSpec:
+    """The policy's module: ftray's `FtrayPolicy` for PPO, RLlib's default SAC module for SAC."""
+    if spec.method.algorithm == "sac":
+        return rl_sac.module_spec(spec, obs_space, act_space)
     structure = spec.model.model_dump(include={"layers", "units", "activation"})
     return RLModuleSpec(module_class=FtrayPolicy, observation_space=obs_space, action_space=act_space,
                         model_config=structure)
 
 
 # ==================================================================== pretrained starts, checked
-def _spaces_text(obs, act) -> str:
-    return f"{int(obs.shape[0])} observation features, {int(act.n)} actions"
+_spaces_text = rl_spaces.spaces_text
 
 
 def policy_module_dir(source: str, key: str) -> Path:
@@ -285,7 +286,7 @@ def check_checkpoint_start(spec: JobSpec, source: str, obs, act, key: str = "met
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is bad input here
         raise SpecError(f"{key}: {d}: cannot load the RLlib module ({type(e).__name__}: {e})") from None
     s_obs, s_act = saved.observation_space, saved.action_space
-    if getattr(s_obs, "shape", None) != obs.shape or getattr(s_act, "n", None) != act.n:
+    if getattr(s_obs, "shape", None) != obs.shape or not rl_spaces.same_action_space(s_act, act):
         raise SpecError(f"{key}: {source}: the pretrained policy's spaces ({s_obs}, {s_act}) do not match "
                         f"{spec.method.env}'s ({_spaces_text(obs, act)})")
     want = {k: tuple(v.shape) for k, v in module_spec(spec, obs, act).build().state_dict().items()}
@@ -301,6 +302,10 @@ def check_supervised_start(spec: JobSpec, obs, act) -> Path:
     from safetensors import safe_open
 
     from ftray.models import export_config, exported_model_dir
+    if rl_spaces.is_box(act):
+        raise SpecError(f"model.init_from: a supervised export starts a policy over Discrete actions (its classes "
+                        f"are the actions); {spec.method.env}'s actions are continuous ({act}): start from "
+                        "method.demos or method.init_checkpoint")
     d = exported_model_dir(spec.model.init_from, "model.init_from")
     cfg = export_config(d, "model.init_from")
     if cfg["builder"] != "mlp":
@@ -345,11 +350,7 @@ def check_demos(path: str, obs, act) -> int:
         if bad is not None:
             raise SpecError(f"{key}: {path}: row {bad}: {col} has {widths[bad]} values, the environment's "
                             f"observations have {obs.shape[0]}")
-    actions = table["actions"].to_pylist()
-    bad = next((i for i, a in enumerate(actions) if not isinstance(a, int) or not 0 <= a < act.n), None)
-    if bad is not None:
-        raise SpecError(f"{key}: {path}: row {bad}: action {actions[bad]!r} is not one of the "
-                        f"environment's {act.n} actions")
+    rl_spaces.check_demo_actions(table["actions"].to_pylist(), act, f"{key}: {path}")
     return table.num_rows
 
 
@@ -375,6 +376,8 @@ def prepare(spec: JobSpec, address: str | None = None, devices: bool = True) -> 
         plan.start, plan.start_path = "checkpoint", check_checkpoint_start(spec, m.init_checkpoint, obs, act)
     elif spec.model.init_from:
         plan.start, plan.start_path = "supervised", check_supervised_start(spec, obs, act)
+    if m.algorithm == "sac":
+        rl_sac.check_module(spec, obs, act)
     if "://" in spec.run.storage_path:
         raise SpecError("run.storage_path: rl runs write to a local (or mounted shared) folder, not a URI")
     if devices:
@@ -393,22 +396,24 @@ def rollouts(module, env, episodes: int, seed: int, greedy: bool = True) -> tupl
         obs, _ = env.reset(seed=seed + ep)
         total, t = 0.0, 0
         while True:
-            with torch.no_grad():
-                logits = module.forward_inference({Columns.OBS: torch.as_tensor(np.asarray(obs)[None])})[
-                    Columns.ACTION_DIST_INPUTS][0]
-            if greedy:
-                action = int(logits.argmax())
-            else:
-                action = int(rng.choice(len(logits), p=torch.softmax(logits, -1).double().numpy()))
+            action = greedy_action(module, obs, env.action_space, None if greedy else rng)
             new_obs, reward, terminated, truncated, _ = env.step(action)
             rows.append({"eps_id": f"{seed}-{ep}", "t": t, "obs": np.asarray(obs, np.float32).tolist(),
-                         "new_obs": np.asarray(new_obs, np.float32).tolist(), "actions": action,
+                         "new_obs": np.asarray(new_obs, np.float32).tolist(), "actions": rl_spaces.demo_value(action),
                          "rewards": float(reward), "terminateds": bool(terminated), "truncateds": bool(truncated)})
             total, t, obs = total + float(reward), t + 1, new_obs
             if terminated or truncated:
                 break
         returns.append(total)
     return returns, rows
+
+
+def greedy_action(module, obs, act, rng: np.random.Generator | None = None):
+    """The module's action for one observation: greedy, or sampled with `rng` (`ftray.rl_spaces`)."""
+    with torch.no_grad():
+        inputs = module.forward_inference({Columns.OBS: torch.as_tensor(np.asarray(obs, np.float32)[None])})[
+            Columns.ACTION_DIST_INPUTS][0]
+    return rl_spaces.env_action(module, inputs, act, rng)
 
 
 def evaluate(module, spec: JobSpec) -> float:
@@ -446,10 +451,18 @@ def _common(config, spec: JobSpec, plan: RLPlan):
     return (config
             .environment(env=ENV_NAME, env_config={"env": spec.method.env, "env_kwargs": spec.method.env_kwargs,
                                                    "guided": spec.method.guide_steps > 0},
-                         observation_space=plan.obs_space, action_space=plan.act_space)
+                         observation_space=plan.obs_space, action_space=plan.act_space,
+                         **_box_actions(spec, plan))
             .learners(num_learners=n, num_gpus_per_learner=1 if spec.scaling.use_gpu else 0)
             .rl_module(rl_module_spec=module_spec(spec))
             .debugging(seed=spec.run.seed))
+
+
+def algo_config(spec: JobSpec, plan: RLPlan, start_dir: Path | None = None):
+    if spec.method.algorithm == "sac":
+        from ray.rllib.algorithms.sac import SACConfig
+        return rl_sac.sac_config(_common(SACConfig(), spec, plan), spec)
+    return ppo_config(spec, plan, start_dir)
 
 
 def ppo_config(spec: JobSpec, plan: RLPlan, start_dir: Path | None = None):
@@ -464,6 +477,15 @@ def ppo_config(spec: JobSpec, plan: RLPlan, start_dir: Path | None = None):
                       learner_config_dict={"critic_warmup_steps": critic_warmup_steps(spec, plan),
                                            "bc_weight": m.bc_weight, "bc_decay_steps": m.bc_decay_steps,
                                            "start_dir": None if start_dir is None else str(start_dir)}))
+
+
+def _box_actions(spec: JobSpec, plan: RLPlan) -> dict:
+    """PPO and BC act in the environment's own units on Box actions (clipped to the bounds, not
+    normalised), so demonstrations clone as they are and a cloned policy means the same in PPO.
+    SAC keeps RLlib's default: its tanh-squashed actions in [-1, 1] rescaled to the bounds."""
+    if rl_spaces.is_box(plan.act_space) and spec.method.algorithm == "ppo":
+        return {"normalize_actions": False, "clip_actions": True}
+    return {}
 
 
 def behaviour_cloning(spec: JobSpec, plan: RLPlan, out: Path) -> dict:
@@ -527,9 +549,8 @@ def set_up_start(spec: JobSpec, plan: RLPlan, run_dir: Path, progress: dict) -> 
     temperature = spec.method.start_temperature
     if temperature != 1.0:
         module = RLModule.from_checkpoint(str(d))
-        with torch.no_grad():  # logits / T: the same greedy actions, a flatter sampling distribution
-            module.pi.classifier.weight.div_(temperature)
-            module.pi.classifier.bias.div_(temperature)
+        # The same greedy actions, a flatter sampling distribution (logits / T, or std x T).
+        rl_spaces.apply_temperature(module.pi.classifier, temperature, plan.act_space)
         module.save_to_path(str(run_dir / "start"))
 
 
@@ -601,7 +622,7 @@ def fit(spec: JobSpec, plan: RLPlan, run_dir: Path, on_iteration: Callable[[dict
     register_env(ENV_NAME, _env_from_config)
     target = spec.method.stop.target_return
     start_dir = start_module_dir(spec, plan, run_dir)
-    algo = ppo_config(spec, plan, start_dir).build_algo()
+    algo = algo_config(spec, plan, start_dir).build_algo()
     try:
         resume = latest_checkpoint(run_dir)
         if resume:
@@ -716,11 +737,12 @@ def write_outputs(spec: JobSpec, plan: RLPlan, run_dir: Path, progress: dict, er
     """Export the final policy, plot the learning curve; returns the summary (without timings)."""
     ckpt = latest_checkpoint(run_dir)
     model_dir = None
-    if ckpt and not error:
+    if ckpt and not error and spec.method.algorithm == "ppo":  # SAC's policy is RLlib's module: its checkpoint
         module = RLModule.from_checkpoint(str(ckpt / MODULE_PATH))
         model_dir = run_dir / "model"
         shutil.rmtree(model_dir, ignore_errors=True)
-        module.pi.export(model_dir)  # an ordinary ftray mlp: observations -> action logits
+        # An ordinary ftray mlp: observations -> action logits (Box: the Gaussian's means, log-stds).
+        module.pi.export(model_dir)
     history = progress.get("history", [])
     if history:
         (run_dir / "curves.png").write_bytes(plot_curve(history, spec.method.stop.target_return))
@@ -779,7 +801,8 @@ def collect(source: str, out: str, episodes: int, seed: int = 0, env: str | None
     method = RLMethod(env=env or run_method.get("env") or _no_env(source), env_kwargs=kwargs)
     obs, act = check_env(method)
     module = RLModule.from_checkpoint(str(d))
-    if (getattr(module.observation_space, "shape", None), getattr(module.action_space, "n", None)) != (obs.shape, act.n):
+    if getattr(module.observation_space, "shape", None) != obs.shape or not rl_spaces.same_action_space(
+            module.action_space, act):
         raise SpecError(f"source: {source}: the policy's spaces ({module.observation_space}, "
                         f"{module.action_space}) do not match {method.env}'s ({_spaces_text(obs, act)})")
     environment = make_env(method.env, method.env_kwargs)
@@ -788,7 +811,8 @@ def collect(source: str, out: str, episodes: int, seed: int = 0, env: str | None
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=pa.schema([
         ("eps_id", pa.string()), ("t", pa.int64()), ("obs", pa.list_(pa.float32())),
-        ("new_obs", pa.list_(pa.float32())), ("actions", pa.int64()), ("rewards", pa.float32()),
+        ("new_obs", pa.list_(pa.float32())),
+        ("actions", pa.list_(pa.float32()) if rl_spaces.is_box(act) else pa.int64()), ("rewards", pa.float32()),
         ("terminateds", pa.bool_()), ("truncateds", pa.bool_())]))
     pq.write_table(table, out)
     print(f"[ftray] {episodes} episodes, {len(rows)} steps, mean return {np.mean(returns):.1f} "

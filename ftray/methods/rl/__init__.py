@@ -1,1 +1,2 @@
-"""`rl`: PPO fine-tuning with RLlib (config.py: its spec section; the RLlib code is `ftray.rl`)."""
+"""`rl`: PPO fine-tuning (and SAC on continuous actions) with RLlib
+(config.py: its spec section; the RLlib code is `ftray.rl`)."""

@@ -24,7 +24,8 @@ class RLMethod(MethodConfig):
         "Reinforcement learning with RLlib (`model` is the policy network; no `data`).", "rl")
     env: str = describe("Environment: a Gymnasium id (`CartPole-v1`) or `module:Class` of a gymnasium.Env.")
     env_kwargs: dict[str, Any] = describe("Keyword arguments of the environment's constructor.", {})
-    algorithm: Literal["ppo"] = describe("RLlib algorithm.", "ppo")
+    algorithm: Literal["ppo", "sac"] = describe(
+        "RLlib algorithm: `ppo` (Discrete or Box actions) or `sac` (Box actions with finite bounds).", "ppo")
     env_runners: int = describe("Sampling actors (0 = sample in the driver process).", 1, ge=0, le=1024)
     lr: float = describe("Learning rate.", 3e-4, gt=0.0, le=1.0)
     gamma: float = describe("Discount factor.", 0.99, gt=0.0, le=1.0)
@@ -33,8 +34,15 @@ class RLMethod(MethodConfig):
     entropy_coeff: float = describe("Weight of the entropy bonus.", 0.0, ge=0.0, le=10.0)
     train_batch: int = describe("Environment steps sampled per training iteration (all learners).", 4000,
                                 ge=1, le=1 << 24)
-    minibatch: int = describe("Steps per SGD minibatch.", 128, ge=1, le=1 << 24)
+    minibatch: int = describe("Steps per SGD minibatch (SAC: per update, sampled from the replay buffer).", 128,
+                              ge=1, le=1 << 24)
     epochs: int = describe("SGD passes over each train batch.", 10, ge=1, le=1000)
+    tau: float = describe("SAC: soft update rate of the target Q networks.", 0.005, gt=0.0, le=1.0)
+    initial_alpha: float = describe("SAC: starting entropy temperature (tuned toward the target entropy).", 1.0,
+                                    gt=0.0, le=1000.0)
+    learning_starts: int = describe("SAC: env steps sampled (at random-initialised policy) before updates begin.",
+                                    1500, ge=0, le=1 << 40)
+    replay_capacity: int = describe("SAC: env steps the replay buffer holds.", 100000, ge=1, le=1 << 32)
     critic_warmup_steps: int | None = describe(
         "Env steps at the start during which only the value network learns (the policy's learning "
         "rate is 0), so a pretrained policy is not pushed by a value network that knows nothing yet. "
@@ -101,7 +109,11 @@ class RLMethod(MethodConfig):
         if self.guide_steps and self.stop.target_return is None:
             raise ValueError("method.guide_steps: the guide curriculum's thresholds lead to "
                              "method.stop.target_return; set it")
-        if self.minibatch > self.train_batch:
+        if self.algorithm == "sac":
+            _check_sac(self, spec)
+        elif changed := _changed(self, SAC_ONLY):
+            raise ValueError(f"method.{changed[0]}: a SAC setting; method.algorithm is ppo")
+        if self.algorithm == "ppo" and self.minibatch > self.train_batch:
             raise ValueError(f"method.minibatch: {self.minibatch} is larger than method.train_batch "
                              f"{self.train_batch}")
         if self.train_batch % spec.scaling.num_workers:
@@ -111,6 +123,28 @@ class RLMethod(MethodConfig):
             raise ValueError("method.stop: give at least one of env_steps, target_return, iterations")
         if spec.tune:
             _check_sweep(spec.tune)
+
+
+PPO_ONLY = ("gae_lambda", "clip", "entropy_coeff", "epochs", "critic_warmup_steps", "bc_weight", "bc_decay_steps",
+            "guide_steps", "guide_stages", "start_temperature", "demos", "bc_iterations", "bc_lr", "bc_batch")
+SAC_ONLY = ("tau", "initial_alpha", "learning_starts", "replay_capacity")
+
+
+def _changed(method: RLMethod, keys: tuple) -> list[str]:
+    """The `keys` whose values differ from their defaults (a recorded spec holds every key)."""
+    fields = type(method).model_fields
+    return [k for k in keys if getattr(method, k) != fields[k].get_default(call_default_factory=True)]
+
+
+def _check_sac(method: RLMethod, spec) -> None:
+    """SAC takes one pretrained start, an earlier SAC checkpoint; the rest is PPO's."""
+    if spec.model.init_from:
+        raise ValueError("model.init_from: method.algorithm sac starts from scratch or from an earlier sac "
+                         "checkpoint (method.init_checkpoint), not from a supervised export")
+    ppo_only = _changed(method, PPO_ONLY)
+    if ppo_only:
+        raise ValueError(f"method.{ppo_only[0]}: a PPO setting (or PPO's pretrained start); method.algorithm "
+                         "sac does not use it")
 
 
 def _check_sweep(tune) -> None:
