@@ -3,12 +3,20 @@ on the same exported model and the same Parquet file, both end to end in a fresh
 Ray start-up, reading, the model, writing the same output columns to one Parquet file).
 
     python benchmarks/predict_bench.py full  [--rows 300000] [--units 2048] [--layers 3] [--repeats 3]
+                                             [--actors 2] [--cpus-per-actor 1]
     python benchmarks/predict_bench.py smoke                       # seconds: both paths agree
 
 `full` trains the quickstart MLP (wider: `--units`, `--layers`, so that the model, not the file,
 is the work), writes the digits repeated to `--rows` rows, times ftray's start-up alone (a 1-row
 file), then alternates plain / ftray `--repeats` times and prints the medians and their ratio.
 One JSON line per measurement goes to `--results`.
+
+Fair by construction: the same exported model, the same file, the same batch size (`--batch-size`
+for both), the same output columns into one Parquet file, and the same torch threads in all: the
+plain loop gets `--actors` x `--cpus-per-actor` threads in one process, ftray `--actors` actors of
+`--cpus-per-actor` CPUs and as many torch threads each (`ftray predict --concurrency A
+--cpus-per-actor C`). Both run in fresh processes with OMP_NUM_THREADS=1 in the environment, so
+neither gets threads it was not given.
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
-THREADS = 2  # the plain loop's torch threads = ftray's actors (one thread each)
 
 PLAIN = r'''
 import sys, time, numpy as np, pyarrow as pa, pyarrow.parquet as pq, torch
@@ -85,36 +92,39 @@ def big_file(path: Path, rows: int) -> Path:
     return path
 
 
-def ftray_predict(run: Path, data: Path, out: Path, batch: int) -> float:
+def ftray_predict(run: Path, data: Path, out: Path, batch: int, actors: int, cpus: int) -> float:
     return sh([sys.executable, "-m", "ftray", "predict", str(run), "--data", str(data), "--out", str(out),
-               "--concurrency", str(THREADS), "--batch-size", str(batch)])
+               "--concurrency", str(actors), "--cpus-per-actor", str(cpus), "--batch-size", str(batch)])
 
 
-def plain(run: Path, data: Path, out: Path, batch: int) -> float:
-    return sh([sys.executable, "-c", PLAIN, str(run / "model"), str(data), str(out), str(batch), str(THREADS)])
+def plain(run: Path, data: Path, out: Path, batch: int, threads: int) -> float:
+    return sh([sys.executable, "-c", PLAIN, str(run / "model"), str(data), str(out), str(batch), str(threads)])
 
 
 def measure(work: Path, rows: int, units: int, layers: int, repeats: int, batch: int, results: Path,
-            startup: bool = True) -> dict:
+            startup: bool = True, actors: int = 2, cpus: int = 1) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     run = train(work, units, layers)
     data = big_file(work / f"digits_{rows}.parquet", rows)
     # ftray's start-up alone (process, Ray, actors): the whole command on a 1-row file
-    startup_s = ftray_predict(run, big_file(work / "one.parquet", 1), work / "one_out.parquet", batch) if startup else None
-    times = {"plain": [], "ftray": []}
+    one = big_file(work / "one.parquet", 1)
+    startup_s = ftray_predict(run, one, work / "one_out.parquet", batch, actors, cpus) if startup else None
+    times, loads = {"plain": [], "ftray": []}, [os.getloadavg()[0]]
     for _ in range(repeats):  # alternated, so that a change in the machine's load hits both
-        times["plain"].append(plain(run, data, work / "plain.parquet", batch))
-        times["ftray"].append(ftray_predict(run, data, work / "ftray.parquet", batch))
+        times["plain"].append(plain(run, data, work / "plain.parquet", batch, actors * cpus))
+        times["ftray"].append(ftray_predict(run, data, work / "ftray.parquet", batch, actors, cpus))
+        loads.append(os.getloadavg()[0])
     a, b = pq.read_table(work / "plain.parquet"), pq.read_table(work / "ftray.parquet")
     agree = (a.num_rows == b.num_rows == rows and a.column("id").to_pylist() == list(range(rows))
              and a.column("prediction").equals(b.column("prediction")) and a.column("id").equals(b.column("id")))
     med = {k: statistics.median(v) for k, v in times.items()}
-    row = {"rows": rows, "units": units, "layers": layers, "batch_size": batch, "actors": THREADS,
-           "plain_s": times["plain"], "ftray_s": times["ftray"],
+    row = {"rows": rows, "units": units, "layers": layers, "batch_size": batch, "actors": actors,
+           "cpus_per_actor": cpus, "plain_threads": actors * cpus, "plain_s": times["plain"], "ftray_s": times["ftray"],
+           "pair_ratios": [p / f for p, f in zip(times["plain"], times["ftray"])],
            "plain_rows_per_s": rows / med["plain"], "ftray_rows_per_s": rows / med["ftray"],
            "ratio": med["plain"] / med["ftray"], "ftray_startup_s": startup_s,
            "startup_share": startup_s / med["ftray"] if startup else None, "predictions_agree": agree,
-           "load_avg": os.getloadavg()[0], "cpus": os.cpu_count()}
+           "load_avg": loads, "cpus": os.cpu_count()}
     with open(results, "a") as f:
         f.write(json.dumps(row) + "\n")
     return row
@@ -130,12 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--actors", type=int, default=2, help="ftray's actors (--concurrency)")
+    p.add_argument("--cpus-per-actor", type=int, default=1, help="ftray's CPUs and torch threads per actor")
     args = p.parse_args(argv)
     work = Path(args.work)
     if args.mode == "smoke":
         args.rows, args.units, args.layers, args.repeats = 3000, 16, 1, 1
     row = measure(work, args.rows, args.units, args.layers, args.repeats, args.batch_size,
-                  Path(args.results or work / "results.jsonl"), startup=args.mode == "full")
+                  Path(args.results or work / "results.jsonl"), startup=args.mode == "full",
+                  actors=args.actors, cpus=args.cpus_per_actor)
     print(json.dumps(row))
     return 0 if row["predictions_agree"] else 1
 

@@ -10,6 +10,12 @@ starts each server in its own process, warms it up, then alternates bare / ftray
 `--requests` POSTs of `--rows` digit rows each from `--concurrency` client threads. It prints the
 medians of requests/s, p50 and p99 latency and their ratio; one JSON line per measurement goes to
 `--results`.
+
+Fair by construction: the same exported model, the same body, the same client, one torch thread
+for the model on both sides and one model call at a time (the bare process holds a lock, as the
+replica does), one process of model work each (one replica). `--batch-requests N` turns on ftray's
+`@serve.batch` (several concurrent requests in one model call), which the bare server does not do:
+measure it apart, the default (1) compares like with like. Each pair's ratio is in `pair_ratios`.
 """
 
 from __future__ import annotations
@@ -88,13 +94,14 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 900) -> None
     raise SystemExit(f"{url} not healthy after {timeout} s")
 
 
-def start_server(kind: str, run: Path, port: int) -> tuple[subprocess.Popen, str]:
+def start_server(kind: str, run: Path, port: int, batch_requests: int | None = None) -> tuple[subprocess.Popen, str]:
     """The server process and its model's base URL."""
     if kind == "bare":
         argv, url = [sys.executable, "-c", BARE, str(run / "model"), str(port)], f"http://127.0.0.1:{port}"
     else:
         argv, url = [sys.executable, "-m", "ftray", "serve", str(run), "--port", str(port)], \
             f"http://127.0.0.1:{port}/{run.name}"
+        argv += ["--batch-requests", str(batch_requests)] if batch_requests else []
     proc = subprocess.Popen(argv, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_healthy(url, proc)
     return proc, url
@@ -117,15 +124,15 @@ def load(url: str, body: bytes, requests: int, concurrency: int, headers: dict) 
 
 
 def measure(work: Path, units: int, layers: int, rows: int, requests: int, concurrency: int, repeats: int,
-            results: Path) -> dict:
+            results: Path, batch_requests: int | None = None) -> dict:
     from ftray.auth import auth_headers
     work.mkdir(parents=True, exist_ok=True)
     run = train(work, units, layers)
     pixels = pq.read_table(REPO / "jobs" / "data" / "digits.parquet", columns=["pixels"]).column("pixels").to_pylist()
     body = json.dumps({"rows": [{"pixels": p} for p in pixels[:rows]]}).encode()
-    servers = {k: start_server(k, run, free_port()) for k in ("bare", "ftray")}
+    servers = {k: start_server(k, run, free_port(), batch_requests) for k in ("bare", "ftray")}
     headers = {"bare": {}, "ftray": auth_headers()}  # ftray's local Ray uses token authentication
-    runs = {"bare": [], "ftray": []}
+    runs, loads = {"bare": [], "ftray": []}, [os.getloadavg()[0]]
     try:
         for kind, (_, url) in servers.items():  # warm-up: first calls, thread pools, routing tables
             load(url, body, 2 * concurrency, concurrency, headers[kind])
@@ -139,12 +146,14 @@ def measure(work: Path, units: int, layers: int, rows: int, requests: int, concu
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("requests_per_s", "p50_ms", "p99_ms")}
            for k, v in runs.items()}
     row = {"units": units, "layers": layers, "rows_per_request": rows, "requests": requests,
-           "concurrency": concurrency, "repeats": repeats, "bare": med["bare"], "ftray": med["ftray"],
+           "concurrency": concurrency, "repeats": repeats, "batch_requests": batch_requests or "default",
+           "bare": med["bare"], "ftray": med["ftray"],
+           "pair_ratios": [f["requests_per_s"] / b["requests_per_s"] for b, f in zip(runs["bare"], runs["ftray"])],
            "errors": {k: sum(r["errors"] for r in v) for k, v in runs.items()},
            "runs": {k: [{m: r[m] for m in ("requests_per_s", "p50_ms", "p99_ms")} for r in v] for k, v in runs.items()},
            "ratio": med["ftray"]["requests_per_s"] / med["bare"]["requests_per_s"],
            "predictions_agree": runs["bare"][0]["predictions"] == runs["ftray"][0]["predictions"],
-           "load_avg": os.getloadavg()[0], "cpus": os.cpu_count()}
+           "load_avg": [loads[0], os.getloadavg()[0]], "cpus": os.cpu_count()}
     with open(results, "a") as f:
         f.write(json.dumps(row) + "\n")
     return row
@@ -161,12 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--units", type=int, default=2048)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-requests", type=int, default=None,
+                   help="ftray serve --batch-requests (default: ftray's own, serve.batch_requests)")
     args = p.parse_args(argv)
     work = Path(args.work)
     if args.mode == "smoke":
         args.requests, args.rows, args.units, args.layers, args.repeats = 16, 4, 16, 1, 1
     row = measure(work, args.units, args.layers, args.rows, args.requests, args.concurrency, args.repeats,
-                  Path(args.results or work / "results.jsonl"))
+                  Path(args.results or work / "results.jsonl"), args.batch_requests)
     print(json.dumps(row))
     return 0 if row["predictions_agree"] and not any(row["errors"].values()) else 1
 

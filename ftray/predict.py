@@ -279,7 +279,11 @@ class PredictBatches:
     """map_batches actor: loads the run's predictor once, then appends `prediction` (and
     `probabilities`) to each batch, every input column kept."""
 
-    def __init__(self, run: str, device: str, generation: Generation, batch_size: int):
+    def __init__(self, run: str, device: str, generation: Generation, batch_size: int, threads: int = 1):
+        import torch
+        # The actor's torch threads are its CPUs (`--cpus-per-actor`), not the run's training
+        # OMP_NUM_THREADS (the runtime env's) nor the machine's core count.
+        torch.set_num_threads(threads)
         self.predictor = load(run, device, generation, batch_size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -304,6 +308,7 @@ class PredictJob:
     out_format: str
     batch_size: int
     concurrency: int
+    cpus_per_actor: int
     gpu: bool
     generation: Generation
 
@@ -318,7 +323,7 @@ def check_predict(args) -> PredictJob:
     if not out.parent.is_dir():
         raise SpecError(f"--out: {args.out!r}: no such folder {str(out.parent)!r}")
     for name, value in (("--batch-size", args.batch_size), ("--concurrency", args.concurrency),
-                        ("--max-new-tokens", args.max_new_tokens)):
+                        ("--cpus-per-actor", args.cpus_per_actor), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             raise SpecError(f"{name}: must be at least 1, got {value}")
     if args.gpu:
@@ -334,7 +339,8 @@ def check_predict(args) -> PredictJob:
     if taken:
         raise SpecError(f"--data: {src.uri}: has a column {taken[0]!r}, which the output adds")
     generation = Generation(args.max_new_tokens, args.temperature, list(args.stop), args.seed)
-    return PredictJob(args.run, ref, src, out, fmt, args.batch_size, args.concurrency, args.gpu, generation)
+    return PredictJob(args.run, ref, src, out, fmt, args.batch_size, args.concurrency, args.cpus_per_actor,
+                      args.gpu, generation)
 
 
 def input_schema(src: data.Source) -> pa.Schema:
@@ -352,22 +358,29 @@ def input_columns(src: data.Source) -> list[str]:
 
 def run_predict(job: PredictJob, address: str | None) -> int:
     """Stream the input through the actor pool and write every row, in order, with its id."""
-    import ray.data
-
     from ftray.ray_context import use_ray
-    with use_ray(job.ref.spec, address, cpus=job.concurrency + 1):
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True  # output rows in input order: ids are row numbers
-        schema = input_schema(job.source)  # every input column travels to the output
-        predicted = data._read(job.source, schema.names, schema).map_batches(
-            PredictBatches, fn_constructor_args=(job.run, "cuda" if job.gpu else "cpu", job.generation,
-                                                 job.batch_size),
-            batch_size=job.batch_size, batch_format="pyarrow", concurrency=job.concurrency,
-            num_cpus=1, num_gpus=1 if job.gpu else 0)
-        rows = write_stream(with_ids(predicted.iter_batches(batch_size=None, batch_format="pyarrow")),
+    with use_ray(job.ref.spec, address, cpus=job.concurrency * job.cpus_per_actor + 1):
+        rows = write_stream(with_ids(predicted(job).iter_batches(batch_size=None, batch_format="pyarrow")),
                             job.out, job.out_format)
     print(f"[ftray] predict: {rows} rows -> {job.out}", file=sys.stderr, flush=True)
     return 0
+
+
+def predicted(job: PredictJob):
+    """The input as a Ray Dataset of one-batch blocks, each with its predictions (in input order)."""
+    import ray.data
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # output rows in input order: ids are row numbers
+    schema = input_schema(job.source)  # every input column travels to the output
+    # Ray Data reads a Parquet file as one block (up to its 128 MiB block size) and hands an actor
+    # whole blocks: without this, one actor predicts a whole file while the others wait. Blocks of
+    # one batch each spread the file over the pool, and each model call gets its block as it is.
+    blocks = data._read(job.source, schema.names, schema).repartition(target_num_rows_per_block=job.batch_size)
+    return blocks.map_batches(
+        PredictBatches, fn_constructor_args=(job.run, "cuda" if job.gpu else "cpu", job.generation,
+                                             job.batch_size, job.cpus_per_actor),
+        batch_size=job.batch_size, batch_format="pyarrow", concurrency=job.concurrency,
+        num_cpus=job.cpus_per_actor, num_gpus=1 if job.gpu else 0)
 
 
 def with_ids(batches: Iterator[pa.Table], every_s: float = 10.0) -> Iterator[pa.Table]:
@@ -555,6 +568,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="one output file: .parquet, .jsonl or .csv")
     p.add_argument("--batch-size", type=int, default=512, help="rows per model call (default 512)")
     p.add_argument("--concurrency", type=int, default=1, help="model actors (default 1)")
+    p.add_argument("--cpus-per-actor", type=int, default=1,
+                   help="CPUs (and torch threads) of each model actor (default 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="causal LMs: tokens to generate (default 32)")

@@ -176,10 +176,42 @@ def predict_rows(predictor, rows: list[dict]) -> dict:
     return answer
 
 
+def predict_many(predictor, requests: list[list[dict]]) -> list:
+    """The answers to several requests' rows from one model call (their rows concatenated, the
+    outputs split back in order); if that call refuses the rows, each request is answered alone,
+    so that one bad request gets its own 4xx and the others their predictions. An answer is a
+    dict, or the BadRequest of that request."""
+    import numpy as np
+    sizes = [len(rows) for rows in requests]
+    try:
+        out = predictor.predict_columns([r for rows in requests for r in rows]) if sum(sizes) else None
+    except Exception:  # noqa: BLE001 - each request is answered (or refused) on its own below
+        out = None
+    if out is None:
+        answers = []
+        for rows in requests:
+            try:
+                answers.append(predict_rows(predictor, rows))
+            except BadRequest as e:
+                answers.append(e)
+        return answers
+    cuts = np.cumsum(sizes)[:-1]
+    parts = {k: np.split(v, cuts) for k, v in out.items()}
+    return [{"predictions": parts["prediction"][i].tolist(),
+             **({"probabilities": parts["probabilities"][i].tolist()} if "probabilities" in parts and sizes[i] else {})}
+            for i in range(len(requests))]
+
+
 # ============================================================================ the deployment
 def deployment_options(s: ServeSpec) -> dict:
-    """`serve.deployment` options from the settings: fixed replicas, or an autoscaling range."""
-    opts = {"ray_actor_options": {"num_cpus": s.cpus_per_replica}}
+    """`serve.deployment` options from the settings: fixed replicas, or an autoscaling range.
+
+    A replica runs one model call at a time; Serve's default of 5 ongoing requests per replica
+    makes the proxy hold back a sixth concurrent request and poll again (with back-off) instead
+    of queueing it at the replica. Access logs are a log line per request in the proxy and the
+    replica (benchmarks/RESULTS.md: requests/s before and after the two)."""
+    opts = {"ray_actor_options": {"num_cpus": s.cpus_per_replica}, "max_ongoing_requests": s.max_ongoing_requests,
+            "logging_config": {"enable_access_log": s.access_log}}
     if s.max_replicas is None:
         return {**opts, "num_replicas": s.replicas}
     return {**opts, "autoscaling_config": {"min_replicas": s.replicas, "max_replicas": s.max_replicas,
@@ -238,11 +270,22 @@ def application(endpoint: Endpoint):
         def healthz(self) -> dict:
             return {"status": "ok", "models": list(self.endpoint.runs)}
 
+        @serve.batch(max_batch_size=s.batch_requests, batch_wait_timeout_s=s.batch_wait_ms / 1000)
+        async def predict_batch(self, requests: list[list[dict]]) -> list:
+            # Concurrent requests of one model answered by one model call: its fixed cost (the
+            # thread hop, the transform, a small matrix product) paid once for all of them.
+            return await run_in_threadpool(self.locked, predict_many, self.single, requests)
+
         @api.post("/predict")
         async def predict(self, request: Request) -> dict:
             check_token(request.headers)
             rows = parse_rows(parse_body(await request.body()), s.max_rows)
-            return await run_in_threadpool(self.locked, predict_rows, await self.predictor(), rows)
+            if self.endpoint.adapters or s.batch_requests == 1:
+                return await run_in_threadpool(self.locked, predict_rows, await self.predictor(), rows)
+            answer = await self.predict_batch(rows)
+            if isinstance(answer, BadRequest):
+                raise answer
+            return answer
 
         @api.post("/generate")
         async def generate(self, request: Request) -> dict:
@@ -261,7 +304,9 @@ def application(endpoint: Endpoint):
 def start(endpoints: list[Endpoint], host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> list[str]:
     """Deploy every endpoint on the Ray this process is connected to; their URLs (`http://HOST:PORT/NAME`)."""
     from ray import serve
-    serve.start(http_options={"host": host, "port": port})
+    # The proxy's own access log: on when any endpoint asks for it (the proxy is shared).
+    serve.start(http_options={"host": host, "port": port},
+                logging_config={"enable_access_log": any(e.settings.access_log for e in endpoints)})
     for e in endpoints:
         serve.run(application(e), name=e.name, route_prefix=f"/{e.name}", blocking=False)
     return [f"http://{host}:{port}/{e.name}" for e in endpoints]
@@ -278,12 +323,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replicas", type=int, default=None, help="replicas per model (default: serve.replicas, 1)")
     p.add_argument("--max-replicas", type=int, default=None, help="autoscale up to this many replicas")
     p.add_argument("--max-rows", type=int, default=None, help="most rows per request (default: serve.max_rows, 1024)")
+    p.add_argument("--batch-requests", type=int, default=None,
+                   help="concurrent requests answered by one model call (default: serve.batch_requests, 1)")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
 
 def overrides(args) -> dict:
     """The flags that override the runs' `serve:` sections."""
-    flags = {"replicas": args.replicas, "max_replicas": args.max_replicas, "max_rows": args.max_rows}
+    flags = {"replicas": args.replicas, "max_replicas": args.max_replicas, "max_rows": args.max_rows,
+             "batch_requests": args.batch_requests}
     return {k: v for k, v in flags.items() if v is not None}
 
 

@@ -30,7 +30,7 @@ def test_predict_keeps_every_row_and_matches_the_runs_validation(digits_runs):
     out = _run("predict", str(run), "--data", str(val), "--out", str(tmp / "preds.parquet"), "--concurrency", "2",
                "--batch-size", "32")
     got, want = pq.read_table(out), pq.read_table(val)
-    # One row per input row, in order (several batches over 2 actors), every input column kept.
+    # One row per input row, in order (6 batches over 2 actors), every input column kept.
     assert got.column("id").to_pylist() == list(range(want.num_rows))
     assert got.select(want.column_names).equals(want)
     summary = json.loads((run / "summary.json").read_text())
@@ -70,7 +70,7 @@ def test_predict_keeps_every_row_and_matches_the_runs_validation(digits_runs):
         assert Path(result["confusion_png"]).read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("case", ["missing column", "unknown run", "bad extension", "not a run"])
+@pytest.mark.parametrize("case", ["missing column", "unknown run", "bad extension", "not a run", "no cpus"])
 def test_bad_input_exits_2_before_ray_starts(digits_runs, no_ray, capsys, case):
     run, ens, val, tmp = digits_runs
     pq.write_table(pa.table({"label": [1, 2]}), tmp / "nopix.parquet")
@@ -80,12 +80,34 @@ def test_bad_input_exits_2_before_ray_starts(digits_runs, no_ray, capsys, case):
         "unknown run": ([str(tmp / "nope"), "--data", str(val), "--out", str(tmp / "o.parquet")], "RUN: "),
         "bad extension": ([str(run), "--data", str(val), "--out", str(tmp / "o.xlsx")], "--out: "),
         "not a run": ([str(tmp), "--data", str(val), "--out", str(tmp / "o.parquet")], "not an ftray run"),
+        "no cpus": ([str(run), "--data", str(val), "--out", str(tmp / "o.parquet"), "--cpus-per-actor", "0"],
+                    "--cpus-per-actor: must be at least 1, got 0"),
     }[case]
     assert cli.main(["predict", *argv]) == 2
     assert expected in capsys.readouterr().err
-    if case != "bad extension":  # eval writes no output file
+    if case not in ("bad extension", "no cpus"):  # eval writes no output file, has no actors
         assert cli.main(["eval", argv[0], "--data", argv[2]]) == 2
         assert expected in capsys.readouterr().err
+
+
+def test_the_pool_gets_one_batch_per_block_and_its_threads(digits_runs):
+    """The file (one Parquet block as Ray Data reads it) reaches the actors as one block per batch,
+    so every actor of the pool has work; each actor's torch threads are its `--cpus-per-actor`."""
+    import torch
+    run, _, val, tmp = digits_runs
+    args = cli._parser().parse_args(["predict", str(run), "--data", str(val), "--out", str(tmp / "b.parquet"),
+                                          "--concurrency", "2", "--cpus-per-actor", "2", "--batch-size", "50"])
+    job = predict.check_predict(args)
+    assert (job.concurrency, job.cpus_per_actor) == (2, 2)
+    sizes = [b.num_rows for b in predict.predicted(job).iter_batches(batch_size=None, batch_format="pyarrow")]
+    assert sizes == [50, 50, 50, 30]
+    before = torch.get_num_threads()
+    try:
+        actor = predict.PredictBatches(str(run), "cpu", predict.Generation(), 50, threads=2)
+        assert torch.get_num_threads() == 2
+        assert actor(pq.read_table(val).slice(0, 5)).column("prediction").length() == 5
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_causal_lm_generations_are_transformers_generate(llm_run, tmp_path):

@@ -63,10 +63,11 @@ def runs(digits_runs, lora_runs, llm_run):
 
 @pytest.fixture(scope="module")
 def served(runs):
-    """Every run served at once: the quickstart on 2 replicas (the fault test kills one)."""
+    """Every run served at once: the quickstart on 2 replicas (the fault test kills one) that batch
+    up to 4 concurrent requests into one model call (so the load tests go through `@serve.batch`)."""
     from ray import serve as ray_serve
     port = _free_port()
-    endpoints = (serve.plan([str(runs["quick"])], {"replicas": 2})
+    endpoints = (serve.plan([str(runs["quick"])], {"replicas": 2, "batch_requests": 4})
                  + serve.plan([str(runs["ens"]), *map(str, runs["loras"]), str(runs["llm"])]))
     with no_hang(600, "serve start"):
         urls = serve.start(endpoints, port=port)
@@ -192,6 +193,23 @@ def test_load_at_concurrency_8_with_bad_bodies_mixed_in(runs, served):
           f"p50 {statistics.median(lat) * 1000:.1f} ms, p99 {lat[int(0.99 * len(lat)) - 1] * 1000:.1f} ms")
 
 
+def test_batched_requests_answer_as_each_alone(runs):
+    """`@serve.batch`'s one model call for several requests gives each request its own answer; a
+    bad request among them gets its 4xx, the others their predictions."""
+    predictor, rows = ftray.load(str(runs["quick"])), _rows(runs, 10)
+    requests = [rows[:3], rows[3:4], [], rows[4:10]]
+    alone = [serve.predict_rows(predictor, r) for r in requests]
+    together = serve.predict_many(predictor, requests)
+    assert [a["predictions"] for a in together] == [a["predictions"] for a in alone]
+    assert [len(a["predictions"]) for a in together] == [3, 1, 0, 6] and "probabilities" not in together[2]
+    for a, b in zip(together, alone):
+        assert np.allclose(a.get("probabilities", []), b.get("probabilities", []), atol=1e-6)
+    mixed = serve.predict_many(predictor, [rows[:2], [{"x": 1}], rows[2:5]])
+    assert isinstance(mixed[1], serve.BadRequest) and mixed[1].status == 422 and "no column 'pixels'" in mixed[1].reason
+    assert mixed[0]["predictions"] == alone[0]["predictions"][:2]
+    assert mixed[2]["predictions"] == serve.predict_rows(predictor, rows[2:5])["predictions"]
+
+
 def _replicas(app: str) -> list[str]:
     """The names of the app's live replica actors, asked of this session's Ray (the state API's
     address lookup may find other Rays that run on a shared machine)."""
@@ -234,7 +252,12 @@ def test_a_replica_killed_under_load(runs, served):
 
 def test_settings_flags_and_bad_runs(runs, served, no_ray, capsys):
     from ray import serve as ray_serve
-    assert serve.deployment_options(ServeSpec(replicas=2)) == {"ray_actor_options": {"num_cpus": 1.0}, "num_replicas": 2}
+    assert serve.deployment_options(ServeSpec(replicas=2)) == {
+        "ray_actor_options": {"num_cpus": 1.0}, "num_replicas": 2, "max_ongoing_requests": 32,
+        "logging_config": {"enable_access_log": False}}
+    assert (ServeSpec().batch_requests, ServeSpec().batch_wait_ms) == (1, 2.0)
+    opts = serve.deployment_options(ServeSpec(max_ongoing_requests=7, access_log=True))
+    assert opts["max_ongoing_requests"] == 7 and opts["logging_config"] == {"enable_access_log": True}
     assert serve.deployment_options(ServeSpec(replicas=1, max_replicas=3, target_ongoing_requests=4))[
         "autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4.0}
     # Two replicas, once Serve has settled: a replica it replaced (a failed health check on a
@@ -250,6 +273,7 @@ def test_settings_flags_and_bad_runs(runs, served, no_ray, capsys):
             ([str(runs["tmp"] / "nope")], "no such folder"),
             ([str(runs["quick"]), "--replicas", "3", "--max-replicas", "2"], "serve.max_replicas: 2 is below"),
             ([str(runs["quick"]), str(runs["quick"] / "model")], "both be served at /quickstart/"),
-            ([str(runs["quick"]), "--port", "70000"], "--port: 70000")):
+            ([str(runs["quick"]), "--port", "70000"], "--port: 70000"),
+            ([str(runs["quick"]), "--batch-requests", "0"], "serve.batch_requests: Input should be greater than or equal to 1")):
         assert cli.main(["serve", *argv]) == 2
         assert message in capsys.readouterr().err

@@ -16,6 +16,15 @@ class ServeSpec(Strict):
     target_ongoing_requests: float = describe("Autoscaling: ongoing requests per replica to aim for.",
                                               2.0, gt=0, le=1000)
     cpus_per_replica: float = describe("CPUs reserved (and torch threads) per replica.", 1.0, gt=0, le=256)
+    max_ongoing_requests: int = describe(
+        "Requests a replica takes at once (they wait there for its model); more wait in Serve's proxy.",
+        32, ge=1, le=100_000)
+    batch_requests: int = describe(
+        "Concurrent `/predict` requests of one model that a replica answers with one model call "
+        "(Serve's `@serve.batch`; 1: each request alone; LoRA adapters are always alone).", 1, ge=1, le=1024)
+    batch_wait_ms: float = describe("How long a batch waits for more requests after its first one (ms).",
+                                    2.0, ge=0, le=10_000)
+    access_log: bool = describe("Serve's per-request access log lines (proxy and replicas).", False)
     max_rows: int = describe("Most rows one request may send (more: HTTP 413).", 1024, ge=1, le=1_000_000)
     max_new_tokens: int = describe("Causal LMs: the most tokens one `/generate` request may ask for.",
                                    256, ge=1, le=65536)
