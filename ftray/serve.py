@@ -218,20 +218,21 @@ def deployment_options(s: ServeSpec) -> dict:
                                            "target_ongoing_requests": s.target_ongoing_requests}}
 
 
+async def _bad_request(request, e: BadRequest):
+    from fastapi.responses import JSONResponse
+    return JSONResponse({"error": e.reason}, status_code=e.status)
+
+
 def application(endpoint: Endpoint):
     """The Serve application of one endpoint: a FastAPI ingress over `ModelServer` replicas.
 
     Built here, not at import, so that `ftray` without a serve command never imports FastAPI."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
     from ray import serve
     from starlette.concurrency import run_in_threadpool
 
     api, s = FastAPI(title=f"ftray {endpoint.name}"), endpoint.settings
-
-    @api.exception_handler(BadRequest)
-    async def _bad_request(request, e: BadRequest):
-        return JSONResponse({"error": e.reason}, status_code=e.status)
+    api.add_exception_handler(BadRequest, _bad_request)
 
     @serve.deployment(name="ModelServer", **deployment_options(s))
     @serve.ingress(api)
