@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ftray.models.quantize import (NF4Linear, check_quantizable, dense_copy, keep_out_of_ddp, quantize_blocks,
+from ftray.models.quantize import (NF4Linear, check_quantizable, dense_copy, quantize_blocks,
                                    scaler_block)
 from ftray.schema import SpecError
 
@@ -73,17 +73,31 @@ def test_dense_copy_leaves_the_model_quantized_and_computes_the_same():
     torch.testing.assert_close(copy.float()(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+DDP_CHECK = r"""
+import os, sys
+import torch, torch.distributed as dist
+from torch import nn
+from ftray.models.quantize import keep_out_of_ddp, quantize_blocks
+model = nn.Sequential(nn.Sequential(nn.Linear(64, 64)), nn.Linear(64, 4))
+quantize_blocks([model[0]])
+keep_out_of_ddp(model)
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+ddp = nn.parallel.DistributedDataParallel(model)
+ddp(torch.randn(2, 64)).sum().backward()
+print(model[1].weight.grad is not None, model[0][0].weight.grad is None, flush=True)
+os._exit(0)  # no teardown of the gloo group: see the test
+"""
+
+
 def test_ddp_wraps_and_trains_a_model_with_an_nf4_base(tmp_path):
     """DDP broadcasts rank 0's parameters when it wraps; NF4 weights cannot be broadcast, so they
-    are kept out of its view (a one-process gloo group runs the same code path)."""
-    import torch.distributed as dist
-    model = nn.Sequential(nn.Sequential(nn.Linear(64, 64)), nn.Linear(64, 4))
-    quantize_blocks([model[0]])
-    keep_out_of_ddp(model)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
-    try:
-        ddp = nn.parallel.DistributedDataParallel(model)
-        ddp(torch.randn(2, 64)).sum().backward()
-    finally:
-        dist.destroy_process_group()
-    assert model[1].weight.grad is not None and model[0][0].weight.grad is None
+    are kept out of its view (a one-process gloo group runs the same code path). In a process of its
+    own that leaves without tearing the group down: in the test process, freeing the DDP's reducer
+    after the group was destroyed once deadlocked (the reducer's last reference to the gloo group
+    joined a gloo thread that waited for the GIL the freeing thread held), and hung the suite."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", DDP_CHECK, str(tmp_path / "pg")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "True"], proc.stdout  # the head's gradient, none for the NF4 block
