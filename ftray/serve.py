@@ -170,6 +170,11 @@ def predict_rows(predictor, rows: list[dict]) -> dict:
         out = predictor.predict_columns(rows)
     except (SpecError, pa.ArrowException, ValueError, TypeError, KeyError) as e:
         raise BadRequest(422, str(e) or type(e).__name__) from None
+    return answer_of(out)
+
+
+def answer_of(out: dict) -> dict:
+    """The JSON answer of a predictor's output columns for one request's rows (at least one)."""
     answer = {"predictions": out["prediction"].tolist()}
     if "probabilities" in out:
         answer["probabilities"] = out["probabilities"].tolist()
@@ -195,11 +200,8 @@ def predict_many(predictor, requests: list[list[dict]]) -> list:
             except BadRequest as e:
                 answers.append(e)
         return answers
-    cuts = np.cumsum(sizes)[:-1]
-    parts = {k: np.split(v, cuts) for k, v in out.items()}
-    return [{"predictions": parts["prediction"][i].tolist(),
-             **({"probabilities": parts["probabilities"][i].tolist()} if "probabilities" in parts and sizes[i] else {})}
-            for i in range(len(requests))]
+    parts = {k: np.split(v, np.cumsum(sizes)[:-1]) for k, v in out.items()}
+    return [answer_of({k: v[i] for k, v in parts.items()}) if n else {"predictions": []} for i, n in enumerate(sizes)]
 
 
 # ============================================================================ the deployment
