@@ -5,7 +5,7 @@
 #                                                  kernels | kernels-accum | kernels-lora |
 #                                                  kernels-repeat | single | single-more | compile | fsdp1 |
 #                                                  multi | multi-fsdp | multi4 |
-#                                                  8b-lora-probe | 8b-lora | 8b-qlora-pack | pairs | dpo | grpo
+#                                                  8b-lora-probe | 8b-lora | 8b-qlora-pack | pairs | dpo | grpo | pref
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
 # the offline bundle made by ../shared/gpu/offline-wheels.sh .whl (installed first when .whl exists).
 set -euo pipefail
@@ -31,6 +31,14 @@ case $set_name in
   dpo)              # one GPU, 1B shape: DPO on the pairs of set pairs (tokens/s against its SFT row)
     b prepare --size 1b --steps 4 --batch 8
     b dpo --size 1b --steps 20 --batch 8 ;;
+  pref)             # one GPU, 1B shape, issue 19's figures in one call: SFT on prompt + chosen, DPO on
+    #               the same pairs (tokens/s against that SFT row), GRPO (generation/update tokens/s,
+    #               generating's share), then generation tokens/s of the SFT model (512 prompts)
+    b prepare --size 1b --steps 4 --batch 8
+    b sft --size 1b --steps 20 --batch 8
+    b dpo --size 1b --steps 20 --batch 8
+    b grpo --size 1b --steps 10 --batch 8
+    b pairs --size 1b --steps 20 --batch 8 --prompts 512 ;;
   grpo)             # one GPU, 1B shape: GRPO on the pairs' prompts (8 answers of 128 tokens each):
     #               generation and update tokens/s, and the share of the epoch spent generating
     b prepare --size 1b --steps 4 --batch 8

@@ -586,7 +586,7 @@ def record(result: dict, results: Path) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["prepare", "ftray", "plain", "plain-worker", "floor", "floor-run", "pairs", "dpo", "grpo",
+    p.add_argument("mode", choices=["prepare", "ftray", "plain", "plain-worker", "floor", "floor-run", "pairs", "sft", "dpo", "grpo",
                                        "profile", "smoke"])
     p.add_argument("--size", choices=list(SIZES), default="1b")
     p.add_argument("--method", choices=["full", "lora"], default="full")
@@ -635,6 +635,10 @@ def main(argv=None) -> None:
     elif a.mode == "pairs":
         prepare_pairs(a.work, a.size, a.steps, a.batch, a.prompts)
         run_pairs(a.work, a.size, a.cpu, a.batch, a.results)
+    elif a.mode == "sft":  # SFT on prompt + chosen alone (dpo's tokens/s row), no generation
+        prepare_pairs(a.work, a.size, a.steps, a.batch, a.prompts)
+        record(run_ftray(a.work, a.size, "full", 1, False, a.cpu, False, "ddp", a.batch,
+                         spec_name=f"{a.size}-pairs"), a.results)
     elif a.mode == "dpo":
         prepare_pairs(a.work, a.size, a.steps, a.batch, a.prompts)
         record(run_dpo(a.work, a.size, a.cpu, a.batch, a.results), a.results)
