@@ -5,7 +5,7 @@
 #                                                  kernels | kernels-accum | kernels-lora |
 #                                                  kernels-repeat | single | single-more | compile | fsdp1 |
 #                                                  multi | multi-fsdp | multi4 |
-#                                                  8b-lora-probe | 8b-lora | 8b-qlora-pack | pairs | dpo | grpo | pref
+#                                                  8b-lora-probe | 8b-lora | 8b-qlora-pack | pairs | dpo | grpo | pref | first-step-qlora-gc
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
 # the offline bundle made by ../shared/gpu/offline-wheels.sh .whl (installed first when .whl exists).
 set -euo pipefail
@@ -111,6 +111,14 @@ case $set_name in
     b ftray --size 1b --method full
     b floor --size 1b
     b ftray --size 1b --method full ;;
+  first-step-qlora-gc) # one GPU: the 1B first step of `ftray run` against Ray Train's floor (one pair),
+    #                    then QLoRA on the 8B shape with activation checkpointing (issue 18's memory target)
+    b prepare --size 1b --steps 30 --batch 8
+    b floor --size 1b
+    b ftray --size 1b --method full
+    b prepare --size 8b --steps 16 --batch 4
+    b ftray --size 8b --method lora --kernels liger --batch-override 2 --quantize nf4 --gradient-checkpointing \
+      --set model.fused_loss=true --set method.export=adapter ;;
   fsdp-lora)        # one GPU: LoRA under FSDP2 + Liger (bf16 compute copies of the frozen fp32 weights)
     b prepare --size 1b --steps 64 --batch 8
     b ftray --size 1b --method lora --kernels liger --strategy fsdp ;;

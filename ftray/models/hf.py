@@ -57,6 +57,33 @@ def load_tokenizer(source: str):
     return tok
 
 
+def _checked_model_type(spec, source: str) -> str:
+    """The model type of `source` (or of `model.config`), after checking that its config and
+    tokenizer load. A local folder is read without transformers' model classes: its config.json as
+    JSON, its model type against transformers' list of known types, and a tokenizer.json through the
+    tokenizers library (the fast tokenizer transformers itself loads). `AutoConfig` would import
+    transformers' integrations (accelerate and its trackers): seconds of the driver's start,
+    before Ray starts, for a check that needs a config file. A hub id, or a folder with another
+    kind of tokenizer, goes through transformers' own loaders."""
+    folder = Path(source)
+    if spec.model.config or (folder / "config.json").is_file():
+        config = dict(spec.model.config) if spec.model.config else json.loads((folder / "config.json").read_text())
+        model_type = config.get("model_type")
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+        if model_type not in CONFIG_MAPPING_NAMES:
+            raise ValueError(f"model_type {model_type!r} is not a model type transformers knows")
+        if (folder / "tokenizer.json").is_file():
+            import tokenizers
+            tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+        else:
+            load_tokenizer(source)
+        return model_type
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(source)
+    load_tokenizer(source)
+    return config.model_type
+
+
 def check_liger(model_type: str) -> None:
     """SpecError unless Liger is installed and has kernels for `model_type`."""
     if importlib.util.find_spec("liger_kernel") is None:
@@ -216,16 +243,11 @@ class HFClassifier(FtModel):
         source = resolve_source(spec)
         key = "model.init_from" if spec.model.init_from else "model.path"
         try:
-            from transformers import AutoConfig
-            if spec.model.config:
-                config = AutoConfig.for_model(**spec.model.config)
-            else:
-                config = AutoConfig.from_pretrained(source)
-            load_tokenizer(source)
+            model_type = _checked_model_type(spec, source)
         except Exception as e:  # noqa: BLE001 - any failure here means the source is unusable
             raise SpecError(f"{key}: cannot load a model from {source!r}: {e}".splitlines()[0]) from None
         if spec.model.kernels == "liger":
-            check_liger(config.model_type)
+            check_liger(model_type)
 
     # -------------------------------------------------------------------------------- export
     def export(self, out_dir: Path) -> None:
