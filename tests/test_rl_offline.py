@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import torch
+from ray.rllib.core.columns import Columns
 
-from ftray import rl
+from ftray import rl, rl_sac
+from ftray.spec import load_spec
 from tests.conftest import REPO, write_spec
 from tests.test_rl import rl_spec, run_cli, start_return
 from tests.test_rl_continuous import summary_of
@@ -94,18 +98,34 @@ def test_marwil_on_cartpole_demos_then_ppo(ray_session, tmp_path, capsys):
 
 
 def test_cql_on_pendulum_demos_then_sac(ray_session, tmp_path, capsys):
-    """CQL on the weak Pendulum demonstrator (mean return -483), its actor cloning for its first
-    updates: the greedy start swings the pendulum better than random torques (measured: -741 after
-    300 updates against about -1200), and SAC starts from those very weights (RLlib's CQL module is
-    SAC's, by name and shape: checked before Ray starts)."""
+    """CQL on the weak Pendulum demonstrator (mean return -483), its actor cloning for all of its 80
+    updates: on the demonstrator's own states its greedy torques come clearly closer to the
+    demonstrated ones than an untrained SAC module's (measured: mean error 0.52 against 0.75 N m;
+    its return needs more updates: -741 after 300, random torques about -1200), its Q loss falls,
+    and SAC starts from those very weights (RLlib's CQL module is SAC's by name and shape: checked
+    before Ray starts)."""
     spec = pendulum_spec(tmp_path, "cql", demos=PENDULUM_DEMOS, pretrain="cql", bc_iterations=80, bc_lr=0.003,
-                         cql_bc_iterations=80, evaluation_episodes=3, final_episodes=2)
+                         cql_bc_iterations=80, evaluation_episodes=2, final_episodes=2)
     code, out, err = run_cli(["run", str(write_spec(tmp_path / "c.yaml", spec))], capsys)
     assert code == 0, err[-3000:]
     run_dir, s = summary_of(out)
     pre = s["rl"]["bc"]
     assert s["rl"]["start"] == "cql" and pre["algorithm"] == "cql" and pre["rows"] == 4000
     assert pre["last_qf_loss"] < pre["first_qf_loss"], pre
-    assert s["rl"]["pretrained_return"] == start_return(run_dir / "cql" / rl.MODULE_PATH, s)
-    assert s["rl"]["pretrained_return"] > random_return("Pendulum-v1", 3, 1_000_000) + 150, s["rl"]
+    start_dir = run_dir / "cql" / rl.MODULE_PATH
+    assert s["rl"]["pretrained_return"] == start_return(start_dir, s)
+    env = gym.make("Pendulum-v1")
+    fresh = rl_sac.module_spec(load_spec(run_dir.parent / "c.yaml"), env.observation_space, env.action_space).build()
+    cloned, untrained = torque_error(rl.RLModule.from_checkpoint(str(start_dir))), torque_error(fresh)
+    assert cloned < 0.85 * untrained, (cloned, untrained)
     assert s["rl"]["iterations"] == 1 and s["rl"]["env_steps"] == 100 and s["status"] == "succeeded"
+
+
+def torque_error(module) -> float:
+    """Mean |greedy torque - demonstrated torque| over the Pendulum demonstrations' states (SAC's
+    greedy action: tanh of the mean, rescaled to the bounds [-2, 2])."""
+    table = pq.read_table(PENDULUM_DEMOS).to_pydict()
+    obs = torch.tensor(np.array(table["obs"], np.float32))
+    with torch.no_grad():
+        mean = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS][:, 0].double().numpy()
+    return float(np.abs(2.0 * np.tanh(mean) - np.array(table["actions"], np.float64)[:, 0]).mean())
