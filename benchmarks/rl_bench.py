@@ -248,7 +248,7 @@ def report(out: Path, cells: list[tuple[str, str, int]]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/rl_bench")
-    p.add_argument("--budget-s", type=float, default=480.0, help="wall-clock limit for all cells together")
+    p.add_argument("--budget-s", type=float, default=450.0, help="wall-clock limit for all cells together")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
