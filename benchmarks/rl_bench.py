@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--jobs", type=int, default=0, help="cells at once (0: all)")
+    p.add_argument("--stagger-s", type=float, default=0.5, help="seconds between the cells' starts")
     p.add_argument("--set", action="append", default=[], help="a further --set for every cell")
     p.add_argument("--report", action="store_true", help="only rebuild the table from --out")
     a = p.parse_args(argv)
@@ -265,13 +266,15 @@ def main(argv: list[str] | None = None) -> int:
             (out / d).mkdir(parents=True, exist_ok=True)
         (out / "results.jsonl").write_text("")
         rec, deadline = Recorder(out), time.monotonic() + a.budget_s
-        def one(cell):
+        def one(i_cell):
+            i, cell = i_cell
+            time.sleep(i * a.stagger_s)  # 24 local Rays starting in the same second race for ports
             try:
                 rec.add(run_cell(*cell, out, deadline, a.set))
             except Exception as e:  # noqa: BLE001 - one broken cell must not lose the others' rows
                 print(f"[bench] {cell}: {type(e).__name__}: {e}", flush=True)
         with ThreadPoolExecutor(a.jobs or len(cells)) as pool:
-            list(pool.map(one, cells))
+            list(pool.map(one, enumerate(cells)))
         rows = rec.rows
     text = table(rows)
     (out / "table.md").write_text(text)

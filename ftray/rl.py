@@ -359,7 +359,7 @@ class RLPlan:
     """What the checks before Ray found: the spaces and the checked pretrained start."""
     obs_space: object
     act_space: object
-    start: str                  # scratch | bc | marwil | cql (PRETRAINED) | checkpoint | supervised
+    start: str                  # scratch | bc | marwil | cql (method.pretrain on demos) | checkpoint | supervised
     start_path: Path | None     # the module folder (checkpoint) or export folder (supervised)
     demo_rows: int = 0
 

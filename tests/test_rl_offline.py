@@ -129,3 +129,17 @@ def torque_error(module) -> float:
     with torch.no_grad():
         mean = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS][:, 0].double().numpy()
     return float(np.abs(2.0 * np.tanh(mean) - np.array(table["actions"], np.float64)[:, 0]).mean())
+
+
+def test_marwil_on_continuous_demos(ray_session, tmp_path, capsys):
+    """MARWIL on Box actions (PPO's Gaussian policy): on TrackEnv, whose demonstrator plays a = x
+    (return 0), the start returns near 0 where an untrained policy returns about -6.7."""
+    from tests.test_rl_continuous import track_demos, track_spec
+    spec = track_spec(tmp_path, "marwil_box", demos=str(track_demos(tmp_path / "demos.parquet")), pretrain="marwil",
+                      bc_iterations=60, bc_lr=0.03, bc_batch=200)
+    code, out, err = run_cli(["run", str(write_spec(tmp_path / "mb.yaml", spec))], capsys)
+    assert code == 0, err[-3000:]
+    run_dir, s = summary_of(out)
+    assert s["rl"]["start"] == "marwil" and s["rl"]["bc"]["algorithm"] == "marwil"
+    assert s["rl"]["pretrained_return"] == start_return(run_dir / "marwil" / rl.MODULE_PATH, s)
+    assert s["rl"]["pretrained_return"] > -1.0, s["rl"]
