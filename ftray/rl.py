@@ -132,7 +132,7 @@ def check_env(method: RLMethod):
         raise SpecError(f"method.env: {method.env} made a {type(env).__name__}, not a gymnasium.Env")
     obs, act = env.observation_space, env.action_space
     env.close()
-    rl_spaces.check_spaces(method.env, method.algorithm, obs, act)
+    rl_spaces.check_spaces(method.env, method.algorithm, obs, act, method.pretrain if method.demos else None)
     return obs, act
 
 
@@ -359,7 +359,7 @@ class RLPlan:
     """What the checks before Ray found: the spaces and the checked pretrained start."""
     obs_space: object
     act_space: object
-    start: str                  # scratch | bc | checkpoint | supervised
+    start: str                  # scratch | bc | marwil | cql (method.pretrain on demos) | checkpoint | supervised
     start_path: Path | None     # the module folder (checkpoint) or export folder (supervised)
     demo_rows: int = 0
 
@@ -371,7 +371,7 @@ def prepare(spec: JobSpec, address: str | None = None, devices: bool = True) -> 
     obs, act = check_env(m)
     plan = RLPlan(obs, act, "scratch", None)
     if m.demos:
-        plan.start, plan.demo_rows = "bc", check_demos(m.demos, obs, act)
+        plan.start, plan.demo_rows = m.pretrain, check_demos(m.demos, obs, act)
     elif m.init_checkpoint:
         plan.start, plan.start_path = "checkpoint", check_checkpoint_start(spec, m.init_checkpoint, obs, act)
     elif spec.model.init_from:
@@ -488,22 +488,48 @@ def _box_actions(spec: JobSpec, plan: RLPlan) -> dict:
     return {}
 
 
-def behaviour_cloning(spec: JobSpec, plan: RLPlan, out: Path) -> dict:
-    """RLlib's BC on the demonstrations; saves the algorithm to `out`. Returns the loss record."""
+def pretrain_config(spec: JobSpec, plan: RLPlan):
+    """The offline algorithm of `method.pretrain` on the demonstrations, one update of `bc_batch`
+    steps per iteration: RLlib's BC or MARWIL on PPO's module (MARWIL trains its value network too),
+    or RLlib's CQL on SAC's networks (`ftray.rl_sac`)."""
+    m = spec.method
+    if plan.start == "cql":
+        from ray.rllib.algorithms.cql import CQLConfig
+        return rl_sac.cql_config(_common(CQLConfig(rl_sac.cql_algorithm()), spec, plan), spec, plan.obs_space,
+                                 plan.act_space)
+    if plan.start == "marwil":
+        from ray.rllib.algorithms.marwil import MARWILConfig
+        config = _common(MARWILConfig(), spec, plan).training(beta=m.marwil_beta, gamma=m.gamma)
+    else:
+        from ray.rllib.algorithms.bc import BCConfig
+        config = _common(BCConfig(), spec, plan)
+    return (config
+            .env_runners(num_env_runners=0)  # offline data; ftray evaluates in the driver
+            .offline_data(input_=[m.demos], dataset_num_iters_per_learner=1)
+            .training(lr=m.bc_lr, train_batch_size_per_learner=m.bc_batch))
+
+
+# the losses each pretraining records, first and last (the policy's, and MARWIL's value or CQL's Q loss)
+PRETRAIN_LOSSES = {"bc": ("policy_loss",), "marwil": ("policy_loss", "vf_loss"), "cql": ("policy_loss", "qf_loss")}
+
+
+def pretrain_offline(spec: JobSpec, plan: RLPlan, out: Path) -> dict:
+    """The offline pretraining (`pretrain_config`) on the demonstrations; saves the algorithm to
+    `out`. Returns the loss record."""
     import ray.data
-    from ray.rllib.algorithms.bc import BCConfig
     ray.data.DataContext.get_current().enable_progress_bars = False
     m = spec.method
-    config = (_common(BCConfig(), spec, plan)
-              .env_runners(num_env_runners=0)  # BC reads offline data; ftray evaluates in the driver
-              .offline_data(input_=[m.demos], dataset_num_iters_per_learner=1)
-              .training(lr=m.bc_lr, train_batch_size_per_learner=m.bc_batch))
-    algo = config.build_algo()
-    losses = []
+    algo = pretrain_config(spec, plan).build_algo()
+    keys = PRETRAIN_LOSSES[plan.start]
+    losses = {k: [] for k in keys}
     for _ in range(m.bc_iterations):
-        result = algo.train()
-        losses.append(float(result["learners"]["default_policy"]["policy_loss"]))
-    record = {"iterations": m.bc_iterations, "rows": plan.demo_rows, "first_loss": losses[0], "last_loss": losses[-1]}
+        result = algo.train()["learners"]["default_policy"]
+        for k in keys:
+            losses[k].append(float(result[k]))
+    record = {"algorithm": plan.start, "iterations": m.bc_iterations, "rows": plan.demo_rows,
+              "first_loss": losses["policy_loss"][0], "last_loss": losses["policy_loss"][-1]}
+    for k in keys[1:]:
+        record.update({f"first_{k}": losses[k][0], f"last_{k}": losses[k][-1]})
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     algo.save_to_path(str(tmp))
@@ -529,17 +555,18 @@ def start_module_dir(spec: JobSpec, plan: RLPlan, run_dir: Path) -> Path | None:
         return None
     if spec.method.start_temperature != 1.0:
         return run_dir / "start"
-    return {"bc": run_dir / "bc" / MODULE_PATH, "checkpoint": plan.start_path,
-            "supervised": run_dir / "pretrained"}[plan.start]
+    if plan.start in PRETRAIN_LOSSES:
+        return run_dir / plan.start / MODULE_PATH
+    return {"checkpoint": plan.start_path, "supervised": run_dir / "pretrained"}[plan.start]
 
 
 def set_up_start(spec: JobSpec, plan: RLPlan, run_dir: Path, progress: dict) -> None:
     """Write the start's module folder: behaviour cloning, a supervised export's weights, and the
     start's temperature (`start_temperature`)."""
-    if plan.start == "bc":
-        bc_dir = run_dir / "bc"
-        if not bc_dir.is_dir():  # a re-run after a failure keeps a finished BC checkpoint
-            behaviour_cloning(spec, plan, bc_dir)
+    if plan.start in PRETRAIN_LOSSES:  # bc, marwil or cql on the demonstrations
+        bc_dir = run_dir / plan.start
+        if not bc_dir.is_dir():  # a re-run after a failure keeps a finished pretraining checkpoint
+            pretrain_offline(spec, plan, bc_dir)
         progress["bc"] = json.loads((bc_dir / BC_RECORD).read_text())
         d = bc_dir / MODULE_PATH
     elif plan.start == "checkpoint":

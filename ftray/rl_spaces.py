@@ -29,14 +29,17 @@ def is_box(act) -> bool:
     return isinstance(act, gym.spaces.Box)
 
 
-def check_spaces(env: str, algorithm: str, obs, act) -> None:
+def check_spaces(env: str, algorithm: str, obs, act, pretrain: str | None = None) -> None:
     """The spaces `rl` supports: a flat Box observation; Discrete actions (PPO) or a flat float Box
-    (PPO, and SAC when bounded)."""
+    (PPO, and SAC when bounded). `pretrain` (with demonstrations): cql needs continuous actions."""
     flat_obs = isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1
     box_act = is_box(act) and len(act.shape) == 1 and np.issubdtype(act.dtype, np.floating)
     if not (flat_obs and (isinstance(act, gym.spaces.Discrete) or box_act)):
         raise SpecError(f"method.env: {env} has observations {obs} and actions {act}; method rl supports a "
                         "flat Box observation and Discrete actions or a flat Box of float actions")
+    if pretrain == "cql" and not box_act:
+        raise SpecError(f"method.pretrain: cql learns continuous (Box) actions; {env}'s actions are {act} "
+                        "(use pretrain: marwil or bc with algorithm: ppo)")
     if algorithm == "sac" and not box_act:
         raise SpecError(f"method.algorithm: sac learns continuous actions; {env}'s actions are {act} "
                         "(use algorithm: ppo for Discrete actions)")

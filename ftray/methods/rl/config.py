@@ -72,11 +72,27 @@ class RLMethod(MethodConfig):
         "Greedy episodes, on seeds no other evaluation uses, that score the final policy (the summary's "
         "`metrics.episode_return_mean`; mean, std, min and max in `rl.final`).", 20, ge=1, le=100000)
     demos: str | None = describe(
-        "Pretrain by behaviour cloning on these demonstrations (Parquet in RLlib's columns: obs, new_obs, "
+        "Pretrain offline (`pretrain`) on these demonstrations (Parquet in RLlib's columns: obs, new_obs, "
         "actions, rewards, terminateds), e.g. written by `ftray rl collect`.", None)
-    bc_iterations: int = describe("Behaviour-cloning updates (one `bc_batch` each).", 100, ge=1, le=1000000)
-    bc_lr: float = describe("Behaviour-cloning learning rate.", 1e-3, gt=0.0, le=1.0)
-    bc_batch: int = describe("Demonstration steps per behaviour-cloning update.", 256, ge=1, le=1 << 24)
+    pretrain: Literal["bc", "marwil", "cql"] = describe(
+        "Offline algorithm on `demos`: `bc` (RLlib's BC of PPO's policy), `marwil` (RLlib's MARWIL: BC "
+        "weighted by exp(marwil_beta x advantage), PPO's policy and value network), `cql` (RLlib's CQL: "
+        "SAC's policy and Q networks, `algorithm: sac`). Its updates: `bc_iterations`, `bc_lr`, `bc_batch`.",
+        "bc")
+    marwil_beta: float = describe(
+        "MARWIL: the advantage's weight in exp(beta x advantage / its running RMS); 0 is plain BC.", 1.0,
+        ge=0.0, le=1.0)
+    cql_min_q_weight: float = describe(
+        "CQL: weight of the conservative penalty that pushes down Q values of actions the demonstrations "
+        "did not take.", 5.0, ge=0.0, le=1000.0)
+    cql_bc_iterations: int = describe(
+        "CQL: first updates whose actor loss is behaviour cloning (then SAC's actor loss on the "
+        "conservative Q networks).", 100, ge=0, le=1000000)
+    bc_iterations: int = describe("Offline pretraining updates (one `bc_batch` each; bc, marwil or cql).", 100,
+                                  ge=1, le=1000000)
+    bc_lr: float = describe("Offline pretraining learning rate (cql: its actor's, critics' and temperature's).",
+                            1e-3, gt=0.0, le=1.0)
+    bc_batch: int = describe("Demonstration steps per offline pretraining update.", 256, ge=1, le=1 << 24)
     init_checkpoint: str | None = describe(
         "Start from an earlier RLlib checkpoint: an ftray rl run folder, an algorithm checkpoint, or its "
         "module folder (the environment may differ; the spaces must match).", None)
@@ -106,6 +122,7 @@ class RLMethod(MethodConfig):
             if on and not starts:
                 raise ValueError(f"method.{key}: protects a pretrained start; give method.demos, "
                                  "method.init_checkpoint or model.init_from (or leave it at its default)")
+        _check_pretrain(self)
         if self.guide_steps and self.stop.target_return is None:
             raise ValueError("method.guide_steps: the guide curriculum's thresholds lead to "
                              "method.stop.target_return; set it")
@@ -126,8 +143,25 @@ class RLMethod(MethodConfig):
 
 
 PPO_ONLY = ("gae_lambda", "clip", "entropy_coeff", "epochs", "critic_warmup_steps", "bc_weight", "bc_decay_steps",
-            "guide_steps", "guide_stages", "start_temperature", "demos", "bc_iterations", "bc_lr", "bc_batch")
+            "guide_steps", "guide_stages", "start_temperature")
 SAC_ONLY = ("tau", "initial_alpha", "learning_starts", "replay_capacity")
+PRETRAIN_ONLY = {"marwil": ("marwil_beta",), "cql": ("cql_min_q_weight", "cql_bc_iterations")}
+PRETRAIN_FOR = {"bc": "ppo", "marwil": "ppo", "cql": "sac"}  # the algorithm each offline pretraining starts
+
+
+def _check_pretrain(method: RLMethod) -> None:
+    """`pretrain` needs `demos` and fits one algorithm (bc and marwil train PPO's module, cql SAC's);
+    each pretraining's own settings are refused with another."""
+    p = method.pretrain
+    if p != "bc" and not method.demos:
+        raise ValueError(f"method.pretrain: {p} pretrains on demonstrations; give method.demos")
+    if method.demos and PRETRAIN_FOR[p] != method.algorithm:
+        raise ValueError(f"method.pretrain: {p} pretrains {PRETRAIN_FOR[p].upper()}'s networks, and method.algorithm "
+                         f"is {method.algorithm}; " + ("use pretrain: cql with algorithm sac" if method.algorithm == "sac"
+                                                       else "use pretrain: bc or marwil with algorithm ppo"))
+    for other, keys in PRETRAIN_ONLY.items():
+        if other != p and (changed := _changed(method, keys)):
+            raise ValueError(f"method.{changed[0]}: a {other} setting; method.pretrain is {p}")
 
 
 def _changed(method: RLMethod, keys: tuple) -> list[str]:
