@@ -43,6 +43,27 @@ def test_folder_without_a_model_is_rejected(tmp_path):
         check_model_source(make(tmp_path, empty), ModelInfo(task="classification", classes=[0, 1]))
 
 
+@pytest.mark.parametrize("damage, expected", [
+    ("model_type", "model_type 'no_such_type' is not a model type transformers knows"),
+    ("tokenizer", "cannot load a model from"),
+])
+def test_a_folder_checked_without_transformers_models_still_refuses_bad_files(tmp_path, tiny_bert, damage, expected):
+    """The light check (config.json as JSON, tokenizer.json through tokenizers) still refuses an
+    unknown model type and a tokenizer file that does not parse, before Ray starts."""
+    import json
+    import shutil
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_bert, folder)
+    if damage == "model_type":
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "no_such_type"}))
+    else:
+        (folder / "tokenizer.json").write_text("{not json")
+    with pytest.raises(SpecError, match=expected):
+        check_model_source(make(tmp_path, folder), ModelInfo(task="classification", classes=[0, 1]))
+    check_model_source(make(tmp_path, tiny_bert), ModelInfo(task="classification", classes=[0, 1]))  # the intact one passes
+
+
 @pytest.mark.parametrize("task, info", [
     ("classification", ModelInfo(task="classification", classes=["x", "y", "z"])),
     ("regression", ModelInfo(task="regression")),
