@@ -7,9 +7,10 @@ Ray start-up, reading, the model, writing the same output columns to one Parquet
     python benchmarks/predict_bench.py smoke                       # seconds: both paths agree
 
 `full` trains the quickstart MLP (wider: `--units`, `--layers`, so that the model, not the file,
-is the work), writes the digits repeated to `--rows` rows, times ftray's start-up alone (a 1-row
-file), then alternates plain / ftray `--repeats` times and prints the medians and their ratio.
-One JSON line per measurement goes to `--results`.
+is the work), writes the digits repeated to `--rows` rows, then alternates plain / ftray / ftray's
+start-up alone (the same command on a 1-row file) `--repeats` times and prints the medians, their
+ratio and each pair's start-up share (a line per pair on stderr as it ends). One JSON line per
+measurement goes to `--results`.
 
 Fair by construction: the same exported model, the same file, the same batch size (`--batch-size`
 for both), the same output columns into one Parquet file, and the same torch threads in all: the
@@ -106,23 +107,29 @@ def measure(work: Path, rows: int, units: int, layers: int, repeats: int, batch:
     work.mkdir(parents=True, exist_ok=True)
     run = train(work, units, layers)
     data = big_file(work / f"digits_{rows}.parquet", rows)
-    # ftray's start-up alone (process, Ray, actors): the whole command on a 1-row file
+    # ftray's start-up alone (process, Ray, actors): the whole command on a 1-row file, in every
+    # pair, so that each pair's start-up share is measured at that pair's load
     one = big_file(work / "one.parquet", 1)
-    startup_s = ftray_predict(run, one, work / "one_out.parquet", batch, actors, cpus) if startup else None
-    times, loads = {"plain": [], "ftray": []}, [os.getloadavg()[0]]
-    for _ in range(repeats):  # alternated, so that a change in the machine's load hits both
+    times, loads = {"plain": [], "ftray": [], "startup": []}, [os.getloadavg()[0]]
+    for i in range(repeats):  # alternated, so that a change in the machine's load hits both
         times["plain"].append(plain(run, data, work / "plain.parquet", batch, actors * cpus))
         times["ftray"].append(ftray_predict(run, data, work / "ftray.parquet", batch, actors, cpus))
+        if startup:
+            times["startup"].append(ftray_predict(run, one, work / "one_out.parquet", batch, actors, cpus))
         loads.append(os.getloadavg()[0])
+        print(json.dumps({"pair": i + 1, **{k: v[-1] for k, v in times.items() if v}, "load": loads[-1]}),
+              file=sys.stderr, flush=True)
     a, b = pq.read_table(work / "plain.parquet"), pq.read_table(work / "ftray.parquet")
     agree = (a.num_rows == b.num_rows == rows and a.column("id").to_pylist() == list(range(rows))
              and a.column("prediction").equals(b.column("prediction")) and a.column("id").equals(b.column("id")))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    startup_s = med.get("startup")
     row = {"rows": rows, "units": units, "layers": layers, "batch_size": batch, "actors": actors,
            "cpus_per_actor": cpus, "plain_threads": actors * cpus, "plain_s": times["plain"], "ftray_s": times["ftray"],
            "pair_ratios": [p / f for p, f in zip(times["plain"], times["ftray"])],
            "plain_rows_per_s": rows / med["plain"], "ftray_rows_per_s": rows / med["ftray"],
-           "ratio": med["plain"] / med["ftray"], "ftray_startup_s": startup_s,
+           "ratio": med["plain"] / med["ftray"], "ftray_startup_s": times["startup"] or None,
+           "startup_shares": [s / f for s, f in zip(times["startup"], times["ftray"])] or None,
            "startup_share": startup_s / med["ftray"] if startup else None, "predictions_agree": agree,
            "load_avg": loads, "cpus": os.cpu_count()}
     with open(results, "a") as f:

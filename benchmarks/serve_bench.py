@@ -4,6 +4,8 @@ API, both on 127.0.0.1 of this machine, both with one torch thread for the model
 
     python benchmarks/serve_bench.py full  [--requests 400] [--rows 32] [--units 2048] [--layers 3] [--repeats 3]
     python benchmarks/serve_bench.py smoke                       # seconds: both servers agree
+    python benchmarks/serve_bench.py ceiling [--requests 300]    # no model: bare FastAPI vs Ray Serve
+    python benchmarks/serve_bench.py full --kinds bare,ftray,ftray-r2,ftray-tuned   # more servers per round
 
 `full` trains the quickstart MLP (wider: `--units`, `--layers`, so that the model is real work),
 starts each server in its own process, warms it up, then alternates bare / ftray `--repeats` times:
@@ -16,6 +18,11 @@ for the model on both sides and one model call at a time (the bare process holds
 replica does), one process of model work each (one replica). `--batch-requests N` turns on ftray's
 `@serve.batch` (several concurrent requests in one model call), which the bare server does not do:
 measure it apart, the default (1) compares like with like. Each pair's ratio is in `pair_ratios`.
+
+`ceiling` serves a no-op handler (parses the body, answers a fixed body of the model's answer's
+size) bare and through Ray Serve: the most requests/s Serve's own path allows on this machine.
+`--kinds` picks the servers, loaded in turn each round, the first the baseline of the ratios:
+`ftray-r2` is `ftray serve --replicas 2`, `*-tuned` adds Serve's request-path flags (SERVE_FLAGS).
 """
 
 from __future__ import annotations
@@ -64,6 +71,56 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 '''
 
 
+# Ray Serve's own flags on the request path (ray/serve/_private/constants.py: its
+# RAY_SERVE_THROUGHPUT_OPTIMIZED set without direct ingress, which gives each replica a port of its
+# own instead of the proxy's): the value tried (kinds `*-tuned`) and Serve's default. Measured
+# 2026-12-03 (RESULTS.md): +13% on the no-op, none on the model's path, so ftray does not set them.
+SERVE_FLAGS = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": ("0", "1"),
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": ("0", "1"),
+    "RAY_SERVE_PROXY_USE_GRPC": ("1", "0"),
+    "RAY_SERVE_LOG_TO_STDERR": ("0", "1"),
+}
+
+# The transport's ceiling: a handler that parses the body as the model's does and answers a fixed
+# body of the model's answer's size, with no model; served bare (uvicorn) and through Ray Serve
+# (the same FastAPI app as a deployment's ingress, one replica, as `ftray serve` deploys it).
+NOOP_APP = r'''
+import json, sys
+from fastapi import FastAPI, Request
+app = FastAPI()
+ANSWER = {"predictions": [0] * 32, "probabilities": [[0.1] * 10] * 32}
+
+@app.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+
+@app.post("/predict")
+async def predict(request: Request):
+    rows = json.loads(await request.body())["rows"]
+    return {k: v[:len(rows)] for k, v in ANSWER.items()}
+'''
+NOOP_BARE = NOOP_APP + r'''
+import uvicorn
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+'''
+NOOP_SERVE = NOOP_APP + r'''
+import threading, ray
+from ray import serve
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32,
+                  logging_config={"enable_access_log": False})
+@serve.ingress(app)
+class Noop:
+    pass
+
+ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[1])}, logging_config={"enable_access_log": False})
+serve.run(Noop.bind(), name="noop", route_prefix="/noop", blocking=False)
+threading.Event().wait()
+'''
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -98,11 +155,18 @@ def start_server(kind: str, run: Path, port: int, batch_requests: int | None = N
     """The server process and its model's base URL."""
     if kind == "bare":
         argv, url = [sys.executable, "-c", BARE, str(run / "model"), str(port)], f"http://127.0.0.1:{port}"
-    else:
+    elif kind == "bare-noop":
+        argv, url = [sys.executable, "-c", NOOP_BARE, str(port)], f"http://127.0.0.1:{port}"
+    elif kind.startswith("serve-noop"):  # serve-noop or serve-noop-tuned
+        argv, url = [sys.executable, "-c", NOOP_SERVE, str(port)], f"http://127.0.0.1:{port}/noop"
+    else:  # ftray, ftray-tuned (SERVE_FLAGS), ftray-r2 (2 replicas)
         argv, url = [sys.executable, "-m", "ftray", "serve", str(run), "--port", str(port)], \
             f"http://127.0.0.1:{port}/{run.name}"
         argv += ["--batch-requests", str(batch_requests)] if batch_requests else []
-    proc = subprocess.Popen(argv, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        argv += ["--replicas", "2"] if kind.endswith("-r2") else []
+    flags = {k: v[0] for k, v in SERVE_FLAGS.items()} if kind.endswith("-tuned") else {}
+    proc = subprocess.Popen(argv, cwd=REPO, env={**env(), **flags}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     wait_healthy(url, proc)
     return proc, url
 
@@ -124,36 +188,52 @@ def load(url: str, body: bytes, requests: int, concurrency: int, headers: dict) 
 
 
 def measure(work: Path, units: int, layers: int, rows: int, requests: int, concurrency: int, repeats: int,
-            results: Path, batch_requests: int | None = None) -> dict:
+            results: Path, batch_requests: int | None = None, kinds: tuple[str, ...] = ("bare", "ftray")) -> dict:
+    """`kinds` served at once and loaded in turn, `repeats` rounds; each kind's ratio to the first
+    (the baseline) per round. `full`: bare vs ftray; `ceiling`: the no-op servers."""
     from ftray.auth import auth_headers
     work.mkdir(parents=True, exist_ok=True)
     run = train(work, units, layers)
     pixels = pq.read_table(REPO / "jobs" / "data" / "digits.parquet", columns=["pixels"]).column("pixels").to_pylist()
     body = json.dumps({"rows": [{"pixels": p} for p in pixels[:rows]]}).encode()
-    servers = {k: start_server(k, run, free_port(), batch_requests) for k in ("bare", "ftray")}
-    headers = {"bare": {}, "ftray": auth_headers()}  # ftray's local Ray uses token authentication
-    runs, loads = {"bare": [], "ftray": []}, [os.getloadavg()[0]]
+    servers = {k: start_server(k, run, free_port(), batch_requests) for k in kinds}
+    # ftray's local Ray uses token authentication (the no-op servers ignore the header)
+    headers = {k: auth_headers() if k.startswith("ftray") else {} for k in kinds}
+    runs, loads = {k: [] for k in kinds}, [os.getloadavg()[0]]
     try:
         for kind, (_, url) in servers.items():  # warm-up: first calls, thread pools, routing tables
             load(url, body, 2 * concurrency, concurrency, headers[kind])
-        for _ in range(repeats):  # alternated, so that a change in the machine's load hits both
+        for i in range(repeats):  # alternated, so that a change in the machine's load hits all
             for kind, (_, url) in servers.items():
                 runs[kind].append(load(url, body, requests, concurrency, headers[kind]))
+            loads.append(os.getloadavg()[0])
+            print(json.dumps({"round": i + 1, **{k: round(v[-1]["requests_per_s"], 1) for k, v in runs.items()},
+                              "load": loads[-1]}), file=sys.stderr, flush=True)
     finally:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=120)
+    return _record(results, runs, loads, {"units": units, "layers": layers, "rows_per_request": rows,
+                                          "requests": requests, "concurrency": concurrency, "repeats": repeats,
+                                          "batch_requests": batch_requests or "default"})
+
+
+def _record(results: Path, runs: dict[str, list[dict]], loads: list[float], setup: dict) -> dict:
+    """The JSON line of one invocation: medians per kind, each kind's per-round ratio to the first."""
+    first, *others = runs
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("requests_per_s", "p50_ms", "p99_ms")}
            for k, v in runs.items()}
-    row = {"units": units, "layers": layers, "rows_per_request": rows, "requests": requests,
-           "concurrency": concurrency, "repeats": repeats, "batch_requests": batch_requests or "default",
-           "bare": med["bare"], "ftray": med["ftray"],
-           "pair_ratios": [f["requests_per_s"] / b["requests_per_s"] for b, f in zip(runs["bare"], runs["ftray"])],
+    ratios = {k: [o["requests_per_s"] / b["requests_per_s"] for b, o in zip(runs[first], runs[k])] for k in others}
+    row = {**setup, "kinds": list(runs), **med,
+           "pair_ratios": ratios[others[0]] if len(others) == 1 else ratios,
            "errors": {k: sum(r["errors"] for r in v) for k, v in runs.items()},
            "runs": {k: [{m: r[m] for m in ("requests_per_s", "p50_ms", "p99_ms")} for r in v] for k, v in runs.items()},
-           "ratio": med["ftray"]["requests_per_s"] / med["bare"]["requests_per_s"],
-           "predictions_agree": runs["bare"][0]["predictions"] == runs["ftray"][0]["predictions"],
-           "load_avg": [loads[0], os.getloadavg()[0]], "cpus": os.cpu_count()}
+           "ratio": {k: med[k]["requests_per_s"] / med[first]["requests_per_s"] for k in others},
+           "predictions_agree": all(runs[k][0]["predictions"] == runs[first][0]["predictions"] for k in others
+                                    if "noop" not in k + first),
+           "load_avg": loads, "cpus": os.cpu_count()}
+    if len(others) == 1:
+        row["ratio"] = row["ratio"][others[0]]
     with open(results, "a") as f:
         f.write(json.dumps(row) + "\n")
     return row
@@ -161,7 +241,10 @@ def measure(work: Path, units: int, layers: int, rows: int, requests: int, concu
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["full", "smoke"])
+    p.add_argument("mode", choices=["full", "smoke", "ceiling"])
+    p.add_argument("--kinds", default=None,
+                   help="servers, the baseline first (full: bare,ftray; ceiling: bare-noop,serve-noop,serve-noop-tuned); "
+                        "also ftray-tuned (SERVE_FLAGS set) and ftray-r2 (--replicas 2)")
     p.add_argument("--work", default="/tmp/ftray-serve-bench")
     p.add_argument("--results", default=None, help="JSON lines (default: WORK/results.jsonl)")
     p.add_argument("--requests", type=int, default=400)
@@ -176,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     if args.mode == "smoke":
         args.requests, args.rows, args.units, args.layers, args.repeats = 16, 4, 16, 1, 1
+    kinds = args.kinds or ("bare-noop,serve-noop,serve-noop-tuned" if args.mode == "ceiling" else "bare,ftray")
     row = measure(work, args.units, args.layers, args.rows, args.requests, args.concurrency, args.repeats,
-                  Path(args.results or work / "results.jsonl"), args.batch_requests)
+                  Path(args.results or work / "results.jsonl"), args.batch_requests, tuple(kinds.split(",")))
     print(json.dumps(row))
     return 0 if row["predictions_agree"] and not any(row["errors"].values()) else 1
 
