@@ -289,10 +289,15 @@ def run_generation(work: Path, run_dir: str, size: str, cpu: bool, batch: int, n
             "ratio": ftray_tps / (plain_tokens / plain_s), "same_outputs": texts == plain}
 
 
+def run_sft(work: Path, size: str, cpu: bool, batch: int) -> dict:
+    """SFT on the pairs' prompt + chosen (the row DPO's tokens/s is compared with)."""
+    return run_ftray(work, size, "full", 1, False, cpu, False, "ddp", batch, spec_name=f"{size}-pairs")
+
+
 def run_pairs(work: Path, size: str, cpu: bool, batch: int, results: Path) -> None:
     """SFT on prompt + chosen, then generation with its model (32 prompts a batch on a GPU); each
     result recorded as it comes."""
-    sft = run_ftray(work, size, "full", 1, False, cpu, False, "ddp", batch, spec_name=f"{size}-pairs")
+    sft = run_sft(work, size, cpu, batch)
     record(sft, results)
     record(run_generation(work, sft["run_dir"], size, cpu, batch if cpu else 32, 8 if cpu else 128), results)
 
@@ -637,8 +642,7 @@ def main(argv=None) -> None:
         run_pairs(a.work, a.size, a.cpu, a.batch, a.results)
     elif a.mode == "sft":  # SFT on prompt + chosen alone (dpo's tokens/s row), no generation
         prepare_pairs(a.work, a.size, a.steps, a.batch, a.prompts)
-        record(run_ftray(a.work, a.size, "full", 1, False, a.cpu, False, "ddp", a.batch,
-                         spec_name=f"{a.size}-pairs"), a.results)
+        record(run_sft(a.work, a.size, a.cpu, a.batch), a.results)
     elif a.mode == "dpo":
         prepare_pairs(a.work, a.size, a.steps, a.batch, a.prompts)
         record(run_dpo(a.work, a.size, a.cpu, a.batch, a.results), a.results)
