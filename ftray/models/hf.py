@@ -67,7 +67,7 @@ def _checked_model_type(spec, source: str) -> str:
     kind of tokenizer, goes through transformers' own loaders."""
     folder = Path(source)
     if spec.model.config or (folder / "config.json").is_file():
-        config = dict(spec.model.config) if spec.model.config else json.loads((folder / "config.json").read_text())
+        config = spec.model.config or json.loads((folder / "config.json").read_text())
         model_type = config.get("model_type")
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
         if model_type not in CONFIG_MAPPING_NAMES:
