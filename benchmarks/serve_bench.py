@@ -22,7 +22,9 @@ measure it apart, the default (1) compares like with like. Each pair's ratio is 
 `ceiling` serves a no-op handler (parses the body, answers a fixed body of the model's answer's
 size) bare and through Ray Serve: the most requests/s Serve's own path allows on this machine.
 `--kinds` picks the servers, loaded in turn each round, the first the baseline of the ratios:
-`ftray-r2` is `ftray serve --replicas 2`, `*-tuned` adds Serve's request-path flags (SERVE_FLAGS).
+`ftray-r2` is `ftray serve --replicas 2`, `*-tuned` adds Serve's request-path flags (SERVE_FLAGS),
+`ftray-direct` is `ftray serve --ingress direct` and `serve-noop-direct` the no-op with Serve's
+direct ingress (the replica answers on the port itself, no proxy on the path).
 """
 
 from __future__ import annotations
@@ -115,10 +117,18 @@ class Noop:
     pass
 
 ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
-serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[1])}, logging_config={"enable_access_log": False})
+serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[2] if len(sys.argv) > 2 else sys.argv[1])}, logging_config={"enable_access_log": False})
 serve.run(Noop.bind(), name="noop", route_prefix="/noop", blocking=False)
 threading.Event().wait()
 '''
+
+
+def direct_ingress_env(port: int) -> dict:
+    """Serve's direct ingress (ray/serve/_private/replica.py `_maybe_start_direct_ingress_servers`):
+    the ingress replica runs its own HTTP server on a port the controller hands out from
+    [MIN, MAX) (MAX excluded); one port in the range, so the one replica listens on `port`."""
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1)}
 
 
 def free_port() -> int:
@@ -157,14 +167,19 @@ def start_server(kind: str, run: Path, port: int, batch_requests: int | None = N
         argv, url = [sys.executable, "-c", BARE, str(run / "model"), str(port)], f"http://127.0.0.1:{port}"
     elif kind == "bare-noop":
         argv, url = [sys.executable, "-c", NOOP_BARE, str(port)], f"http://127.0.0.1:{port}"
+    elif kind.startswith("serve-noop-direct"):  # the replica's own port (DIRECT), the proxy on another
+        argv, url = [sys.executable, "-c", NOOP_SERVE, str(port), str(free_port())], f"http://127.0.0.1:{port}/noop"
     elif kind.startswith("serve-noop"):  # serve-noop or serve-noop-tuned
         argv, url = [sys.executable, "-c", NOOP_SERVE, str(port)], f"http://127.0.0.1:{port}/noop"
-    else:  # ftray, ftray-tuned (SERVE_FLAGS), ftray-r2 (2 replicas)
+    else:  # ftray, ftray-tuned (SERVE_FLAGS), ftray-r2 (2 replicas), ftray-direct (--ingress direct)
         argv, url = [sys.executable, "-m", "ftray", "serve", str(run), "--port", str(port)], \
             f"http://127.0.0.1:{port}/{run.name}"
         argv += ["--batch-requests", str(batch_requests)] if batch_requests else []
         argv += ["--replicas", "2"] if kind.endswith("-r2") else []
+        argv += ["--ingress", "direct"] if kind.endswith("-direct") else []
     flags = {k: v[0] for k, v in SERVE_FLAGS.items()} if kind.endswith("-tuned") else {}
+    if kind == "serve-noop-direct":
+        flags = {**flags, **direct_ingress_env(port)}
     proc = subprocess.Popen(argv, cwd=REPO, env={**env(), **flags}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     wait_healthy(url, proc)
@@ -244,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("mode", choices=["full", "smoke", "ceiling"])
     p.add_argument("--kinds", default=None,
                    help="servers, the baseline first (full: bare,ftray; ceiling: bare-noop,serve-noop,serve-noop-tuned); "
-                        "also ftray-tuned (SERVE_FLAGS set) and ftray-r2 (--replicas 2)")
+                        "also ftray-tuned (SERVE_FLAGS set), ftray-r2 (--replicas 2), ftray-direct (--ingress direct), "
+                        "serve-noop-direct")
     p.add_argument("--work", default="/tmp/ftray-serve-bench")
     p.add_argument("--results", default=None, help="JSON lines (default: WORK/results.jsonl)")
     p.add_argument("--requests", type=int, default=400)

@@ -22,6 +22,7 @@ does.
 # imported where the app is built) as objects, and string annotations would not resolve.
 import argparse
 import json
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from ftray.schema import SpecError
 from ftray.spec import ServeSpec
 
 DEFAULT_PORT = 8000
+INGRESSES = ("proxy", "direct")  # `--ingress`: who listens on --port (see `direct_ingress_env`)
 ADAPTER_HEADER = "serve_multiplexed_model_id"  # Serve's own multiplexing header (routing uses it)
 
 
@@ -304,11 +306,58 @@ def application(endpoint: Endpoint):
     return ModelServer.bind(endpoint)
 
 
-def start(endpoints: list[Endpoint], host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> list[str]:
-    """Deploy every endpoint on the Ray this process is connected to; their URLs (`http://HOST:PORT/NAME`)."""
+def direct_ingress_env(port: int) -> dict[str, str]:
+    """The environment of a local Ray whose one ingress replica answers HTTP on `port` itself.
+
+    Serve's direct ingress (ray/serve/_private/replica.py `_maybe_start_direct_ingress_servers`):
+    the ingress replica starts its own uvicorn server, on the host of Serve's `http_options` and a
+    port the controller hands out from [MIN, MAX) (MAX excluded); requests skip the proxy and the
+    actor call from it (benchmarks/RESULTS.md: requests/s with and without). Serve's controller
+    and replicas read these at import, so they must be in the environment of the Ray processes:
+    set before the local Ray starts, whose workers inherit it. The proxy still starts on the head
+    node (on another port, unused). Serve holds a direct-ingress replica open 30 s at shutdown for
+    an outside load balancer to drop it; nothing is in front here, so no wait."""
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
+
+
+def check_direct(endpoints: list[Endpoint], address: str | None) -> None:
+    """What `--ingress direct` cannot do (SpecError, exit 2, before Ray starts): each replica
+    listens on a port of its own with nothing balancing requests across them, so one model on
+    one replica; and only ftray's own local Ray carries its environment (`direct_ingress_env`)."""
+    import ray
+
+    from ftray.ray_context import cluster_address
+    if cluster_address(address) or ray.is_initialized():
+        raise SpecError("--ingress direct: needs the local Ray `ftray serve` starts itself (Serve reads it where "
+                        "its controller and replicas start); drop --address / RAY_ADDRESS or use --ingress proxy")
+    if len(endpoints) > 1:
+        raise SpecError(f"--ingress direct: one model per `ftray serve` (each would need a port of its own); got "
+                        f"{len(endpoints)}: {', '.join(e.name for e in endpoints)}; use --ingress proxy")
+    s = endpoints[0].settings
+    if s.replicas > 1 or s.max_replicas not in (None, 1):
+        raise SpecError(f"--ingress direct: one replica (serve.replicas {s.replicas}, serve.max_replicas "
+                        f"{s.max_replicas}): each replica would listen on a port of its own with nothing "
+                        "balancing requests across them; use --ingress proxy")
+
+
+def _free_port(host: str) -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def start(endpoints: list[Endpoint], host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+          ingress: str = "proxy") -> list[str]:
+    """Deploy every endpoint on the Ray this process is connected to; their URLs (`http://HOST:PORT/NAME`).
+    `ingress` "direct" (a Ray started with `direct_ingress_env(port)`): the replica listens on
+    `port`, Serve's proxy on a free port."""
     from ray import serve
+    proxy_port = _free_port(host) if ingress == "direct" else port
     # The proxy's own access log: on when any endpoint asks for it (the proxy is shared).
-    serve.start(http_options={"host": host, "port": port},
+    serve.start(http_options={"host": host, "port": proxy_port},
                 logging_config={"enable_access_log": any(e.settings.access_log for e in endpoints)})
     for e in endpoints:
         serve.run(application(e), name=e.name, route_prefix=f"/{e.name}", blocking=False)
@@ -328,6 +377,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-rows", type=int, default=None, help="most rows per request (default: serve.max_rows, 1024)")
     p.add_argument("--batch-requests", type=int, default=None,
                    help="concurrent requests answered by one model call (default: serve.batch_requests, 1)")
+    p.add_argument("--ingress", choices=INGRESSES, default="proxy",
+                   help="who answers on --port: Serve's HTTP proxy (default), or the model's one replica itself "
+                        "(Serve's direct ingress: one model, one replica, ftray's own local Ray)")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
 
 
@@ -348,13 +400,19 @@ def cmd_serve(args) -> int:
     if not 0 < args.port < 65536:
         raise SpecError(f"--port: {args.port}: not a TCP port")
     endpoints = plan(args.runs, overrides(args))
+    if args.ingress == "direct":
+        check_direct(endpoints, args.address)
+        os.environ.update(direct_ingress_env(args.port))  # before `use_ray`: its processes inherit it
     spec = locate(next(iter(endpoints[0].runs.values()))).spec
     cpus = math.ceil(sum((e.settings.max_replicas or e.settings.replicas) * e.settings.cpus_per_replica
                          for e in endpoints)) + 1
     with use_ray(spec, args.address, cpus=cpus):
         try:
-            for e, url in zip(endpoints, start(endpoints, args.host, args.port)):
+            for e, url in zip(endpoints, start(endpoints, args.host, args.port, args.ingress)):
                 print(f"[ftray] serve: {', '.join(e.runs)} at {url}/predict", file=sys.stderr, flush=True)
+            if args.ingress == "direct":
+                print(f"[ftray] serve: direct ingress: the replica answers on port {args.port} itself "
+                      "(Serve's proxy is not on the path)", file=sys.stderr, flush=True)
             print(f"http://{args.host}:{args.port}", flush=True)
             threading.Event().wait()
         except KeyboardInterrupt:

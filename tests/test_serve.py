@@ -6,8 +6,12 @@ and a replica killed under load."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -23,6 +27,7 @@ from ftray.spec import ServeSpec
 from tests.conftest import cli_last_line as _run
 from tests.conftest import texts
 from tests.hang import no_hang
+from tests.ray_head import client_env
 
 # A killed replica fails the requests it holds (at most its in-flight ones: the load runs 8 at
 # a time); the stated bound leaves room for the proxy's view of the dead replica lagging a little.
@@ -274,6 +279,48 @@ def test_settings_flags_and_bad_runs(runs, served, no_ray, capsys):
             ([str(runs["quick"]), "--replicas", "3", "--max-replicas", "2"], "serve.max_replicas: 2 is below"),
             ([str(runs["quick"]), str(runs["quick"] / "model")], "both be served at /quickstart/"),
             ([str(runs["quick"]), "--port", "70000"], "--port: 70000"),
-            ([str(runs["quick"]), "--batch-requests", "0"], "serve.batch_requests: Input should be greater than or equal to 1")):
+            ([str(runs["quick"]), "--batch-requests", "0"], "serve.batch_requests: Input should be greater than or equal to 1"),
+            ([str(runs["quick"]), "--ingress", "direct", "--replicas", "2"], "--ingress direct: one replica"),
+            ([str(runs["quick"]), str(runs["ens"]), "--ingress", "direct"], "--ingress direct: one model"),
+            ([str(runs["quick"]), "--ingress", "direct"], "--ingress direct: needs the local Ray")):
         assert cli.main(["serve", *argv]) == 2
         assert message in capsys.readouterr().err
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return request(url, token=False, timeout=5)[0] == 200
+    except OSError:  # not listening yet
+        return False
+
+
+def test_direct_ingress_answers_as_the_proxy(runs, served, tmp_path):
+    """`ftray serve --ingress direct` (its own local Ray, Serve's direct ingress): the replica
+    itself answers on --port of 127.0.0.1, with the proxy path's answers, the token check included;
+    Ctrl-C stops it."""
+    port, log = _free_port(), tmp_path / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "ftray", "serve", str(runs["quick"]), "--port", str(port),
+                             "--ingress", "direct"], env=client_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    url, bodies = f"http://127.0.0.1:{port}/quickstart", [{"rows": _rows(runs, n)} for n in (1, 8, 32, 180)] * 5
+    try:
+        with no_hang(420, "direct ingress start"):
+            while not _healthy(f"{url}/healthz"):
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(1)
+        with no_hang(300, "direct ingress load"):
+            direct = _load(f"{url}/predict", bodies, workers=4)
+            proxy = _load(f"{served['quickstart']}/predict", bodies, workers=4)
+            assert request(f"{url}/predict", bodies[0], token=False)[0] == 401
+            assert request(f"{url}/predict", bodies[0], token=False, headers={"Authorization": "Bearer x"})[0] == 403
+        assert all(s == 200 for s, _, _ in direct + proxy)
+        for (_, d, _), (_, p, _) in zip(direct, proxy):
+            assert d["predictions"] == p["predictions"]
+            assert np.allclose(d["probabilities"], p["probabilities"], atol=1e-6)
+        assert f"direct ingress: the replica answers on port {port} itself" in log.read_text()
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: Serve shuts down, the local Ray stops
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
