@@ -294,29 +294,40 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def test_direct_ingress_answers_as_the_proxy(runs, served, tmp_path):
+def _direct_cases(runs, served, kind: str) -> tuple[list[str], str, list[tuple[dict, dict]]]:
+    """RUN arguments, the endpoint's name and (body, headers) of each request: the quickstart, or
+    the two LoRA adapters of one base (model multiplexing: the header picks the adapter)."""
+    if kind == "model":
+        return [str(runs["quick"])], "quickstart", [({"rows": _rows(runs, n)}, {}) for n in (1, 8, 32, 180)] * 5
+    rows = [{"text": r["text"]} for r in texts(10, seed=3)]
+    return ([str(a) for a in runs["loras"]], next(n for n in served if n.startswith("tiny_bert")),
+            [({"rows": rows[:n]}, {serve.ADAPTER_HEADER: a.parents[1].name}) for a in runs["loras"] for n in (1, 10)] * 3)
+
+
+@pytest.mark.parametrize("kind", ["model", pytest.param("adapters", marks=pytest.mark.slow)])
+def test_direct_ingress_answers_as_the_proxy(runs, served, tmp_path, kind):
     """`ftray serve --ingress direct` (its own local Ray, Serve's direct ingress): the replica
     itself answers on --port of 127.0.0.1, with the proxy path's answers, the token check included;
     Ctrl-C stops it."""
+    argv, name, cases = _direct_cases(runs, served, kind)
     port, log = _free_port(), tmp_path / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-m", "ftray", "serve", str(runs["quick"]), "--port", str(port),
-                             "--ingress", "direct"], env=client_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    url, bodies = f"http://127.0.0.1:{port}/quickstart", [{"rows": _rows(runs, n)} for n in (1, 8, 32, 180)] * 5
+    proc = subprocess.Popen([sys.executable, "-m", "ftray", "serve", *argv, "--port", str(port), "--ingress", "direct"],
+                            env=client_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    url = f"http://127.0.0.1:{port}/{name}"
     try:
         with no_hang(420, "direct ingress start"):
             while not _healthy(f"{url}/healthz"):
                 assert proc.poll() is None, log.read_text()[-3000:]
                 time.sleep(1)
-        with no_hang(300, "direct ingress load"):
-            direct = _load(f"{url}/predict", bodies, workers=4)
-            proxy = _load(f"{served['quickstart']}/predict", bodies, workers=4)
-            assert request(f"{url}/predict", bodies[0], token=False)[0] == 401
-            assert request(f"{url}/predict", bodies[0], token=False, headers={"Authorization": "Bearer x"})[0] == 403
-        assert all(s == 200 for s, _, _ in direct + proxy)
-        for (_, d, _), (_, p, _) in zip(direct, proxy):
+        with no_hang(300, "direct ingress requests"), ThreadPoolExecutor(4) as pool:
+            direct = list(pool.map(lambda c: request(f"{url}/predict", *c), cases))
+            proxy = list(pool.map(lambda c: request(f"{served[name]}/predict", *c), cases))
+            assert request(f"{url}/predict", cases[0][0], cases[0][1], token=False)[0] == 401
+            assert request(f"{url}/predict", cases[0][0], {**cases[0][1], "Authorization": "Bearer x"}, token=False)[0] == 403
+        assert all(s == 200 for s, _ in direct + proxy)
+        for (_, d), (_, p) in zip(direct, proxy):
             assert d["predictions"] == p["predictions"]
-            assert np.allclose(d["probabilities"], p["probabilities"], atol=1e-6)
+            assert np.allclose(d["probabilities"], p["probabilities"], atol=1e-5)
         assert f"direct ingress: the replica answers on port {port} itself" in log.read_text()
         proc.send_signal(signal.SIGINT)  # Ctrl-C: Serve shuts down, the local Ray stops
         assert proc.wait(timeout=120) == 0
