@@ -16,6 +16,9 @@ Bad requests get a 4xx with a one-line reason, never a 500: the body is parsed a
 before the model runs. When the cluster uses token authentication, every route but `healthz`
 refuses a request without the cluster's token (401) or with another one (403), as Ray's dashboard
 does.
+
+`--ingress direct` (one model, one replica, ftray's own local Ray) has that replica answer HTTP on
+--port itself, with Serve's proxy off the request path (`direct_ingress_env`).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route methods' annotations (`Request`,
@@ -329,9 +332,6 @@ def check_direct(endpoints: list[Endpoint], address: str | None) -> None:
     import ray
 
     from ftray.ray_context import cluster_address
-    if cluster_address(address) or ray.is_initialized():
-        raise SpecError("--ingress direct: needs the local Ray `ftray serve` starts itself (Serve reads it where "
-                        "its controller and replicas start); drop --address / RAY_ADDRESS or use --ingress proxy")
     if len(endpoints) > 1:
         raise SpecError(f"--ingress direct: one model per `ftray serve` (each would need a port of its own); got "
                         f"{len(endpoints)}: {', '.join(e.name for e in endpoints)}; use --ingress proxy")
@@ -340,6 +340,9 @@ def check_direct(endpoints: list[Endpoint], address: str | None) -> None:
         raise SpecError(f"--ingress direct: one replica (serve.replicas {s.replicas}, serve.max_replicas "
                         f"{s.max_replicas}): each replica would listen on a port of its own with nothing "
                         "balancing requests across them; use --ingress proxy")
+    if cluster_address(address) or ray.is_initialized():
+        raise SpecError("--ingress direct: needs the local Ray `ftray serve` starts itself (Serve reads it where "
+                        "its controller and replicas start); drop --address / RAY_ADDRESS or use --ingress proxy")
 
 
 def _free_port(host: str) -> int:
