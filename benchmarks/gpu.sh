@@ -5,7 +5,7 @@
 #                                                  kernels | kernels-accum | kernels-lora |
 #                                                  kernels-repeat | single | single-more | compile | fsdp1 |
 #                                                  multi | multi-fsdp | multi4 |
-#                                                  8b-lora-probe | 8b-lora | 8b-qlora-pack | pairs | dpo | grpo | pref | first-step-qlora-gc
+#                                                  8b-lora-probe | 8b-lora | 8b-qlora-pack | pack-flex | pairs | dpo | grpo | pref | first-step-qlora-gc
 # Needs ftray importable (pip install -e . or PYTHONPATH) and Ray; on our GPU hosts Ray comes from
 # the offline bundle made by ../shared/gpu/offline-wheels.sh .whl (installed first when .whl exists).
 set -euo pipefail
@@ -60,6 +60,18 @@ case $set_name in
     for docs in 0 512; do
       work=$base/1b-docs$docs; mkdir -p "$work"; cp -r "$base/tokenizer" "$work/"
       if [ "$docs" = 0 ]; then b prepare --size 1b --steps 48 --batch 8; else b prepare --size 1b --steps 48 --batch 8 --doc-words $docs; fi
+      b ftray --size 1b --method lora --kernels liger --set model.fused_loss=true --set method.export=adapter
+    done ;;
+  pack-flex)        # one GPU, 1B shape: isolating packing with flex_attention (blocks between examples
+    #               skipped) against SDPA's dense block-diagonal mask, and rows of one document each
+    base=$work
+    for docs in 512 0; do
+      work=$base/1b-docs$docs; mkdir -p "$work"; cp -r "$base/tokenizer" "$work/"
+      if [ "$docs" = 0 ]; then b prepare --size 1b --steps 48 --batch 8; else b prepare --size 1b --steps 48 --batch 8 --doc-words $docs; fi
+      if [ "$docs" = 512 ]; then
+        b ftray --size 1b --method lora --kernels liger --set model.fused_loss=true --set method.export=adapter \
+          --set model.attention=flex_attention
+      fi
       b ftray --size 1b --method lora --kernels liger --set model.fused_loss=true --set method.export=adapter
     done ;;
   8b-lora-probe)    # one GPU, Llama-3-8B shape at 4096: the LoRA step in plain PyTorch by kernel kind with
