@@ -135,6 +135,12 @@ ENTRIES = [
     Figure("dpo.preference_accuracy", "preference accuracy (implicit reward) {100}%", 0.007,
            f"{JOBS}::test_llm_sft_then_dpo"),
     Setting("dpo.val_rows", ("of the 160 held-out pairs",), "the validation rows (20% of 800 pairs)"),
+    Untested("jobs.quiet_rerun", ("Again on 2026-12-03 (one run each, quiet machine, load average 2-4): `llm_sft` 98 s, `dpo` 119 s,",
+                                 "`val_logprob_preference` 0.450 → 1.000 and `val_preference_accuracy` 1.000; `ftray sweep",
+                                 "jobs/grpo_pbt.yaml` 104 s (best trial `val_reward` 1.000, 2 exploit steps; the spec's single run",
+                                 "0.567 → 0.667 in 90 s)."),
+             f"{WALL}: a rerun of `ftray run jobs/llm_sft.yaml`, `jobs/dpo.yaml` and `ftray sweep jobs/grpo_pbt.yaml`; "
+             "the metrics are the ones test_llm_sft_then_dpo and test_llm_sft_then_grpo_pbt check"),
     Untested("dpo.wall", ("90 s and 113 s;", "(2026-12-02, one run each, on a quiet"), f"{WALL}: `ftray run jobs/llm_sft.yaml && ftray run jobs/dpo.yaml`"),
     # ----------------------------------------------------------------- GRPO (after llm_sft)
     Figure("grpo.start_reward", "in the rewarded format: {45.0}% before", 0.013, f"{JOBS}::test_llm_sft_then_grpo"),
