@@ -255,7 +255,8 @@ class Grpo(Preference):
 def prompt_tensors(batch: dict, device) -> dict:
     """A batch of PromptRows' columns with `prompt_ids` and `prompt_mask` as tensors on `device`,
     cut to the columns some prompt reaches (they are left-padded to the longest possible prompt)."""
-    ids, mask = torch.as_tensor(batch["prompt_ids"]), torch.as_tensor(batch["prompt_mask"])
+    # a copy: Ray Data hands read-only NumPy arrays, which torch.as_tensor would wrap with a warning
+    ids, mask = torch.tensor(batch["prompt_ids"]), torch.tensor(batch["prompt_mask"])
     start = int((mask.sum(0) > 0).int().argmax())
     return {**batch, "prompt_ids": ids[:, start:].to(device), "prompt_mask": mask[:, start:].to(device)}
 
