@@ -10,10 +10,7 @@
 # the offline bundle made by ../shared/gpu/offline-wheels.sh .whl (installed first when .whl exists).
 set -euo pipefail
 set_name=${1:?SET}; results=${2:?RESULTS_FILE}
-if [ -d .whl ]; then
-  [ -d /tmp/site/ray ] || python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-fi
+. "$(dirname "$0")/offline_env.sh"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # BENCH_WORK: the work folder (data, spec, run folders; e.g. on a tmpfs, where checkpoints of an 8B
 # model write in seconds); it gets the tokenizer of benchmarks/out/work when it has none.
@@ -22,6 +19,12 @@ if [ "$work" != benchmarks/out/work ] && [ ! -d "$work/tokenizer" ]; then
   mkdir -p "$work" && cp -r benchmarks/out/work/tokenizer "$work/"
 fi
 b() { timeout "${BENCH_TIMEOUT:-900}" python3 benchmarks/llm_bench.py "$@" --work "$work" --results "$results" || echo "FAILED: $*"; }
+# docs_work BASE DOCS: a 1B work folder under BASE with rows of one document each (DOCS 0) or
+# documents of up to DOCS words packed several to a row (kept apart); sets $work to it
+docs_work() {
+  work=$1/1b-docs$2; mkdir -p "$work"; cp -r "$1/tokenizer" "$work/"
+  if [ "$2" = 0 ]; then b prepare --size 1b --steps 48 --batch 8; else b prepare --size 1b --steps 48 --batch 8 --doc-words "$2"; fi
+}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 case $set_name in
   pairs)            # one GPU, 1B shape: SFT on prompt + chosen, generation tokens/s of its model
@@ -58,16 +61,14 @@ case $set_name in
       --quantize nf4 --set method.export=adapter
     base=$work
     for docs in 0 512; do
-      work=$base/1b-docs$docs; mkdir -p "$work"; cp -r "$base/tokenizer" "$work/"
-      if [ "$docs" = 0 ]; then b prepare --size 1b --steps 48 --batch 8; else b prepare --size 1b --steps 48 --batch 8 --doc-words $docs; fi
+      docs_work "$base" $docs
       b ftray --size 1b --method lora --kernels liger --set model.fused_loss=true --set method.export=adapter
     done ;;
   pack-flex)        # one GPU, 1B shape: isolating packing with flex_attention (blocks between examples
     #               skipped) against SDPA's dense block-diagonal mask, and rows of one document each
     base=$work
     for docs in 512 0; do
-      work=$base/1b-docs$docs; mkdir -p "$work"; cp -r "$base/tokenizer" "$work/"
-      if [ "$docs" = 0 ]; then b prepare --size 1b --steps 48 --batch 8; else b prepare --size 1b --steps 48 --batch 8 --doc-words $docs; fi
+      docs_work "$base" $docs
       if [ "$docs" = 512 ]; then
         b ftray --size 1b --method lora --kernels liger --set model.fused_loss=true --set method.export=adapter \
           --set model.attention=flex_attention

@@ -9,10 +9,7 @@
 # protection. One rl_bench.py process per arm, each with its own results.jsonl and table.md.
 set -uo pipefail
 out=${1:?OUT}; budget=${2:-480}
-if [ -d .whl ]; then
-  [ -d /tmp/site/ray ] || python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-fi
+. "$(dirname "$0")/offline_env.sh"
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 bench() { local name=$1; shift; python3 benchmarks/rl_bench.py --out "$out/$name" --budget-s "$budget" --stagger-s 1 "$@" \
   > "$out/$name.log" 2>&1 & }

@@ -48,6 +48,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 from predict_bench import env, train  # noqa: E402  (the same trained model and environment)
 
+from ftray.serve import direct_ingress_env  # noqa: E402  (the flags `ftray serve --ingress direct` sets)
+
 BARE = r'''
 import sys, threading, numpy as np, pyarrow as pa, torch, uvicorn
 from fastapi import FastAPI, Request
@@ -121,14 +123,6 @@ serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[2] if len(sy
 serve.run(Noop.bind(), name="noop", route_prefix="/noop", blocking=False)
 threading.Event().wait()
 '''
-
-
-def direct_ingress_env(port: int) -> dict:
-    """Serve's direct ingress (ray/serve/_private/replica.py `_maybe_start_direct_ingress_servers`):
-    the ingress replica runs its own HTTP server on a port the controller hands out from
-    [MIN, MAX) (MAX excluded); one port in the range, so the one replica listens on `port`."""
-    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1)}
 
 
 def free_port() -> int:
